@@ -1,0 +1,50 @@
+//! A user's presence: how the store reports it and how a change is described.
+
+use serde::{Deserialize, Serialize};
+
+use crate::UserId;
+
+/// A user's presence across the whole cluster, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    /// The user.
+    pub user_id: UserId,
+    /// Live authenticated connections in the whole cluster.
+    pub connections: u64,
+    /// Per-user sequence number of the last change (0 if never seen).
+    pub seq: u64,
+    /// Time of the user's last disconnect, ms since the Unix epoch; `None` if never seen.
+    pub last_seen: Option<u64>,
+}
+
+impl Presence {
+    /// A user the store has never seen.
+    pub fn unknown(user_id: UserId) -> Self {
+        Self { user_id, connections: 0, seq: 0, last_seen: None }
+    }
+
+    /// `connections > 0`.
+    pub fn online(&self) -> bool {
+        self.connections > 0
+    }
+
+    /// `lastSeen` as the APIs report it: now while online, else the last disconnect.
+    pub fn reported_last_seen(&self, now_ms: u64) -> Option<u64> {
+        if self.online() {
+            Some(now_ms)
+        } else {
+            self.last_seen
+        }
+    }
+}
+
+/// The outcome of one write to a user's presence: the new cluster-wide state,
+/// stamped with the per-user sequence number the store assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The user's presence after the write.
+    pub presence: Presence,
+    /// The cluster-wide count before the write, so the caller can tell a join from a leave.
+    pub previous: u64,
+}

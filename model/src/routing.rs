@@ -1,0 +1,203 @@
+//! The routing table: which ws-node owns each vnode, at which epoch.
+//!
+//! Nodes are listed once and vnodes point at them by index, so a lookup is a
+//! hash plus two array reads, and the table serialises to a few kilobytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{vnode, Vnode, VNODES};
+
+/// Marks a vnode with no owner in [`RoutingTable::owners`].
+pub const NO_OWNER: u16 = u16::MAX;
+
+/// A node as the routing table knows it: enough to send a client there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableNode {
+    /// Node ID.
+    pub id: String,
+    /// WebSocket URL of the node's `/socket` endpoint.
+    pub url: String,
+}
+
+/// The vnode → node map with its epoch. The epoch grows by one at every change,
+/// so readers can tell a newer table from an older one and writers can
+/// compare-and-set on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingTable {
+    /// Version of the table; grows by one at every change.
+    pub epoch: u64,
+    /// The nodes that own at least one vnode (or may, after the next change).
+    pub nodes: Vec<TableNode>,
+    /// For each vnode, the index in `nodes` of its owner, or [`NO_OWNER`].
+    pub owners: Vec<u16>,
+}
+
+/// A routing table that does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// `owners` does not have one entry per vnode.
+    #[error("routing table has {0} owner entries, expected 4096")]
+    WrongLength(usize),
+    /// An owner index points past `nodes`.
+    #[error("vnode {vnode} points at node index {index}, but the table lists {nodes} nodes")]
+    BadIndex {
+        /// The vnode.
+        vnode: usize,
+        /// Its owner index.
+        index: u16,
+        /// How many nodes the table lists.
+        nodes: usize,
+    },
+}
+
+impl RoutingTable {
+    /// An empty table (no owners) at `epoch`.
+    pub fn empty(epoch: u64) -> Self {
+        Self { epoch, nodes: Vec::new(), owners: vec![NO_OWNER; VNODES] }
+    }
+
+    /// Builds a table from one owner ID per vnode (`None` for unowned), with node URLs.
+    pub fn from_owners<'a>(
+        epoch: u64,
+        owners: &[Option<&'a str>],
+        url_of: impl Fn(&'a str) -> String,
+    ) -> Self {
+        let mut nodes: Vec<TableNode> = Vec::new();
+        let mut index = |id: &'a str| -> u16 {
+            match nodes.iter().position(|n| n.id == id) {
+                Some(i) => i as u16,
+                None => {
+                    nodes.push(TableNode { id: id.to_string(), url: url_of(id) });
+                    (nodes.len() - 1) as u16
+                }
+            }
+        };
+        let owners = owners.iter().map(|o| o.map_or(NO_OWNER, &mut index)).collect();
+        Self { epoch, nodes, owners }
+    }
+
+    /// Checks the shape of a table read from outside.
+    pub fn validate(&self) -> Result<(), TableError> {
+        if self.owners.len() != VNODES {
+            return Err(TableError::WrongLength(self.owners.len()));
+        }
+        for (v, &index) in self.owners.iter().enumerate() {
+            if index != NO_OWNER && index as usize >= self.nodes.len() {
+                return Err(TableError::BadIndex { vnode: v, index, nodes: self.nodes.len() });
+            }
+        }
+        Ok(())
+    }
+
+    /// The owner of a vnode.
+    #[inline]
+    pub fn owner_of_vnode(&self, v: Vnode) -> Option<&TableNode> {
+        let index = *self.owners.get(v as usize)?;
+        self.nodes.get(index as usize)
+    }
+
+    /// The owner of a user ID's vnode.
+    #[inline]
+    pub fn owner(&self, user_id: &str) -> Option<&TableNode> {
+        self.owner_of_vnode(vnode(user_id))
+    }
+
+    /// Owner ID per vnode, `None` where unowned.
+    pub fn owner_ids(&self) -> Vec<Option<&str>> {
+        (0..VNODES as Vnode).map(|v| self.owner_of_vnode(v).map(|n| n.id.as_str())).collect()
+    }
+
+    /// How many vnodes each listed node owns, in `nodes` order.
+    pub fn counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.nodes.len()];
+        for &i in &self.owners {
+            if let Some(c) = counts.get_mut(i as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    /// The node listing for `id`, if the table has it.
+    pub fn node(&self, id: &str) -> Option<&TableNode> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+/// Why an `ASSIGNED_VNODES` value could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VnodeSetError {
+    /// A part is neither a number nor a `lo-hi` range.
+    #[error("{0:?} is not a vnode or a lo-hi range")]
+    Malformed(String),
+    /// A vnode is 4096 or more.
+    #[error("vnode {0} is out of range 0-4095")]
+    OutOfRange(u64),
+    /// A range runs backwards.
+    #[error("range {0}-{1} runs backwards")]
+    Backwards(u64, u64),
+}
+
+/// Parses `0-1023,2048` style vnode sets (sorted, deduplicated).
+pub fn parse_vnode_set(s: &str) -> Result<Vec<Vnode>, VnodeSetError> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |t: &str| -> Result<u64, VnodeSetError> {
+            let n: u64 = t.trim().parse().map_err(|_| VnodeSetError::Malformed(part.to_string()))?;
+            if n as usize >= VNODES {
+                return Err(VnodeSetError::OutOfRange(n));
+            }
+            Ok(n)
+        };
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (num(lo)?, num(hi)?);
+                if lo > hi {
+                    return Err(VnodeSetError::Backwards(lo, hi));
+                }
+                out.extend((lo..=hi).map(|v| v as Vnode));
+            }
+            None => out.push(num(part)? as Vnode),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_and_counts() {
+        let owners: Vec<Option<&str>> =
+            (0..VNODES).map(|v| Some(if v < 1000 { "a" } else { "b" })).collect();
+        let t = RoutingTable::from_owners(3, &owners, |id| format!("ws://{id}/socket"));
+        t.validate().expect("valid");
+        assert_eq!(t.counts(), vec![1000, 3096]);
+        assert_eq!(t.owner_of_vnode(5).map(|n| n.id.as_str()), Some("a"));
+        assert_eq!(t.owner_of_vnode(4095).map(|n| n.url.as_str()), Some("ws://b/socket"));
+        assert_eq!(RoutingTable::empty(0).owner("alice"), None);
+    }
+
+    #[test]
+    fn validate_catches_bad_tables() {
+        let mut t = RoutingTable::empty(1);
+        t.owners[7] = 2;
+        assert!(matches!(t.validate(), Err(TableError::BadIndex { vnode: 7, .. })));
+        t.owners.pop();
+        assert_eq!(t.validate(), Err(TableError::WrongLength(4095)));
+    }
+
+    #[test]
+    fn vnode_sets() {
+        assert_eq!(parse_vnode_set("0-3, 2,10").expect("parses"), vec![0, 1, 2, 3, 10]);
+        assert_eq!(parse_vnode_set("").expect("parses"), Vec::<Vnode>::new());
+        assert_eq!(parse_vnode_set("4096"), Err(VnodeSetError::OutOfRange(4096)));
+        assert_eq!(parse_vnode_set("5-1"), Err(VnodeSetError::Backwards(5, 1)));
+        assert!(matches!(parse_vnode_set("x"), Err(VnodeSetError::Malformed(_))));
+    }
+}

@@ -1,0 +1,305 @@
+//! The WebSocket protocol between clients and ws-nodes (SPEC section 5.2):
+//! JSON text frames tagged by `type`, camelCase fields, and the close codes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::UserId;
+
+/// Close codes the node uses, and what each means to a client.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The node is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The node cannot serve right now (no routing table yet); retry later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Authentication failed (bad or expired token).
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No `auth` message arrived in time.
+    pub const AUTH_TIMEOUT: u16 = 4008;
+    /// Too many subscriptions, a frame too large, or an outbound queue overflow.
+    pub const LIMIT: u16 = 4009;
+    /// This node does not own the user's vnode (after a `redirect`).
+    pub const WRONG_NODE: u16 = 4010;
+    /// The user's vnode moved or the node drains (after a `reconnect`).
+    pub const HANDOFF: u16 = 4011;
+}
+
+/// Error codes carried by `error` messages and HTTP JSON errors.
+pub mod code {
+    /// Authentication failed.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The token has expired: refresh it and reconnect.
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    /// The frame is not valid JSON, or not a JSON object with a `type`.
+    pub const MALFORMED: &str = "malformed_message";
+    /// The `type` is not one the server knows.
+    pub const UNKNOWN_TYPE: &str = "unknown_type";
+    /// A field is missing or has the wrong shape.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// A user ID is invalid.
+    pub const INVALID_USER_ID: &str = "invalid_user_id";
+    /// The connection would exceed its subscription limit.
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+    /// A frame exceeded the size limit.
+    pub const FRAME_TOO_LARGE: &str = "frame_too_large";
+    /// Binary frames are not part of the protocol.
+    pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
+    /// A second `auth` after the connection is authenticated.
+    pub const ALREADY_AUTHENTICATED: &str = "already_authenticated";
+    /// No live node owns the vnode, or the node has no routing table yet.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The client read too slowly and its outbound queue overflowed.
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    /// The HTTP route does not exist.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The HTTP method is not allowed on this route.
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    /// Something failed inside the server; details are in its log.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// A message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ServerMessage {
+    /// Sent once after authentication, on the owning node.
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        /// The authenticated user.
+        user_id: UserId,
+        /// This connection's ID.
+        connection_id: String,
+        /// The node serving it.
+        node_id: String,
+        /// The routing epoch the node holds.
+        epoch: u64,
+        /// The user's live connections in the cluster, this one included.
+        connections: u64,
+    },
+    /// The user's own connection count changed.
+    #[serde(rename_all = "camelCase")]
+    Count {
+        /// The user.
+        user_id: UserId,
+        /// Live connections in the cluster.
+        connections: u64,
+    },
+    /// A subscribed user's status: once on subscribe, then on every change.
+    #[serde(rename_all = "camelCase")]
+    Status {
+        /// The subscribed user.
+        user_id: UserId,
+        /// `connections > 0`.
+        online: bool,
+        /// Live connections in the cluster.
+        connections: u64,
+        /// Last disconnect (ms since epoch), or now while online; null if never seen.
+        last_seen: Option<u64>,
+    },
+    /// This node does not own the user: connect to `url`; close 4010 follows.
+    #[serde(rename_all = "camelCase")]
+    Redirect {
+        /// The owning node's WebSocket URL.
+        url: String,
+        /// The routing epoch the answer comes from.
+        epoch: u64,
+    },
+    /// The user's vnode moves or the node drains: connect to `url`, then close this one.
+    #[serde(rename_all = "camelCase")]
+    Reconnect {
+        /// The new owner's WebSocket URL.
+        url: String,
+        /// The routing epoch of the move.
+        epoch: u64,
+        /// Why: `rebalance` or `drain`.
+        reason: String,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// Bad input or a refusal; fatal ones are followed by a close.
+    #[serde(rename_all = "camelCase")]
+    Error {
+        /// Machine-readable code (see [`code`]).
+        code: String,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    /// An `error` message.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self::Error { code: code.to_string(), message: message.into() }
+    }
+
+    /// Serialises to the JSON text of a frame.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain enums cannot fail: no maps with non-string keys, no foreign types.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialisation failed"}"#.to_string()
+        })
+    }
+}
+
+/// A message from a client to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ClientMessage {
+    /// Authenticate with a JWT (only when none came with the upgrade request).
+    Auth {
+        /// The JWT.
+        token: String,
+    },
+    /// Start receiving `status` for these users.
+    #[serde(rename_all = "camelCase")]
+    Subscribe {
+        /// Users to watch.
+        user_ids: Vec<UserId>,
+    },
+    /// Stop receiving `status` for these users.
+    #[serde(rename_all = "camelCase")]
+    Unsubscribe {
+        /// Users to stop watching.
+        user_ids: Vec<UserId>,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping,
+}
+
+impl ClientMessage {
+    /// Serialises to the JSON text of a frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Why a client frame was refused; each maps to an `error` code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON, or not an object with a string `type`.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A `type` the server does not know.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// A user ID in the message is invalid.
+    #[error("invalid user ID: {0}")]
+    InvalidUserId(String),
+    /// Fields missing or of the wrong shape.
+    #[error("bad {kind} message: {detail}")]
+    BadRequest {
+        /// The message type.
+        kind: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl ParseError {
+    /// The `error` code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => code::MALFORMED,
+            Self::UnknownType(_) => code::UNKNOWN_TYPE,
+            Self::InvalidUserId(_) => code::INVALID_USER_ID,
+            Self::BadRequest { .. } => code::BAD_REQUEST,
+        }
+    }
+}
+
+const KNOWN_TYPES: [&str; 4] = ["auth", "subscribe", "unsubscribe", "ping"];
+
+/// Parses a client text frame, telling malformed JSON, unknown types, invalid
+/// user IDs and bad fields apart so that each gets its own error code.
+pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    let kind = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| ParseError::Malformed("expected a JSON object with a string \"type\"".into()))?
+        .to_string();
+    if !KNOWN_TYPES.contains(&kind.as_str()) {
+        return Err(ParseError::UnknownType(kind));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let detail = e.to_string();
+        if detail.starts_with("user ID") {
+            ParseError::InvalidUserId(detail)
+        } else {
+            ParseError::BadRequest { kind, detail }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let m = ServerMessage::Welcome {
+            user_id: UserId::parse("alice").expect("valid"),
+            connection_id: "c1".into(),
+            node_id: "n1".into(),
+            epoch: 7,
+            connections: 2,
+        };
+        let v: serde_json::Value = serde_json::from_str(&m.to_json()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"welcome","userId":"alice","connectionId":"c1","nodeId":"n1","epoch":7,"connections":2})
+        );
+        let s = ServerMessage::Status {
+            user_id: UserId::parse("bob").expect("valid"),
+            online: false,
+            connections: 0,
+            last_seen: None,
+        };
+        assert_eq!(
+            s.to_json(),
+            r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null}"#
+        );
+        assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
+        let back: ServerMessage = serde_json::from_str(&m.to_json()).expect("round trip");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn client_parse_errors_are_told_apart() {
+        assert_eq!(parse_client(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert!(matches!(
+            parse_client(r#"{"type":"subscribe","userIds":["a","b"]}"#),
+            Ok(ClientMessage::Subscribe { user_ids }) if user_ids.len() == 2
+        ));
+        assert_eq!(parse_client("{nope").map_err(|e| e.code()), Err(code::MALFORMED));
+        assert_eq!(parse_client("[1,2]").map_err(|e| e.code()), Err(code::MALFORMED));
+        assert_eq!(parse_client(r#"{"type":"dance"}"#).map_err(|e| e.code()), Err(code::UNKNOWN_TYPE));
+        assert_eq!(
+            parse_client(r#"{"type":"subscribe","userIds":[""]}"#).map_err(|e| e.code()),
+            Err(code::INVALID_USER_ID)
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"subscribe"}"#).map_err(|e| e.code()),
+            Err(code::BAD_REQUEST)
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"auth","token":5}"#).map_err(|e| e.code()),
+            Err(code::BAD_REQUEST)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,300}") {
+            let _ = parse_client(&s);
+        }
+
+        #[test]
+        fn parser_never_panics_on_typed_objects(kind in "[a-z]{0,12}", ids in proptest::collection::vec("\\PC{0,140}", 0..5)) {
+            let frame = serde_json::json!({"type": kind, "userIds": ids, "token": "x"}).to_string();
+            let _ = parse_client(&frame);
+        }
+    }
+}
