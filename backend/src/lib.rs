@@ -1,1 +1,21 @@
-//! (being written)
+//! The backends every presence component runs on, behind small traits, so
+//! that the demo, the tests and production run the same logic.
+//!
+//! * [`store`]: the [`Store`] trait: routing table with epoch, node
+//!   membership with TTL, per-user presence with sequence numbers, leader lease.
+//! * [`bus`]: the [`Bus`] trait: join/leave events to and from every node.
+//! * [`memory`]: embedded in-process implementations of both.
+//! * [`table_cache`]: a reader's cached copy of the routing table, refreshed
+//!   on notice and by a periodic epoch check.
+//!
+//! The Redis store lives in `redis/` and the Kafka bus in `kafka/`.
+
+pub mod bus;
+pub mod memory;
+pub mod store;
+pub mod table_cache;
+
+pub use bus::{Bus, BusError, BusMessage, BusSubscription};
+pub use memory::{MemoryBus, MemoryStore};
+pub use store::{CountUpdate, Store, StoreError};
+pub use table_cache::TableCache;

@@ -1,0 +1,453 @@
+//! Embedded, in-process implementations of [`Store`] and [`Bus`], for the
+//! demo and fast tests. They follow the same rules as the Redis store and the
+//! Kafka bus (absolute per-node counts, sequence numbers from the store's
+//! clock, compare-and-set on the epoch, TTLs), so the logic above them cannot
+//! tell the difference.
+//!
+//! Locks here are `std::sync::Mutex`: every critical section is a few map
+//! operations with no `.await` inside, and tokio's mutex would only add cost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, StatusEvent, UserId};
+use tokio::sync::{broadcast, watch};
+
+use crate::bus::{Bus, BusError, BusMessage, BusSubscription};
+use crate::store::{next_seq, CountUpdate, Store, StoreError};
+
+/// One user's record.
+#[derive(Debug, Default)]
+struct UserRecord {
+    /// Connection count per node ID (only non-zero entries).
+    per_node: Vec<(String, u32)>,
+    /// Last sequence number assigned.
+    seq: u64,
+    /// Last disconnect time.
+    last_seen: Option<u64>,
+}
+
+impl UserRecord {
+    fn total(&self) -> u64 {
+        self.per_node.iter().map(|(_, c)| u64::from(*c)).sum()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    table: Option<RoutingTable>,
+    nodes: HashMap<String, (NodeRecord, Instant)>,
+    users: HashMap<UserId, UserRecord>,
+    node_users: HashMap<String, HashSet<UserId>>,
+    lease: Option<(String, Instant)>,
+}
+
+/// The embedded store. Clone it to share one store between components.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    notices: watch::Sender<u64>,
+    /// Simulated outage switch for tests of the degraded paths.
+    down: AtomicBool,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                notices: watch::channel(0).0,
+                down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Makes every operation fail with [`StoreError::Unavailable`] (or succeed
+    /// again), to exercise the paths a Redis outage takes.
+    pub fn set_down(&self, down: bool) {
+        self.inner.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Drops all data, as a Redis restart without persistence does.
+    pub fn wipe(&self) {
+        *self.lock() = State::default();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic mid-update in this process; the maps are
+        // still structurally sound, so keep serving.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn up(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        if self.inner.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("embedded store is marked down".into()));
+        }
+        Ok(self.lock())
+    }
+}
+
+fn set_count(state: &mut State, node_id: &str, u: &CountUpdate, now_ms: u64) -> Option<PresenceChange> {
+    let rec = state.users.entry(u.user_id.clone()).or_default();
+    let pos = rec.per_node.iter().position(|(n, _)| n == node_id);
+    let old = pos.map_or(0, |i| rec.per_node[i].1);
+    if old == u.connections {
+        return None;
+    }
+    let previous = rec.total();
+    match (pos, u.connections) {
+        (Some(i), 0) => {
+            rec.per_node.swap_remove(i);
+        }
+        (Some(i), c) => rec.per_node[i].1 = c,
+        (None, c) => rec.per_node.push((node_id.to_string(), c)),
+    }
+    if u.connections < old {
+        rec.last_seen = Some(now_ms);
+    }
+    rec.seq = next_seq(rec.seq, presence_model::time::now_us());
+    let change = PresenceChange {
+        presence: Presence {
+            user_id: u.user_id.clone(),
+            connections: rec.total(),
+            seq: rec.seq,
+            last_seen: rec.last_seen,
+        },
+        previous,
+    };
+    let set = state.node_users.entry(node_id.to_string()).or_default();
+    if u.connections == 0 {
+        set.remove(&u.user_id);
+        if set.is_empty() {
+            state.node_users.remove(node_id);
+        }
+    } else {
+        set.insert(u.user_id.clone());
+    }
+    Some(change)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.up().map(drop)
+    }
+
+    async fn load_table(&self) -> Result<Option<RoutingTable>, StoreError> {
+        Ok(self.up()?.table.clone())
+    }
+
+    async fn table_epoch(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.up()?.table.as_ref().map(|t| t.epoch))
+    }
+
+    async fn swap_table(&self, expected: Option<u64>, table: &RoutingTable) -> Result<bool, StoreError> {
+        {
+            let mut s = self.up()?;
+            if s.table.as_ref().map(|t| t.epoch) != expected {
+                return Ok(false);
+            }
+            s.table = Some(table.clone());
+        }
+        self.inner.notices.send_replace(table.epoch);
+        Ok(true)
+    }
+
+    fn table_notices(&self) -> watch::Receiver<u64> {
+        self.inner.notices.subscribe()
+    }
+
+    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let mut s = self.up()?;
+        let now = Instant::now();
+        let fresh = s.nodes.get(&node.id).is_none_or(|(_, exp)| *exp <= now);
+        s.nodes.insert(node.id.clone(), (node.clone(), now + ttl));
+        Ok(fresh)
+    }
+
+    async fn deregister(&self, node_id: &str) -> Result<(), StoreError> {
+        self.up()?.nodes.remove(node_id);
+        Ok(())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut s = self.up()?;
+        let now = Instant::now();
+        s.nodes.retain(|_, (_, exp)| *exp > now);
+        let mut nodes: Vec<NodeRecord> = s.nodes.values().map(|(n, _)| n.clone()).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    async fn set_counts(
+        &self,
+        node_id: &str,
+        updates: &[CountUpdate],
+        now_ms: u64,
+    ) -> Result<Vec<Option<PresenceChange>>, StoreError> {
+        let mut s = self.up()?;
+        Ok(updates.iter().map(|u| set_count(&mut s, node_id, u, now_ms)).collect())
+    }
+
+    async fn node_users(&self, node_id: &str) -> Result<Vec<UserId>, StoreError> {
+        let s = self.up()?;
+        Ok(s.node_users.get(node_id).map(|set| set.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.up()?.node_users.keys().cloned().collect())
+    }
+
+    async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError> {
+        let mut s = self.up()?;
+        let users: Vec<UserId> = s.node_users.get(node_id).map(|u| u.iter().cloned().collect()).unwrap_or_default();
+        Ok(users
+            .into_iter()
+            .filter_map(|user_id| set_count(&mut s, node_id, &CountUpdate { user_id, connections: 0 }, now_ms))
+            .collect())
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, StoreError> {
+        let s = self.up()?;
+        Ok(users
+            .iter()
+            .map(|u| match s.users.get(u) {
+                Some(r) => Presence { user_id: u.clone(), connections: r.total(), seq: r.seq, last_seen: r.last_seen },
+                None => Presence::unknown(u.clone()),
+            })
+            .collect())
+    }
+
+    async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut s = self.up()?;
+        let now = Instant::now();
+        match &s.lease {
+            Some((h, exp)) if h != holder && *exp > now => Ok(false),
+            _ => {
+                s.lease = Some((holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut s = self.up()?;
+        if s.lease.as_ref().is_some_and(|(h, _)| h == holder) {
+            s.lease = None;
+        }
+        Ok(())
+    }
+}
+
+/// The embedded bus: a bounded broadcast channel. A subscriber that falls more
+/// than `capacity` events behind loses the oldest ones and is told to
+/// [`BusMessage::Resync`] from the store.
+#[derive(Clone)]
+pub struct MemoryBus {
+    tx: broadcast::Sender<Arc<StatusEvent>>,
+}
+
+/// Default number of events a slow subscriber may fall behind before it must resync.
+pub const DEFAULT_BUS_CAPACITY: usize = 65_536;
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new(DEFAULT_BUS_CAPACITY)
+    }
+}
+
+impl MemoryBus {
+    /// A bus whose subscribers may each lag `capacity` events.
+    pub fn new(capacity: usize) -> Self {
+        Self { tx: broadcast::channel(capacity.max(1)).0 }
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(&self, event: StatusEvent) -> Result<(), BusError> {
+        // No subscribers is not an error: the event had nobody to reach.
+        let _ = self.tx.send(Arc::new(event));
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Box<dyn BusSubscription> {
+        Box::new(MemorySubscription { rx: self.tx.subscribe() })
+    }
+}
+
+struct MemorySubscription {
+    rx: broadcast::Receiver<Arc<StatusEvent>>,
+}
+
+#[async_trait]
+impl BusSubscription for MemorySubscription {
+    async fn next(&mut self) -> Option<BusMessage> {
+        match self.rx.recv().await {
+            Ok(e) => Some(BusMessage::Event(e)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(BusMessage::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uid(s: &str) -> UserId {
+        UserId::parse(s).expect("valid")
+    }
+
+    fn upd(s: &str, c: u32) -> CountUpdate {
+        CountUpdate { user_id: uid(s), connections: c }
+    }
+
+    #[tokio::test]
+    async fn counts_sum_over_nodes_and_seq_grows() {
+        let st = MemoryStore::new();
+        let r = st.set_counts("a", &[upd("u", 2)], 10).await.expect("up");
+        let c1 = r[0].clone().expect("changed");
+        assert_eq!((c1.presence.connections, c1.previous), (2, 0));
+        let r = st.set_counts("b", &[upd("u", 1)], 11).await.expect("up");
+        let c2 = r[0].clone().expect("changed");
+        assert_eq!(c2.presence.connections, 3);
+        assert!(c2.presence.seq > c1.presence.seq);
+        // Writing the same absolute count again changes nothing.
+        assert_eq!(st.set_counts("b", &[upd("u", 1)], 12).await.expect("up"), vec![None]);
+        let r = st.set_counts("a", &[upd("u", 0)], 13).await.expect("up");
+        let c3 = r[0].clone().expect("changed");
+        assert_eq!(c3.presence.connections, 1);
+        assert_eq!(c3.presence.last_seen, Some(13));
+        assert_eq!(st.node_users("a").await.expect("up"), Vec::<UserId>::new());
+        assert_eq!(st.node_users("b").await.expect("up"), vec![uid("u")]);
+    }
+
+    #[tokio::test]
+    async fn purge_counts_a_node_out() {
+        let st = MemoryStore::new();
+        st.set_counts("dead", &[upd("x", 1), upd("y", 3)], 1).await.expect("up");
+        st.set_counts("live", &[upd("y", 1)], 1).await.expect("up");
+        let mut nodes = st.nodes_with_presence().await.expect("up");
+        nodes.sort();
+        assert_eq!(nodes, vec!["dead".to_string(), "live".to_string()]);
+        let mut changes = st.purge_node("dead", 50).await.expect("up");
+        changes.sort_by(|a, b| a.presence.user_id.cmp(&b.presence.user_id));
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].presence.connections, 0);
+        assert_eq!(changes[1].presence.connections, 1);
+        assert_eq!(st.nodes_with_presence().await.expect("up"), vec!["live".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn seq_survives_a_wipe() {
+        let st = MemoryStore::new();
+        let before = st.set_counts("a", &[upd("u", 1)], 1).await.expect("up")[0].clone().expect("changed");
+        st.wipe();
+        let after = st.set_counts("a", &[upd("u", 1)], 2).await.expect("up")[0].clone().expect("changed");
+        assert!(after.presence.seq > before.presence.seq);
+    }
+
+    #[tokio::test]
+    async fn table_cas_and_notice() {
+        let st = MemoryStore::new();
+        let mut notices = st.table_notices();
+        let t1 = RoutingTable::empty(1);
+        assert!(st.swap_table(None, &t1).await.expect("up"));
+        assert!(!st.swap_table(None, &RoutingTable::empty(2)).await.expect("up"));
+        assert!(st.swap_table(Some(1), &RoutingTable::empty(2)).await.expect("up"));
+        notices.changed().await.expect("notice");
+        assert_eq!(*notices.borrow(), 2);
+        assert_eq!(st.table_epoch().await.expect("up"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn lease_is_exclusive_until_expiry() {
+        let st = MemoryStore::new();
+        assert!(st.acquire_lease("c1", Duration::from_millis(50)).await.expect("up"));
+        assert!(!st.acquire_lease("c2", Duration::from_millis(50)).await.expect("up"));
+        assert!(st.acquire_lease("c1", Duration::from_millis(50)).await.expect("up"));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(st.acquire_lease("c2", Duration::from_millis(50)).await.expect("up"));
+        st.release_lease("c2").await.expect("up");
+        assert!(st.acquire_lease("c1", Duration::from_millis(50)).await.expect("up"));
+    }
+
+    #[tokio::test]
+    async fn membership_expires_and_reports_fresh_registrations() {
+        let st = MemoryStore::new();
+        let rec = NodeRecord {
+            id: "n".into(),
+            url: "ws://x/socket".into(),
+            capacity: 1,
+            connections: 0,
+            users: 0,
+            vnode_load: vec![],
+            pinned: vec![],
+            draining: false,
+            heartbeat_ms: 0,
+        };
+        assert!(st.heartbeat(&rec, Duration::from_millis(40)).await.expect("up"));
+        assert!(!st.heartbeat(&rec, Duration::from_millis(40)).await.expect("up"));
+        assert_eq!(st.live_nodes().await.expect("up").len(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(st.live_nodes().await.expect("up").is_empty());
+        assert!(st.heartbeat(&rec, Duration::from_millis(40)).await.expect("up"));
+    }
+
+    #[tokio::test]
+    async fn down_store_fails_every_call() {
+        let st = MemoryStore::new();
+        st.set_down(true);
+        assert!(st.ping().await.is_err());
+        assert!(st.set_counts("a", &[upd("u", 1)], 1).await.is_err());
+        st.set_down(false);
+        assert!(st.ping().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_is_told_to_resync() {
+        let bus = MemoryBus::new(2);
+        let mut sub = bus.subscribe();
+        for seq in 0..5 {
+            bus.publish(StatusEvent {
+                v: 1,
+                kind: presence_model::EventKind::Join,
+                user_id: uid("u"),
+                node_id: "n".into(),
+                connection_id: None,
+                connections: 1,
+                seq,
+                epoch: 1,
+                ts: 0,
+                reason: None,
+            })
+            .await
+            .expect("publish");
+        }
+        assert!(matches!(sub.next().await, Some(BusMessage::Resync)));
+        assert!(matches!(sub.next().await, Some(BusMessage::Event(e)) if e.seq == 3));
+    }
+}

@@ -1,0 +1,108 @@
+//! The store: the shared state of the cluster.
+//!
+//! It holds four things, each with its own consistency rule:
+//!
+//! * the routing table, replaced only by compare-and-set on its epoch;
+//! * node registrations, each with a TTL the node renews by heartbeating;
+//! * per-user presence: each node's connection count for the user, a sequence
+//!   number and the last disconnect time. A node always writes its *absolute*
+//!   count for a user (never a delta), so a retried or replayed write is
+//!   harmless, and the cluster-wide count is the sum over nodes;
+//! * the leader lease of the coordinators.
+//!
+//! Sequence numbers are `max(previous + 1, store clock in µs)`: they only grow
+//! for a user, even when the store loses its data and starts again.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, UserId};
+use tokio::sync::watch;
+
+/// A store operation failed; the caller keeps its state and retries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with data this version cannot read.
+    #[error("store holds unreadable data: {0}")]
+    Corrupt(String),
+}
+
+/// One node's absolute connection count for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountUpdate {
+    /// The user.
+    pub user_id: UserId,
+    /// The node's live connections of that user (0 removes the node's entry).
+    pub connections: u32,
+}
+
+/// The cluster's shared state. See the module docs for the rules.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for logs and `/readyz` (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The current routing table, if one was ever written.
+    async fn load_table(&self) -> Result<Option<RoutingTable>, StoreError>;
+
+    /// The current table's epoch only: the cheap periodic check of readers.
+    async fn table_epoch(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Writes `table` if the stored epoch is `expected` (`None`: no table yet),
+    /// then notifies readers. Returns whether it was written.
+    async fn swap_table(&self, expected: Option<u64>, table: &RoutingTable) -> Result<bool, StoreError>;
+
+    /// Epochs announced by writers. Best effort: readers also poll [`Store::table_epoch`].
+    fn table_notices(&self) -> watch::Receiver<u64>;
+
+    /// Registers or renews a node with a TTL. Returns `true` when the node was
+    /// not registered before (first start, expiry, or a store that lost its data):
+    /// the node must then write back all its counts.
+    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Removes a node's registration (clean shutdown).
+    async fn deregister(&self, node_id: &str) -> Result<(), StoreError>;
+
+    /// Nodes whose registration has not expired.
+    async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Sets `node_id`'s count for each user. For each update, returns the
+    /// user's new presence, or `None` where the node's count was already that
+    /// (nothing changed, no sequence number spent).
+    async fn set_counts(
+        &self,
+        node_id: &str,
+        updates: &[CountUpdate],
+        now_ms: u64,
+    ) -> Result<Vec<Option<PresenceChange>>, StoreError>;
+
+    /// Users for whom `node_id` has a non-zero count.
+    async fn node_users(&self, node_id: &str) -> Result<Vec<UserId>, StoreError>;
+
+    /// Nodes that hold any presence entry (live or not), so the leader can find dead ones.
+    async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Counts a node out: removes its entries from every user it had and
+    /// returns the changes (one per user whose total changed).
+    async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError>;
+
+    /// Presence of each user, in order (unknown users come back with 0 connections and seq 0).
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, StoreError>;
+
+    /// Takes or renews the leader lease for `holder`. Returns whether `holder` holds it.
+    async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives the lease up if `holder` holds it.
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
+}
+
+/// The next sequence number after `previous` on a store whose clock reads `now_us`.
+pub fn next_seq(previous: u64, now_us: u64) -> u64 {
+    (previous + 1).max(now_us)
+}

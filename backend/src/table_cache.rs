@@ -1,0 +1,162 @@
+//! A reader's cached copy of the routing table.
+//!
+//! Lookups (`/route`, every WebSocket auth) read the cache, never the store.
+//! A refresh task follows the store's notices and, in case a notice is lost,
+//! checks the epoch every `poll` interval; it loads the full table only when
+//! the epoch grew. While the store is unreachable the cache keeps serving the
+//! last table and reports itself stale.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_model::RoutingTable;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+
+/// The cached routing table. Cheap to clone; clones share the cache.
+#[derive(Clone)]
+pub struct TableCache {
+    inner: Arc<CacheInner>,
+}
+
+struct CacheInner {
+    /// The current table; a watch so that owners (ws-nodes) can react to changes.
+    table: watch::Sender<Option<Arc<RoutingTable>>>,
+    /// The last refresh failed: the table may be out of date.
+    stale: AtomicBool,
+}
+
+impl Default for TableCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TableCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self { inner: Arc::new(CacheInner { table: watch::channel(None).0, stale: AtomicBool::new(false) }) }
+    }
+
+    /// The current table, if any.
+    pub fn get(&self) -> Option<Arc<RoutingTable>> {
+        self.inner.table.borrow().clone()
+    }
+
+    /// The current epoch (0 with no table).
+    pub fn epoch(&self) -> u64 {
+        self.inner.table.borrow().as_ref().map_or(0, |t| t.epoch)
+    }
+
+    /// Whether the last refresh failed.
+    pub fn is_stale(&self) -> bool {
+        self.inner.stale.load(Ordering::Relaxed)
+    }
+
+    /// A receiver that wakes on every new table.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<RoutingTable>>> {
+        self.inner.table.subscribe()
+    }
+
+    /// Installs `table` if it is newer than the cached one. Returns whether it was.
+    pub fn offer(&self, table: RoutingTable) -> bool {
+        self.inner.table.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.epoch >= table.epoch) {
+                return false;
+            }
+            *cur = Some(Arc::new(table));
+            true
+        })
+    }
+
+    /// Installs `table` even if its epoch is not newer: for a store that lost
+    /// its data and restarted its epochs lower.
+    pub fn replace(&self, table: RoutingTable) {
+        self.inner.table.send_replace(Some(Arc::new(table)));
+    }
+
+    /// Checks the store once; loads the table if the epoch moved.
+    pub async fn refresh(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        let result = async {
+            let Some(epoch) = store.table_epoch().await? else { return Ok(false) };
+            if epoch == self.epoch() {
+                return Ok(false);
+            }
+            match store.load_table().await? {
+                Some(t) => {
+                    t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    // A lower epoch than ours means the store was reset and someone
+                    // rewrote the table: follow the store.
+                    if t.epoch < self.epoch() {
+                        self.replace(t);
+                        Ok(true)
+                    } else {
+                        Ok(self.offer(t))
+                    }
+                }
+                None => Ok(false),
+            }
+        }
+        .await;
+        self.inner.stale.store(result.is_err(), Ordering::Relaxed);
+        result
+    }
+
+    /// Keeps the cache fresh until `shutdown`: on every store notice and every `poll`.
+    pub async fn run_refresh(self, store: Arc<dyn Store>, poll: Duration, shutdown: CancellationToken) {
+        let mut notices = store.table_notices();
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = notices.changed() => {
+                    if changed.is_err() {
+                        // The notice source is gone; keep polling.
+                        notices = store.table_notices();
+                    }
+                }
+            }
+            if let Err(e) = self.refresh(store.as_ref()).await {
+                tracing::warn!(error = %e, "routing table refresh failed; serving the cached table");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[tokio::test]
+    async fn follows_notices_and_marks_stale() {
+        let store = MemoryStore::new();
+        let cache = TableCache::new();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(cache.clone().run_refresh(
+            Arc::new(store.clone()),
+            Duration::from_secs(3600),
+            shutdown.clone(),
+        ));
+        let mut rx = cache.subscribe();
+        store.swap_table(None, &RoutingTable::empty(1)).await.expect("up");
+        rx.wait_for(|t| t.as_ref().is_some_and(|t| t.epoch == 1)).await.expect("table");
+        store.set_down(true);
+        assert!(cache.refresh(&store).await.is_err());
+        assert!(cache.is_stale());
+        assert_eq!(cache.epoch(), 1);
+        store.set_down(false);
+        cache.refresh(&store).await.expect("up");
+        assert!(!cache.is_stale());
+        // An older table is not offered over a newer one.
+        assert!(!cache.offer(RoutingTable::empty(0)));
+        shutdown.cancel();
+        task.await.expect("task");
+    }
+}
