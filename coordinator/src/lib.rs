@@ -1,1 +1,2 @@
-//! (being written)
+//! The coordinator.
+pub mod rebalance;
