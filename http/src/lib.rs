@@ -1,0 +1,160 @@
+//! HTTP plumbing shared by the coordinator and the ws-node.
+//!
+//! * [`serve`]: the accept loop: one task per connection, HTTP/1.1 with
+//!   upgrades, graceful shutdown on a cancellation token.
+//! * [`Response`] helpers: JSON bodies and `{"error","code"}` errors.
+//! * [`query_param`]: percent-decoded query parameters.
+//! * [`metrics_response`]: a Prometheus registry as text.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The response type of both servers.
+pub type Response = http::Response<Full<Bytes>>;
+/// The request type of both servers.
+pub type Request = http::Request<Incoming>;
+
+/// How long open HTTP connections get to finish after shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `handler` on `listener` until `shutdown` fires, then lets open
+/// connections finish (up to [`SHUTDOWN_GRACE`]). WebSocket upgrades are
+/// enabled; an upgraded connection belongs to whoever took it and is not
+/// waited for here.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken)
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let service = service_fn(move |req| {
+                let h = handler.clone();
+                async move { Ok::<_, Infallible>(h(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+        // Reap finished connection tasks so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+}
+
+/// A JSON response with `status`.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => with_type(status, bytes, "application/json"),
+        Err(e) => {
+            tracing::error!(error = %e, "response serialisation failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "response could not be serialised")
+        }
+    }
+}
+
+/// `{"error": message, "code": code}` with `status`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message, "code": code });
+    with_type(status, body.to_string().into_bytes(), "application/json")
+}
+
+/// A body with a content type.
+pub fn with_type(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response {
+    let mut res = http::Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+/// 404 with a JSON error.
+pub fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// 405 with a JSON error.
+pub fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// Renders a Prometheus registry in the text exposition format.
+pub fn metrics_response(registry: &prometheus::Registry) -> Response {
+    let mut out = String::new();
+    match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        Ok(()) => with_type(StatusCode::OK, out, "text/plain; version=0.0.4"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+    }
+}
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, Response> {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &format!("body exceeds {limit} bytes"))
+        } else {
+            error(StatusCode::BAD_REQUEST, "bad_request", "could not read the request body")
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(query_param(Some("userId=al%20ice&x=1"), "userId").as_deref(), Some("al ice"));
+        assert_eq!(query_param(Some("userId=%E7%94%A8"), "userId").as_deref(), Some("用"));
+        assert_eq!(query_param(Some("x=1"), "userId"), None);
+        assert_eq!(query_param(None, "userId"), None);
+        assert_eq!(query_param(Some("userId="), "userId").as_deref(), Some(""));
+    }
+}

@@ -1,0 +1,82 @@
+//! What a ws-node is told at start. Defaults follow SPEC section 5.
+
+use std::time::Duration;
+
+use presence_model::Vnode;
+
+/// A node's settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Stable node ID (`NODE_ID`).
+    pub node_id: String,
+    /// WebSocket URL clients are sent to, e.g. `ws://10.0.0.5:9000/socket`.
+    pub public_url: String,
+    /// Relative capacity for vnode assignment.
+    pub capacity: u32,
+    /// Vnodes pinned to this node (`ASSIGNED_VNODES`).
+    pub pinned: Vec<Vnode>,
+    /// How often the node heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Registration TTL: a node silent this long is dead.
+    pub node_ttl: Duration,
+    /// Periodic routing-epoch check (notices are the fast path).
+    pub table_poll: Duration,
+    /// How long a client may take to send `auth` after the upgrade.
+    pub auth_timeout: Duration,
+    /// How long a handed-off connection stays open after `reconnect`.
+    pub handoff_timeout: Duration,
+    /// WebSocket ping interval.
+    pub ping_interval: Duration,
+    /// A connection silent (no pong, no frame) this long is closed.
+    pub pong_timeout: Duration,
+    /// Subscriptions allowed per connection.
+    pub max_subscriptions: usize,
+    /// Largest frame or message accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Outbound messages queued per connection before the client is dropped as too slow.
+    pub outbound_queue: usize,
+    /// tungstenite's per-connection read buffer, in bytes (eagerly allocated).
+    pub read_buffer_bytes: usize,
+    /// Users whose count may wait for the store before a full resync is scheduled instead.
+    pub max_pending_writes: usize,
+    /// Users written to the store per batch.
+    pub write_batch: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node with this ID and public URL.
+    pub fn new(node_id: impl Into<String>, public_url: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            public_url: public_url.into(),
+            capacity: 1,
+            pinned: Vec::new(),
+            heartbeat_interval: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(5),
+            table_poll: Duration::from_secs(1),
+            auth_timeout: Duration::from_secs(5),
+            handoff_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(40),
+            max_subscriptions: 1000,
+            max_frame_bytes: 16 * 1024,
+            outbound_queue: 64,
+            read_buffer_bytes: 4096,
+            max_pending_writes: 100_000,
+            write_batch: 256,
+        }
+    }
+
+    /// The tungstenite settings for client connections: small, explicit buffers
+    /// (SPEC section 11) and the frame limit.
+    pub fn websocket(&self) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_bytes)
+            // Write each message out at once: messages are small and latency matters.
+            .write_buffer_size(0)
+            // Backpressure lives in the bounded outbound queue; this only caps a stuck socket.
+            .max_write_buffer_size(256 * 1024)
+            .max_message_size(Some(self.max_frame_bytes))
+            .max_frame_size(Some(self.max_frame_bytes))
+    }
+}

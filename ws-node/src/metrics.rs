@@ -1,0 +1,99 @@
+//! The node's Prometheus metrics. One registry per node (the demo runs
+//! several nodes in one process). Labels are bounded sets, never user IDs.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the node exports; see each field's help text.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Live authenticated connections.
+    pub connections: IntGauge,
+    /// Users with at least one connection here.
+    pub users: IntGauge,
+    /// Vnodes this node owns in the current table.
+    pub vnodes_owned: IntGauge,
+    /// Authenticated connections accepted.
+    pub connects: IntCounter,
+    /// Authenticated connections closed.
+    pub disconnects: IntCounter,
+    /// Authentication failures by reason.
+    pub auth_failures: IntCounterVec,
+    /// `error` messages sent to clients, by code.
+    pub client_errors: IntCounterVec,
+    /// Clients dropped because their outbound queue overflowed.
+    pub slow_consumers: IntCounter,
+    /// Clients sent to another node with `redirect`.
+    pub redirects: IntCounter,
+    /// Connections told to `reconnect` elsewhere (handoff or drain).
+    pub handoffs: IntCounter,
+    /// Store operations that failed.
+    pub store_errors: IntCounter,
+    /// Users whose count is waiting to be written to the store.
+    pub store_pending: IntGauge,
+    /// Times the pending-write buffer overflowed (a full resync follows).
+    pub store_overflows: IntCounter,
+    /// Events published to the bus.
+    pub events_published: IntCounter,
+    /// Events the bus refused (full queue or unavailable).
+    pub bus_errors: IntCounter,
+    /// Events received from the bus.
+    pub events_received: IntCounter,
+    /// States dropped as duplicate or older than the one held.
+    pub events_stale: IntCounter,
+    /// Resyncs of held users from the store.
+    pub resyncs: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Registering fixed, distinct names on a fresh registry cannot collide.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            connections: gauge(&r, "presence_connections", "Live authenticated WebSocket connections on this node."),
+            users: gauge(&r, "presence_users", "Users with at least one connection on this node."),
+            vnodes_owned: gauge(&r, "presence_vnodes_owned", "Vnodes this node owns in its routing table."),
+            connects: counter(&r, "presence_connects_total", "Authenticated connections accepted."),
+            disconnects: counter(&r, "presence_disconnects_total", "Authenticated connections closed."),
+            auth_failures: counter_vec(&r, "presence_auth_failures_total", "Authentication failures by reason.", "reason"),
+            client_errors: counter_vec(&r, "presence_client_errors_total", "Error messages sent to clients, by code.", "code"),
+            slow_consumers: counter(&r, "presence_slow_consumers_total", "Clients dropped because their outbound queue overflowed."),
+            redirects: counter(&r, "presence_redirects_total", "Clients redirected to the owning node."),
+            handoffs: counter(&r, "presence_handoffs_total", "Connections told to reconnect to another node."),
+            store_errors: counter(&r, "presence_store_errors_total", "Store operations that failed."),
+            store_pending: gauge(&r, "presence_store_pending_users", "Users whose count waits to be written to the store."),
+            store_overflows: counter(&r, "presence_store_buffer_overflows_total", "Pending-write buffer overflows (each forces a full resync)."),
+            events_published: counter(&r, "presence_events_published_total", "Status events published to the bus."),
+            bus_errors: counter(&r, "presence_bus_errors_total", "Status events the bus refused."),
+            events_received: counter(&r, "presence_events_received_total", "Status events received from the bus."),
+            events_stale: counter(&r, "presence_events_stale_total", "States dropped as duplicate or stale."),
+            resyncs: counter(&r, "presence_resyncs_total", "Resyncs of held users from the store."),
+            registry: r,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The node's HTTP routes: `GET /socket` (the WebSocket upgrade, with the
+//! token checked before upgrading when the request carries one), `/healthz`,
+//! `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use presence_http::{error, json, metrics_response, not_found, query_param, Request, Response};
+use presence_model::wire::code;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{session, Node};
+
+/// Routes one request.
+pub async fn handle(node: Arc<Node>, req: Request) -> Response {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/socket") => upgrade(node, req),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(&node),
+        (&Method::GET, "/metrics") => metrics_response(&node.metrics.registry),
+        (_, "/socket" | "/healthz" | "/readyz" | "/metrics") => presence_http::method_not_allowed(),
+        _ => not_found(),
+    }
+}
+
+fn readyz(node: &Node) -> Response {
+    let table = node.table.get();
+    let reason = if table.is_none() {
+        Some("no routing table yet")
+    } else if !node.store_ok() {
+        Some("store unreachable")
+    } else if node.is_draining() {
+        Some("draining")
+    } else {
+        None
+    };
+    let body = serde_json::json!({
+        "ready": reason.is_none(),
+        "reason": reason,
+        "nodeId": node.config.node_id,
+        "epoch": node.table.epoch(),
+        "tableStale": node.table.is_stale(),
+        "store": node.store.kind(),
+        "storeReachable": node.store_ok(),
+        "bus": node.bus.kind(),
+        "pendingWrites": node.pending.len(),
+    });
+    json(if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+/// The token of the upgrade request: `Authorization: Bearer` first, then `?token=`.
+fn request_token(req: &Request) -> Option<String> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    bearer.or_else(|| query_param(req.uri().query(), "token"))
+}
+
+fn upgrade(node: Arc<Node>, req: Request) -> Response {
+    let headers = req.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_ws = header_has(headers, header::UPGRADE, "websocket")
+        && header_has(headers, header::CONNECTION, "upgrade")
+        && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = key.filter(|_| is_ws) else {
+        let mut res = error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "GET /socket expects a WebSocket upgrade (version 13)");
+        res.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return res;
+    };
+    if node.is_draining() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "node is draining; ask the coordinator for the new route");
+    }
+    let pre_auth = match request_token(&req) {
+        None => None,
+        Some(token) => match node.verifier.verify(&token) {
+            Ok(user) => Some(user),
+            Err(e) => {
+                node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+                return error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
+            }
+        },
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let ws_config = node.config.websocket();
+    let tracker = node.sessions.clone();
+    tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                session::run(node, ws, pre_auth).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        }
+    });
+    let mut res = Response::new(Default::default());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}

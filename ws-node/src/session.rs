@@ -1,0 +1,368 @@
+//! One WebSocket connection, from authentication to close.
+//!
+//! A single task per connection selects over the client's frames, the
+//! bounded outbound queue filled by the hub, the ping timer, the handoff
+//! deadline and shutdown. Keeping reader and writer in one task keeps the
+//! per-connection footprint small; a stuck client cannot stall anyone else
+//! because the hub only ever `try_send`s into its queue, and an overflow
+//! drops the client.
+//!
+//! The session is generic over any `Stream + Sink` of tungstenite messages,
+//! so it runs the same over a real socket and in tests.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use presence_model::wire::{close, code, parse_client, ClientMessage, ServerMessage};
+use presence_model::UserId;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::hub::{status_message, Conn, Outbound};
+use crate::Node;
+
+/// How long to wait for the client's close reply before dropping the socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How a session ends: an optional last message, then a close frame.
+struct Ending {
+    message: Option<ServerMessage>,
+    code: u16,
+    reason: &'static str,
+}
+
+impl Ending {
+    fn new(code: u16, reason: &'static str) -> Self {
+        Self { message: None, code, reason }
+    }
+
+    fn after(message: ServerMessage, code: u16, reason: &'static str) -> Self {
+        Self { message: Some(message), code, reason }
+    }
+}
+
+/// Runs a connection. `pre_auth` is the user when the upgrade request carried
+/// a valid token; otherwise the first message must be `auth`.
+pub async fn run<S>(node: Arc<Node>, mut ws: S, pre_auth: Option<UserId>)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let user = match pre_auth {
+        Some(u) => u,
+        None => match authenticate(&node, &mut ws).await {
+            Ok(u) => u,
+            Err(end) => return close_with(&node, &mut ws, end).await,
+        },
+    };
+    // Only the owner serves a user; everyone else points the client there.
+    let Some(table) = node.table.get() else {
+        let m = ServerMessage::error(code::UNAVAILABLE, "node has no routing table yet; retry shortly");
+        return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no routing table")).await;
+    };
+    match table.owner(user.as_str()) {
+        Some(owner) if owner.id == node.config.node_id => {}
+        Some(owner) => {
+            node.metrics.redirects.inc();
+            let m = ServerMessage::Redirect { url: owner.url.clone(), epoch: table.epoch };
+            return close_with(&node, &mut ws, Ending::after(m, close::WRONG_NODE, "wrong node")).await;
+        }
+        None => {
+            let m = ServerMessage::error(code::UNAVAILABLE, "no live node owns this user's vnode; retry shortly");
+            return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no owner")).await;
+        }
+    }
+    let conn_uuid = uuid::Uuid::new_v4().to_string();
+    let (conn, rx) = Conn::new(node.next_conn_id(), node.config.outbound_queue);
+    let estimate = node.hub.connect(&user, conn.clone());
+    node.pending.mark(&user, Some(&conn_uuid));
+    node.metrics.connects.inc();
+    node.metrics.connections.inc();
+    let welcome = ServerMessage::Welcome {
+        user_id: user.clone(),
+        connection_id: conn_uuid.clone(),
+        node_id: node.config.node_id.clone(),
+        epoch: table.epoch,
+        connections: estimate,
+    };
+    let mut session = Session { node: node.clone(), conn, subs: HashSet::new(), handoff_at: None };
+    // The table may have moved between the ownership check and `connect`: if
+    // so, this connection missed the hub's handoff and is told here.
+    if let Some(t) = node.table.get() {
+        if let Some(owner) = t.owner(user.as_str()).filter(|o| o.id != node.config.node_id) {
+            let m = ServerMessage::Reconnect { url: owner.url.clone(), epoch: t.epoch, reason: "rebalance".into() };
+            session.conn.push(Outbound::Handoff(m.to_json().into()), &node.metrics);
+        }
+    }
+    let end = if send(&mut ws, &welcome).await { session.serve(&mut ws, rx).await } else { None };
+    let watched: Vec<UserId> = session.subs.drain().collect();
+    node.hub.disconnect(&user, session.conn.id(), &watched);
+    node.pending.mark(&user, Some(&conn_uuid));
+    node.metrics.disconnects.inc();
+    node.metrics.connections.dec();
+    if let Some(end) = end {
+        close_with(&node, &mut ws, end).await;
+    }
+}
+
+/// Waits for the `auth` message (SPEC 5.1).
+async fn authenticate<S>(node: &Node, ws: &mut S) -> Result<UserId, Ending>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let deadline = Instant::now() + node.config.auth_timeout;
+    loop {
+        let frame = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                node.metrics.auth_failures.with_label_values(&["timeout"]).inc();
+                return Err(Ending::new(close::AUTH_TIMEOUT, "auth timeout"));
+            }
+            f = ws.next() => f,
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Binary(_))) => {
+                client_error(node, ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported").await;
+                continue;
+            }
+            Some(Err(WsError::Capacity(_))) => return Err(too_large(node)),
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Ending::new(close::NORMAL, "closed before auth")),
+        };
+        match parse_client(&text) {
+            Ok(ClientMessage::Auth { token }) => {
+                return node.verifier.verify(&token).map_err(|e| {
+                    node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+                    node.metrics.client_errors.with_label_values(&[e.code()]).inc();
+                    Ending::after(ServerMessage::error(e.code(), e.to_string()), close::UNAUTHORIZED, "unauthorized")
+                });
+            }
+            Ok(_) => client_error(node, ws, code::UNAUTHORIZED, "authenticate first with {\"type\":\"auth\",\"token\":\"...\"}").await,
+            Err(e) => client_error(node, ws, e.code(), &e.to_string()).await,
+        }
+    }
+}
+
+fn too_large(node: &Node) -> Ending {
+    node.metrics.client_errors.with_label_values(&[code::FRAME_TOO_LARGE]).inc();
+    let limit = node.config.max_frame_bytes;
+    Ending::after(
+        ServerMessage::error(code::FRAME_TOO_LARGE, format!("frames and messages are limited to {limit} bytes")),
+        close::LIMIT,
+        "too large",
+    )
+}
+
+/// An authenticated connection's state.
+struct Session {
+    node: Arc<Node>,
+    conn: Conn,
+    /// Users this connection watches.
+    subs: HashSet<UserId>,
+    /// When a handed-off connection is closed with 4011.
+    handoff_at: Option<Instant>,
+}
+
+impl Session {
+    /// The main loop. Returns how to close, or `None` when the socket is already gone.
+    async fn serve<S>(&mut self, ws: &mut S, mut rx: mpsc::Receiver<Outbound>) -> Option<Ending>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        let node = self.node.clone();
+        let cfg = &node.config;
+        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut last_heard = Instant::now();
+        let closing = self.node.close_sessions.clone();
+        let conn = self.conn.clone();
+        loop {
+            let handoff_at = self.handoff_at;
+            let handoff = async move {
+                match handoff_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = closing.cancelled() => {
+                    return Some(Ending::new(close::GOING_AWAY, "node shutting down"));
+                }
+                _ = conn.overflowed() => {
+                    self.node.metrics.client_errors.with_label_values(&[code::SLOW_CONSUMER]).inc();
+                    let m = ServerMessage::error(code::SLOW_CONSUMER, "outbound queue overflowed; reconnect and read faster");
+                    return Some(Ending::after(m, close::LIMIT, "slow consumer"));
+                }
+                _ = handoff => return Some(Ending::new(close::HANDOFF, "handoff")),
+                out = rx.recv() => {
+                    let Some(out) = out else { return Some(Ending::new(close::GOING_AWAY, "node shutting down")) };
+                    let text = match out {
+                        Outbound::Text(t) => t,
+                        Outbound::Handoff(t) => {
+                            self.handoff_at.get_or_insert(Instant::now() + cfg.handoff_timeout);
+                            t
+                        }
+                    };
+                    if ws.send(Message::Text(text)).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= cfg.pong_timeout {
+                        return Some(Ending::new(close::NORMAL, "ping timeout"));
+                    }
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+                frame = ws.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Some(end) = self.on_text(ws, &t).await {
+                                return Some(end);
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            client_error(&self.node, ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported").await;
+                        }
+                        // tungstenite queues the pong; flush it out now.
+                        Some(Ok(Message::Ping(_))) => {
+                            if ws.flush().await.is_err() {
+                                return None;
+                            }
+                        }
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Err(WsError::Capacity(_))) => return Some(too_large(&self.node)),
+                        Some(Ok(Message::Close(_))) => return Some(Ending::new(close::NORMAL, "bye")),
+                        Some(Err(_)) | None => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_text<S>(&mut self, ws: &mut S, text: &str) -> Option<Ending>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        match parse_client(text) {
+            Ok(ClientMessage::Ping) => {
+                send(ws, &ServerMessage::Pong).await;
+                None
+            }
+            Ok(ClientMessage::Auth { .. }) => {
+                client_error(&self.node, ws, code::ALREADY_AUTHENTICATED, "this connection is already authenticated").await;
+                None
+            }
+            Ok(ClientMessage::Subscribe { user_ids }) => self.subscribe(ws, user_ids).await,
+            Ok(ClientMessage::Unsubscribe { user_ids }) => {
+                for u in user_ids {
+                    if self.subs.remove(&u) {
+                        self.node.hub.unwatch(&u, self.conn.id());
+                    }
+                }
+                None
+            }
+            Err(e) => {
+                client_error(&self.node, ws, e.code(), &e.to_string()).await;
+                None
+            }
+        }
+    }
+
+    /// Registers the watches first, then reads unknown users from the store, so
+    /// that no change can fall between the read and the registration.
+    async fn subscribe<S>(&mut self, ws: &mut S, user_ids: Vec<UserId>) -> Option<Ending>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        let mut fresh: Vec<UserId> = user_ids.into_iter().filter(|u| !self.subs.contains(u)).collect();
+        fresh.sort();
+        fresh.dedup();
+        let max = self.node.config.max_subscriptions;
+        if self.subs.len() + fresh.len() > max {
+            self.node.metrics.client_errors.with_label_values(&[code::TOO_MANY_SUBSCRIPTIONS]).inc();
+            let m = ServerMessage::error(
+                code::TOO_MANY_SUBSCRIPTIONS,
+                format!("at most {max} subscriptions per connection; this would make {}", self.subs.len() + fresh.len()),
+            );
+            return Some(Ending::after(m, close::LIMIT, "too many subscriptions"));
+        }
+        let now = presence_model::time::now_ms();
+        let mut unknown = Vec::new();
+        for u in fresh {
+            self.subs.insert(u.clone());
+            match self.node.hub.watch(&u, self.conn.clone()) {
+                Some(p) => {
+                    let _ = ws.feed(Message::Text(status_message(&p, now).to_json().into())).await;
+                }
+                None => unknown.push(u),
+            }
+        }
+        for chunk in unknown.chunks(1000) {
+            match self.node.store.presence(chunk).await {
+                Ok(states) => {
+                    for p in states {
+                        // Newer than what the hub holds: other watchers hear it too.
+                        self.node.hub.apply(&p, now, Some(self.conn.id()));
+                        let current = self.node.hub.watch(&p.user_id, self.conn.clone()).unwrap_or(p);
+                        let _ = ws.feed(Message::Text(status_message(&current, now).to_json().into())).await;
+                    }
+                }
+                Err(e) => {
+                    self.node.metrics.store_errors.inc();
+                    tracing::warn!(node = %self.node.config.node_id, error = %e, "status read failed");
+                    let m = ServerMessage::error(
+                        code::UNAVAILABLE,
+                        format!("status of {} users is unavailable now; it will be sent when the store answers", chunk.len()),
+                    );
+                    let _ = ws.feed(Message::Text(m.to_json().into())).await;
+                }
+            }
+        }
+        if ws.flush().await.is_err() {
+            return Some(Ending::new(close::NORMAL, "write failed"));
+        }
+        None
+    }
+}
+
+/// Sends one message; `false` when the socket is gone.
+async fn send<S>(ws: &mut S, m: &ServerMessage) -> bool
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    ws.send(Message::Text(m.to_json().into())).await.is_ok()
+}
+
+/// Sends a non-fatal `error` and counts it.
+async fn client_error<S>(node: &Node, ws: &mut S, code: &str, message: &str)
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    node.metrics.client_errors.with_label_values(&[code]).inc();
+    send(ws, &ServerMessage::error(code, message)).await;
+}
+
+/// Sends the last message and the close frame, then waits briefly for the client's close.
+async fn close_with<S>(node: &Node, ws: &mut S, end: Ending)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    if let Some(m) = &end.message {
+        if !send(ws, m).await {
+            return;
+        }
+    }
+    let frame = CloseFrame { code: CloseCode::from(end.code), reason: end.reason.into() };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    tracing::debug!(node = %node.config.node_id, code = end.code, reason = end.reason, "closed connection");
+}
