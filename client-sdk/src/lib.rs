@@ -1,1 +1,20 @@
-//! (being written)
+//! Rust client SDK for the presence platform.
+//!
+//! * [`coordinator`]: [`CoordinatorClient`]: `route`, batch `status`, `nodes`, `ring`.
+//! * [`connection`]: [`Connection`]: one authenticated WebSocket to a ws-node,
+//!   with typed messages in and out and the close code when it ends.
+//! * [`error`]: the SDK's [`Error`] type.
+//!
+//! Every timestamp is milliseconds since the Unix epoch; every user ID is
+//! validated before it leaves the client.
+
+pub mod connection;
+pub mod coordinator;
+pub mod error;
+
+pub use connection::{Connection, Frame, TokenPlacement};
+pub use coordinator::CoordinatorClient;
+pub use error::Error;
+pub use presence_model::api::{NodeView, PresenceView, Route};
+pub use presence_model::wire::{ClientMessage, ServerMessage};
+pub use presence_model::UserId;

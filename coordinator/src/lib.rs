@@ -1,2 +1,101 @@
-//! The coordinator.
+//! The coordinator: routes user IDs to ws-nodes, assigns vnodes to nodes,
+//! counts dead nodes out, and serves presence and the cluster view.
+//!
+//! * [`config`]: what a coordinator is told at start.
+//! * [`api`]: the HTTP API of SPEC section 4, served from the cached table.
+//! * [`control`]: the leader's loop: membership, rebalancing, dead nodes.
+//! * [`rebalance`]: the pure vnode assignment policy.
+//! * [`metrics`]: Prometheus metrics.
+//!
+//! Several coordinators may run against one store; they all serve the API,
+//! and the one holding the leader lease is the only one that changes the
+//! table (by compare-and-set on the epoch).
+
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod metrics;
 pub mod rebalance;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use presence_backend::{Bus, Store, TableCache};
+use presence_model::NodeRecord;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::CoordinatorConfig;
+
+/// A running coordinator's shared state.
+pub struct Coordinator {
+    /// Settings.
+    pub config: CoordinatorConfig,
+    /// Shared cluster state.
+    pub store: Arc<dyn Store>,
+    /// Where leave events for dead nodes go.
+    pub bus: Arc<dyn Bus>,
+    /// Cached routing table: every `/route` reads this, never the store.
+    pub table: TableCache,
+    /// Live nodes as of the last control tick (for `/nodes`).
+    nodes: RwLock<Arc<Vec<NodeRecord>>>,
+    /// This coordinator holds the leader lease.
+    leader: AtomicBool,
+    /// The last store call of the control loop succeeded.
+    store_ok: AtomicBool,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+}
+
+impl Coordinator {
+    /// Builds a coordinator (no tasks yet; see [`run`]).
+    pub fn new(config: CoordinatorConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            bus,
+            table: TableCache::new(),
+            nodes: RwLock::new(Arc::new(Vec::new())),
+            leader: AtomicBool::new(false),
+            store_ok: AtomicBool::new(false),
+            metrics: metrics::Metrics::new(),
+        })
+    }
+
+    /// Live nodes as of the last tick.
+    pub fn nodes(&self) -> Arc<Vec<NodeRecord>> {
+        // Plain data behind the lock; a poisoned lock still holds a whole Arc.
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_nodes(&self, nodes: Vec<NodeRecord>) {
+        self.metrics.live_nodes.set(nodes.len() as i64);
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(nodes);
+    }
+
+    /// Whether this coordinator is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store answered the last control tick.
+    pub fn store_ok(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves the API on `listener` and runs the control loop and table refresh
+/// until `shutdown`; gives the leader lease up on the way out.
+pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: CancellationToken) {
+    let mut tasks = JoinSet::new();
+    tasks.spawn(coord.table.clone().run_refresh(coord.store.clone(), coord.config.table_poll, shutdown.clone()));
+    tasks.spawn(control::run(coord.clone(), shutdown.clone()));
+    let c = coord.clone();
+    presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown).await;
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = coord.store.release_lease(&coord.config.id).await {
+        tracing::warn!(error = %e, "could not release the leader lease; it expires by itself");
+    }
+    tracing::info!(coordinator = %coord.config.id, "coordinator stopped");
+}

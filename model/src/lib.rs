@@ -1,5 +1,6 @@
 //! The vocabulary every part of the presence platform shares, with no I/O.
 //!
+//! * [`api`]: the JSON bodies of the coordinator's HTTP API.
 //! * [`vnode`]: the fixed user-ID → vnode hash (xxh3, 4096 vnodes).
 //! * [`user_id`]: validated user IDs.
 //! * [`wire`]: the WebSocket messages between clients and ws-nodes, and the close codes.
@@ -10,6 +11,7 @@
 //! * [`node`]: what a ws-node reports about itself when it heartbeats.
 //! * [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
 
+pub mod api;
 pub mod auth;
 pub mod event;
 pub mod node;

@@ -1,0 +1,39 @@
+//! What a coordinator is told at start.
+
+use std::time::Duration;
+
+use crate::rebalance::Policy;
+
+/// A coordinator's settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Unique ID, the holder name of the leader lease.
+    pub id: String,
+    /// How often the control loop runs (membership, rebalance, dead nodes).
+    pub tick: std::time::Duration,
+    /// Leader lease TTL; a leader silent this long is replaced.
+    pub lease_ttl: Duration,
+    /// Periodic routing-epoch check of the cache (notices are the fast path).
+    pub table_poll: Duration,
+    /// The rebalancing policy.
+    pub policy: Policy,
+}
+
+impl CoordinatorConfig {
+    /// Defaults with a random ID.
+    pub fn new() -> Self {
+        Self {
+            id: format!("coordinator-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            tick: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(5),
+            table_poll: Duration::from_secs(1),
+            policy: Policy::default(),
+        }
+    }
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}

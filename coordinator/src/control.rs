@@ -1,0 +1,147 @@
+//! The control loop. Every coordinator refreshes its view of the live nodes;
+//! the leader (lease holder) also:
+//!
+//! * writes the table back when the store lost it (same owners, epoch + 1);
+//! * runs one rebalance round and writes the result by compare-and-set;
+//! * counts out nodes whose registration expired: their presence entries are
+//!   removed and a `leave` event (reason `node_dead`) goes out per user.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use presence_backend::StoreError;
+use presence_model::event::EVENT_VERSION;
+use presence_model::{EventKind, NodeRecord, RoutingTable, StatusEvent, VNODES};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::rebalance::{self, NodeInput};
+use crate::Coordinator;
+
+/// Runs until `shutdown`.
+pub async fn run(coord: Arc<Coordinator>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(coord.config.tick);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = match step(&coord).await {
+            Ok(()) => true,
+            Err(e) => {
+                coord.metrics.store_errors.inc();
+                if coord.store_ok() {
+                    tracing::warn!(coordinator = %coord.config.id, error = %e, "store unreachable; serving routes from the cached table");
+                }
+                false
+            }
+        };
+        coord.store_ok.store(ok, Ordering::Relaxed);
+    }
+}
+
+/// One tick.
+pub async fn step(coord: &Coordinator) -> Result<(), StoreError> {
+    let nodes = coord.store.live_nodes().await?;
+    coord.set_nodes(nodes.clone());
+    let leader = coord.store.acquire_lease(&coord.config.id, coord.config.lease_ttl).await?;
+    if leader != coord.is_leader() {
+        tracing::info!(coordinator = %coord.config.id, leader, "leadership changed");
+    }
+    coord.leader.store(leader, Ordering::Relaxed);
+    coord.metrics.leader.set(i64::from(leader));
+    if !leader {
+        return Ok(());
+    }
+    rebalance_round(coord, &nodes).await?;
+    count_out_dead(coord, &nodes).await?;
+    coord.metrics.epoch.set(coord.table.epoch() as i64);
+    Ok(())
+}
+
+async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(), StoreError> {
+    let stored = coord.store.load_table().await?;
+    if let Some(t) = &stored {
+        t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    }
+    // The store lost the table (restart without persistence): write ours back, same owners.
+    let current = match (stored, coord.table.get()) {
+        (None, Some(cached)) if cached.epoch > 0 => {
+            let mut back = (*cached).clone();
+            back.epoch += 1;
+            if coord.store.swap_table(None, &back).await? {
+                tracing::warn!(epoch = back.epoch, "store had no routing table; wrote the cached one back");
+                coord.table.replace(back.clone());
+            }
+            return Ok(());
+        }
+        (stored, _) => stored,
+    };
+    let expected = current.as_ref().map(|t| t.epoch);
+    let current = current.unwrap_or_else(|| RoutingTable::empty(0));
+    let owners = current.owner_ids();
+    let mut load = vec![0u32; VNODES];
+    for n in nodes {
+        for &(v, l) in &n.vnode_load {
+            if let Some(slot) = load.get_mut(v as usize) {
+                *slot = slot.saturating_add(l);
+            }
+        }
+    }
+    let inputs: Vec<NodeInput> = nodes
+        .iter()
+        .map(|n| NodeInput { id: n.id.clone(), capacity: n.capacity, pinned: n.pinned.clone(), draining: n.draining })
+        .collect();
+    let plan = rebalance::plan(&owners, &inputs, &load, &coord.config.policy);
+    let url_of = |id: &str| nodes.iter().find(|n| n.id == id).map(|n| n.url.clone()).unwrap_or_default();
+    let new_owners: Vec<Option<&str>> = plan.owners.iter().map(|o| o.as_deref()).collect();
+    let next = RoutingTable::from_owners(current.epoch + 1, &new_owners, url_of);
+    let urls_changed = next.nodes.iter().any(|n| current.node(&n.id).is_none_or(|c| c.url != n.url));
+    if new_owners == owners && !urls_changed && expected.is_some() {
+        coord.table.offer(current);
+        return Ok(());
+    }
+    if coord.store.swap_table(expected, &next).await? {
+        coord.metrics.rebalances.inc();
+        coord.metrics.vnode_moves.inc_by(plan.moves.len() as u64);
+        tracing::info!(epoch = next.epoch, moves = plan.moves.len(), nodes = nodes.len(), capped = plan.capped, "routing table changed");
+        coord.table.offer(next);
+    } else {
+        tracing::info!("routing table changed under us; next tick retries");
+    }
+    Ok(())
+}
+
+async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(), StoreError> {
+    let live: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    for dead in coord.store.nodes_with_presence().await? {
+        if live.contains(dead.as_str()) {
+            continue;
+        }
+        let now = presence_model::time::now_ms();
+        let changes = coord.store.purge_node(&dead, now).await?;
+        coord.metrics.dead_nodes.inc();
+        tracing::warn!(node = %dead, users = changes.len(), "node is dead; counted its connections out");
+        for c in changes {
+            let event = StatusEvent {
+                v: EVENT_VERSION,
+                kind: EventKind::Leave,
+                user_id: c.presence.user_id.clone(),
+                node_id: dead.clone(),
+                connection_id: None,
+                connections: c.presence.connections,
+                seq: c.presence.seq,
+                epoch: coord.table.epoch(),
+                ts: now,
+                reason: Some("node_dead".into()),
+            };
+            if let Err(e) = coord.bus.publish(event).await {
+                coord.metrics.bus_errors.inc();
+                tracing::warn!(error = %e, "leave event not published; subscribers catch up at their next resync");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The coordinator's Prometheus metrics (one registry per coordinator).
+//! Labels are fixed sets: route names and status classes, never user IDs.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the coordinator exports.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// HTTP requests by route and status class.
+    pub requests: IntCounterVec,
+    /// `/route` latency, single and batch.
+    pub route_seconds: Histogram,
+    /// 1 while this coordinator holds the leader lease.
+    pub leader: IntGauge,
+    /// Live ws-nodes.
+    pub live_nodes: IntGauge,
+    /// Current routing epoch.
+    pub epoch: IntGauge,
+    /// Routing-table changes written by this coordinator.
+    pub rebalances: IntCounter,
+    /// Vnodes moved by this coordinator.
+    pub vnode_moves: IntCounter,
+    /// Dead nodes counted out.
+    pub dead_nodes: IntCounter,
+    /// Store operations that failed.
+    pub store_errors: IntCounter,
+    /// Leave events the bus refused while counting out a dead node.
+    pub bus_errors: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            // Fixed, distinct names on a fresh registry cannot collide.
+            let _ = r.register(c);
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            reg(Box::new(c.clone()));
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            reg(Box::new(g.clone()));
+            g
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("presence_http_requests_total", "Coordinator HTTP requests by route and status class."),
+            &["route", "status"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        reg(Box::new(requests.clone()));
+        let route_seconds = Histogram::with_opts(
+            HistogramOpts::new("presence_route_duration_seconds", "Time to answer /route (single and batch).")
+                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        reg(Box::new(route_seconds.clone()));
+        Self {
+            requests,
+            route_seconds,
+            leader: gauge("presence_coordinator_leader", "1 while this coordinator holds the leader lease."),
+            live_nodes: gauge("presence_live_nodes", "Live ws-nodes."),
+            epoch: gauge("presence_routing_epoch", "Current routing-table epoch."),
+            rebalances: counter("presence_rebalances_total", "Routing-table changes written by this coordinator."),
+            vnode_moves: counter("presence_vnode_moves_total", "Vnodes moved by this coordinator."),
+            dead_nodes: counter("presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
+            store_errors: counter("presence_store_errors_total", "Store operations that failed."),
+            bus_errors: counter("presence_bus_errors_total", "Leave events the bus refused."),
+            registry: r,
+        }
+    }
+}

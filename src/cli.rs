@@ -1,0 +1,240 @@
+//! The `presence` subcommands.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use presence_client::CoordinatorClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, ClusterConfig};
+
+/// The secret the demo uses when `JWT_SECRET` is not set. Development only.
+pub const DEMO_SECRET: &str = "presence-demo-secret";
+
+/// The presence platform's command line.
+#[derive(Debug, Parser)]
+#[command(name = "presence", version, about = "Presence and online-status platform: demo cluster, dev tokens, cluster inspection.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local cluster (a coordinator and N ws-nodes) in this process, on embedded backends.
+    Demo(DemoArgs),
+    /// Mint a development JWT (HS256 with JWT_SECRET) for a user.
+    Token {
+        /// The user ID (the token's `sub`).
+        user_id: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// Signing secret.
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
+        jwt_secret: String,
+    },
+    /// Show which node a user connects to.
+    Route {
+        /// The user ID.
+        user_id: String,
+        /// Coordinator and output options.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the presence of users.
+    Status {
+        /// User IDs (up to 1000).
+        #[arg(required = true)]
+        user_ids: Vec<String>,
+        /// Coordinator and output options.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the live ws-nodes.
+    Nodes {
+        /// Coordinator and output options.
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which coordinator to ask, and how to print.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Coordinator base URL.
+    #[arg(long, env = "PRESENCE_COORDINATOR", default_value = "http://127.0.0.1:8080")]
+    pub coordinator: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `presence demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of ws-nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nodes: u16,
+    /// Coordinator listen address (a free port is used if it is taken).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Port of the first ws-node; the others follow.
+    #[arg(long, default_value_t = 9001)]
+    pub node_port: u16,
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
+    pub jwt_secret: String,
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo(args).await,
+        Command::Token { user_id, ttl, jwt_secret } => {
+            presence_model::UserId::parse(&user_id).context("user ID")?;
+            println!("{}", presence_model::auth::mint_hs256(jwt_secret.as_bytes(), &user_id, ttl));
+            Ok(())
+        }
+        Command::Route { user_id, target } => {
+            let r = client(&target)?.route(&user_id).await?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}  vnode {}  ->  {}  {}  (epoch {}{})",
+                    r.user_id,
+                    r.vnode,
+                    r.node_id.as_deref().unwrap_or("-"),
+                    r.url.as_deref().unwrap_or("-"),
+                    r.epoch,
+                    if r.stale { ", stale" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Command::Status { user_ids, target } => {
+            let ids: Vec<&str> = user_ids.iter().map(String::as_str).collect();
+            let users = client(&target)?.status(&ids).await?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                for u in users {
+                    let seen = u.last_seen.map_or("never".to_string(), |ms| format!("{ms}"));
+                    println!(
+                        "{:<24} {:<8} connections {:<4} lastSeen {}",
+                        u.user_id,
+                        if u.online { "online" } else { "offline" },
+                        u.connections,
+                        seen
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Nodes { target } => {
+            let nodes = client(&target)?.nodes().await?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                println!("{:<12} {:<32} {:>6} {:>6} {:>6} {:>8}", "NODE", "URL", "VNODES", "CONNS", "USERS", "HB AGE");
+                for n in nodes {
+                    println!(
+                        "{:<12} {:<32} {:>6} {:>6} {:>6} {:>6}ms{}",
+                        n.id,
+                        n.url,
+                        n.vnodes,
+                        n.connections,
+                        n.users,
+                        n.heartbeat_age_ms,
+                        if n.draining { "  draining" } else { "" }
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn client(target: &Target) -> anyhow::Result<CoordinatorClient> {
+    Ok(CoordinatorClient::new(&target.coordinator)?.with_timeout(Duration::from_secs(5)))
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut config = ClusterConfig::demo(args.nodes as usize, &args.jwt_secret);
+    config.coordinator_addr = args.listen;
+    config.first_node_port = args.node_port;
+    config.host = args.listen.ip().to_string();
+    let cluster = Cluster::start(config).await?;
+    cluster.wait_settled(Duration::from_secs(15)).await?;
+    print!("{}", banner(&cluster, &args.jwt_secret));
+    let stop = CancellationToken::new();
+    shutdown_signal(stop.clone());
+    stop.cancelled().await;
+    println!("\nstopping: closing client connections and writing final counts...");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// What the demo prints once the cluster is up.
+pub fn banner(cluster: &Cluster, secret: &str) -> String {
+    use std::fmt::Write;
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "presence".into());
+    let c = &cluster.coordinator_url;
+    let token = presence_model::auth::mint_hs256(secret.as_bytes(), "alice", 86_400);
+    let alice = cluster
+        .coordinator
+        .table
+        .get()
+        .and_then(|t| t.owner("alice").map(|n| n.url.clone()))
+        .unwrap_or_else(|| cluster.nodes[0].url.clone());
+    let mut s = String::new();
+    let _ = writeln!(s, "\npresence demo: 1 coordinator + {} ws-nodes, embedded in-memory store and bus\n", cluster.nodes.len());
+    let _ = writeln!(s, "  coordinator  {c}");
+    for n in &cluster.nodes {
+        let _ = writeln!(s, "  {:<11}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
+    }
+    let _ = writeln!(s, "\nInspect the cluster (another terminal):");
+    let _ = writeln!(s, "  alias presence='{exe}'");
+    let _ = writeln!(s, "  presence nodes --coordinator {c}");
+    let _ = writeln!(s, "  presence route alice --coordinator {c}");
+    let _ = writeln!(s, "  presence status alice bob --coordinator {c}");
+    let _ = writeln!(s, "  curl '{c}/ring'    curl '{c}/presence?userId=alice'    curl '{c}/metrics'");
+    let _ = writeln!(s, "\nConnect as alice (token valid 24 h, HS256 with JWT_SECRET{}):", if secret == DEMO_SECRET { " = the demo secret" } else { "" });
+    let _ = writeln!(s, "  TOKEN={token}");
+    let _ = writeln!(s, "  websocat \"{alice}?token=$TOKEN\"");
+    let _ = writeln!(s, "  then send: {{\"type\":\"subscribe\",\"userIds\":[\"bob\"]}}   {{\"type\":\"ping\"}}");
+    let _ = writeln!(s, "  more tokens: presence token <userId>   (connect to the URL that `presence route <userId>` prints)");
+    let _ = writeln!(s, "\nAdd nodes: restart with --nodes N. Stop with Ctrl-C.");
+    s
+}
+
+/// Cancels `stop` on Ctrl-C or SIGTERM.
+pub fn shutdown_signal(stop: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        stop.cancel();
+    });
+}

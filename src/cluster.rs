@@ -1,0 +1,196 @@
+//! A whole cluster in one process: one coordinator and N ws-nodes sharing a
+//! store and a bus. The demo runs it on fixed ports; tests on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use presence_backend::{Bus, MemoryBus, MemoryStore, Store};
+use presence_coordinator::{Coordinator, CoordinatorConfig};
+use presence_model::auth::{ClaimChecks, Verifier};
+use presence_ws_node::{Node, NodeConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of ws-nodes.
+    pub nodes: usize,
+    /// Coordinator listen address (port 0: any free port).
+    pub coordinator_addr: SocketAddr,
+    /// Port of the first node (the others follow); 0: any free ports.
+    pub first_node_port: u16,
+    /// Host the nodes bind and advertise.
+    pub host: String,
+    /// HS256 secret for client tokens.
+    pub jwt_secret: String,
+    /// Timings and limits for the nodes (ID and URL are filled in per node).
+    pub node: NodeConfig,
+    /// Coordinator settings.
+    pub coordinator: CoordinatorConfig,
+}
+
+impl ClusterConfig {
+    /// The demo's defaults: coordinator on 8080, nodes on 9001.., production timings.
+    pub fn demo(nodes: usize, jwt_secret: &str) -> Self {
+        Self {
+            nodes,
+            coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            first_node_port: 9001,
+            host: "127.0.0.1".into(),
+            jwt_secret: jwt_secret.into(),
+            node: NodeConfig::new("", ""),
+            coordinator: CoordinatorConfig::new(),
+        }
+    }
+
+    /// Port 0 everywhere and fast timings, for tests.
+    pub fn for_tests(nodes: usize, jwt_secret: &str) -> Self {
+        let mut c = Self::demo(nodes, jwt_secret);
+        c.coordinator_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.first_node_port = 0;
+        c.node.heartbeat_interval = Duration::from_millis(100);
+        c.node.node_ttl = Duration::from_millis(1000);
+        c.node.table_poll = Duration::from_millis(200);
+        c.node.handoff_timeout = Duration::from_secs(2);
+        c.coordinator.tick = Duration::from_millis(100);
+        c.coordinator.lease_ttl = Duration::from_secs(1);
+        c.coordinator.table_poll = Duration::from_millis(200);
+        c
+    }
+}
+
+/// A node the cluster started.
+pub struct RunningNode {
+    /// The node's state (for inspection).
+    pub node: Arc<Node>,
+    /// Its WebSocket URL.
+    pub url: String,
+    /// Its HTTP base URL (`/healthz`, `/metrics`).
+    pub http_url: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    /// The coordinator's base URL.
+    pub coordinator_url: String,
+    /// The coordinator's state.
+    pub coordinator: Arc<Coordinator>,
+    /// The nodes, in start order.
+    pub nodes: Vec<RunningNode>,
+    config: ClusterConfig,
+    verifier: Arc<Verifier>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    stop: CancellationToken,
+    coordinator_task: JoinHandle<()>,
+}
+
+/// Binds `addr`, or any free port on the same host when it is taken.
+async fn bind_or_any(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr.port() != 0 => {
+            tracing::warn!(%addr, error = %e, "port taken; using a free one");
+            Ok(TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?)
+        }
+        Err(e) => Err(e).with_context(|| format!("binding {addr}")),
+    }
+}
+
+impl Cluster {
+    /// Starts a cluster on the embedded store and bus.
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Self> {
+        Self::start_on(config, Arc::new(MemoryStore::new()), Arc::new(MemoryBus::default())).await
+    }
+
+    /// Starts a cluster on the given backends.
+    pub async fn start_on(config: ClusterConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
+        let verifier = Arc::new(
+            Verifier::hs256(config.jwt_secret.as_bytes(), &ClaimChecks::default()).context("JWT secret")?,
+        );
+        let listener = bind_or_any(config.coordinator_addr).await?;
+        let coordinator_url = format!("http://{}", listener.local_addr()?);
+        let coordinator = Coordinator::new(config.coordinator.clone(), store.clone(), bus.clone());
+        let stop = CancellationToken::new();
+        let coordinator_task = tokio::spawn(presence_coordinator::run(listener, coordinator.clone(), stop.clone()));
+        let mut cluster = Self {
+            coordinator_url,
+            coordinator,
+            nodes: Vec::new(),
+            config,
+            verifier,
+            store,
+            bus,
+            stop,
+            coordinator_task,
+        };
+        for _ in 0..cluster.config.nodes {
+            cluster.add_node().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more node; it joins through the coordinator like any other.
+    pub async fn add_node(&mut self) -> anyhow::Result<&RunningNode> {
+        let i = self.nodes.len() + 1;
+        let port = if self.config.first_node_port == 0 { 0 } else { self.config.first_node_port + i as u16 - 1 };
+        let addr: SocketAddr = format!("{}:{port}", self.config.host).parse().context("node address")?;
+        let listener = bind_or_any(addr).await?;
+        let local = listener.local_addr()?;
+        let mut config = self.config.node.clone();
+        config.node_id = format!("node-{i}");
+        config.public_url = format!("ws://{local}/socket");
+        let node = Node::start(config, self.verifier.clone(), self.store.clone(), self.bus.clone()).await;
+        let stop = self.stop.child_token();
+        let task = tokio::spawn(presence_ws_node::run(listener, node.clone(), stop.clone()));
+        self.nodes.push(RunningNode { url: node.config.public_url.clone(), http_url: format!("http://{local}"), node, stop, task });
+        Ok(self.nodes.last().context("node just added")?)
+    }
+
+    /// Stops node `i` cleanly (its clients are closed with 1001 and counted out at once).
+    pub async fn stop_node(&mut self, i: usize) {
+        let n = self.nodes.remove(i);
+        n.stop.cancel();
+        let _ = n.task.await;
+    }
+
+    /// Waits until the table lists every node and every node holds the coordinator's epoch.
+    pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.coordinator.table.get() {
+                let all_listed = self.nodes.iter().all(|n| t.node(&n.node.config.node_id).is_some())
+                    && t.counts().iter().all(|&c| c > 0)
+                    && t.nodes.len() == self.nodes.len();
+                let all_current = self.nodes.iter().all(|n| n.node.table.epoch() == t.epoch);
+                if all_listed && all_current {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("cluster did not settle within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The shared store (tests inspect it).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stops everything: nodes close their clients, the coordinator gives up its lease.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for n in self.nodes {
+            let _ = n.task.await;
+        }
+        let _ = self.coordinator_task.await;
+    }
+}
