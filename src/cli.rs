@@ -15,7 +15,11 @@ pub const DEMO_SECRET: &str = "presence-demo-secret";
 
 /// The presence platform's command line.
 #[derive(Debug, Parser)]
-#[command(name = "presence", version, about = "Presence and online-status platform: demo cluster, dev tokens, cluster inspection.")]
+#[command(
+    name = "presence",
+    version,
+    about = "Presence and online-status platform: demo cluster, dev tokens, cluster inspection."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -193,7 +197,11 @@ pub fn banner(cluster: &Cluster, secret: &str) -> String {
         .and_then(|t| t.owner("alice").map(|n| n.url.clone()))
         .unwrap_or_else(|| cluster.nodes[0].url.clone());
     let mut s = String::new();
-    let _ = writeln!(s, "\npresence demo: 1 coordinator + {} ws-nodes, embedded in-memory store and bus\n", cluster.nodes.len());
+    let _ = writeln!(
+        s,
+        "\npresence demo: 1 coordinator + {} ws-nodes, embedded in-memory store and bus\n",
+        cluster.nodes.len()
+    );
     let _ = writeln!(s, "  coordinator  {c}");
     for n in &cluster.nodes {
         let _ = writeln!(s, "  {:<11}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
@@ -204,11 +212,18 @@ pub fn banner(cluster: &Cluster, secret: &str) -> String {
     let _ = writeln!(s, "  presence route alice --coordinator {c}");
     let _ = writeln!(s, "  presence status alice bob --coordinator {c}");
     let _ = writeln!(s, "  curl '{c}/ring'    curl '{c}/presence?userId=alice'    curl '{c}/metrics'");
-    let _ = writeln!(s, "\nConnect as alice (token valid 24 h, HS256 with JWT_SECRET{}):", if secret == DEMO_SECRET { " = the demo secret" } else { "" });
+    let _ = writeln!(
+        s,
+        "\nConnect as alice (token valid 24 h, HS256 with JWT_SECRET{}):",
+        if secret == DEMO_SECRET { " = the demo secret" } else { "" }
+    );
     let _ = writeln!(s, "  TOKEN={token}");
     let _ = writeln!(s, "  websocat \"{alice}?token=$TOKEN\"");
     let _ = writeln!(s, "  then send: {{\"type\":\"subscribe\",\"userIds\":[\"bob\"]}}   {{\"type\":\"ping\"}}");
-    let _ = writeln!(s, "  more tokens: presence token <userId>   (connect to the URL that `presence route <userId>` prints)");
+    let _ = writeln!(
+        s,
+        "  more tokens: presence token <userId>   (connect to the URL that `presence route <userId>` prints)"
+    );
     let _ = writeln!(s, "\nAdd nodes: restart with --nodes N. Stop with Ctrl-C.");
     s
 }

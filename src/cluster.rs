@@ -56,6 +56,7 @@ impl ClusterConfig {
         c.node.node_ttl = Duration::from_millis(1000);
         c.node.table_poll = Duration::from_millis(200);
         c.node.handoff_timeout = Duration::from_secs(2);
+        c.node.auth_timeout = Duration::from_millis(800);
         c.coordinator.tick = Duration::from_millis(100);
         c.coordinator.lease_ttl = Duration::from_secs(1);
         c.coordinator.table_poll = Duration::from_millis(200);
@@ -111,9 +112,8 @@ impl Cluster {
 
     /// Starts a cluster on the given backends.
     pub async fn start_on(config: ClusterConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let verifier = Arc::new(
-            Verifier::hs256(config.jwt_secret.as_bytes(), &ClaimChecks::default()).context("JWT secret")?,
-        );
+        let verifier =
+            Arc::new(Verifier::hs256(config.jwt_secret.as_bytes(), &ClaimChecks::default()).context("JWT secret")?);
         let listener = bind_or_any(config.coordinator_addr).await?;
         let coordinator_url = format!("http://{}", listener.local_addr()?);
         let coordinator = Coordinator::new(config.coordinator.clone(), store.clone(), bus.clone());
@@ -149,8 +149,14 @@ impl Cluster {
         let node = Node::start(config, self.verifier.clone(), self.store.clone(), self.bus.clone()).await;
         let stop = self.stop.child_token();
         let task = tokio::spawn(presence_ws_node::run(listener, node.clone(), stop.clone()));
-        self.nodes.push(RunningNode { url: node.config.public_url.clone(), http_url: format!("http://{local}"), node, stop, task });
-        Ok(self.nodes.last().context("node just added")?)
+        self.nodes.push(RunningNode {
+            url: node.config.public_url.clone(),
+            http_url: format!("http://{local}"),
+            node,
+            stop,
+            task,
+        });
+        self.nodes.last().context("node just added")
     }
 
     /// Stops node `i` cleanly (its clients are closed with 1001 and counted out at once).

@@ -68,15 +68,15 @@ impl Connection {
             .into_client_request()
             .map_err(|e| Error::InvalidUrl { url: url.to_string(), reason: e.to_string() })?;
         if let TokenPlacement::Header(t) = &token {
-            let v = format!("Bearer {t}")
-                .parse()
-                .map_err(|_| Error::InvalidUrl { url: url.to_string(), reason: "token is not a valid header value".into() })?;
+            let v = format!("Bearer {t}").parse().map_err(|_| Error::InvalidUrl {
+                url: url.to_string(),
+                reason: "token is not a valid header value".into(),
+            })?;
             req.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
         let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
-            .await
-            .map_err(|e| match e {
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(req, Some(config), true).await.map_err(|e| match e {
                 WsError::Http(res) => {
                     let status = res.status().as_u16();
                     Error::from_body(status, res.body().as_deref().unwrap_or_default())

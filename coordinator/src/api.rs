@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use http::{Method, StatusCode};
 use presence_http::{error, json, metrics_response, not_found, query_param, read_body, Request, Response};
-use presence_model::wire::code;
 use presence_model::api::{NodeView, PresenceView, Route};
+use presence_model::wire::code;
 use presence_model::{RoutingTable, UserId};
 use serde::Deserialize;
 
@@ -60,7 +60,9 @@ fn bad_request(code: &str, message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, code, message)
 }
 
-/// The `userId` query parameter, validated.
+/// The `userId` query parameter, validated. The error is the ready 400
+/// response; its size only matters on this cold path.
+#[allow(clippy::result_large_err)]
 fn user_param(req: &Request) -> Result<UserId, Response> {
     let raw = query_param(req.uri().query(), "userId")
         .ok_or_else(|| bad_request(code::INVALID_USER_ID, "missing query parameter userId"))?;
@@ -68,6 +70,7 @@ fn user_param(req: &Request) -> Result<UserId, Response> {
 }
 
 /// A JSON batch body, validated and bounded.
+#[allow(clippy::result_large_err)]
 async fn batch_body(req: Request) -> Result<Vec<UserId>, Response> {
     let body = read_body(req, MAX_BODY).await?;
     let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
@@ -111,13 +114,23 @@ async fn route(coord: &Coordinator, req: Request, method: &Method) -> (Instant, 
         _ => return (started, presence_http::method_not_allowed()),
     };
     let Some(table) = coord.table.get() else {
-        return (started, error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "no routing table yet: no ws-node has registered"));
+        return (
+            started,
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::UNAVAILABLE,
+                "no routing table yet: no ws-node has registered",
+            ),
+        );
     };
     let stale = coord.table.is_stale();
     if *method == Method::GET {
         let r = route_of(&table, &users[0], stale);
         if r.node_id.is_none() {
-            return (started, error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "no live node owns this user's vnode"));
+            return (
+                started,
+                error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "no live node owns this user's vnode"),
+            );
         }
         return (started, json(StatusCode::OK, &r));
     }
@@ -158,7 +171,9 @@ async fn presence(coord: &Coordinator, req: Request, method: &Method) -> Respons
 fn nodes(coord: &Coordinator) -> Response {
     let table = coord.table.get();
     let owned = |id: &str| -> usize {
-        table.as_ref().map_or(0, |t| t.owners.iter().filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == id)).count())
+        table
+            .as_ref()
+            .map_or(0, |t| t.owners.iter().filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == id)).count())
     };
     let now = presence_model::time::now_ms();
     let list: Vec<NodeView> = coord

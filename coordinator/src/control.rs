@@ -106,7 +106,13 @@ async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<()
     if coord.store.swap_table(expected, &next).await? {
         coord.metrics.rebalances.inc();
         coord.metrics.vnode_moves.inc_by(plan.moves.len() as u64);
-        tracing::info!(epoch = next.epoch, moves = plan.moves.len(), nodes = nodes.len(), capped = plan.capped, "routing table changed");
+        tracing::info!(
+            epoch = next.epoch,
+            moves = plan.moves.len(),
+            nodes = nodes.len(),
+            capped = plan.capped,
+            "routing table changed"
+        );
         coord.table.offer(next);
     } else {
         tracing::info!("routing table changed under us; next tick retries");

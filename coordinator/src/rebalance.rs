@@ -88,8 +88,7 @@ pub fn plan(current: &[Option<&str>], nodes: &[NodeInput], load: &[u32], policy:
         let capped_load = !capped_counts && r.balance_load(policy.epsilon, &mut budget);
         capped_counts || capped_load
     };
-    let owners: Vec<Option<String>> =
-        r.owner.iter().map(|o| o.map(|i| nodes[i].id.clone())).collect();
+    let owners: Vec<Option<String>> = r.owner.iter().map(|o| o.map(|i| nodes[i].id.clone())).collect();
     let moves = (0..VNODES)
         .filter(|&v| owners[v].as_deref() != current.get(v).copied().flatten())
         .filter_map(|v| {
@@ -271,17 +270,14 @@ impl<'a> Round<'a> {
         if total == 0 {
             return false;
         }
-        let shares: Vec<f64> =
-            (0..self.nodes.len()).map(|i| total as f64 * self.capacity(i) / total_cap).collect();
+        let shares: Vec<f64> = (0..self.nodes.len()).map(|i| total as f64 * self.capacity(i) / total_cap).collect();
         let share = |i: usize| shares[i];
         // Each swap strictly lowers the hottest node's excess, so this ends; the
         // bound is a guard against float ties.
         for _ in 0..VNODES {
             let ratio = |i: usize| node_load[i] as f64 / share(i);
-            let hot = *self.pool.iter().max_by(|&&a, &&b| ratio(a).total_cmp(&ratio(b)))
-                .unwrap_or(&self.pool[0]);
-            let cold = *self.pool.iter().min_by(|&&a, &&b| ratio(a).total_cmp(&ratio(b)))
-                .unwrap_or(&self.pool[0]);
+            let hot = *self.pool.iter().max_by(|&&a, &&b| ratio(a).total_cmp(&ratio(b))).unwrap_or(&self.pool[0]);
+            let cold = *self.pool.iter().min_by(|&&a, &&b| ratio(a).total_cmp(&ratio(b))).unwrap_or(&self.pool[0]);
             if hot == cold || node_load[hot] as f64 <= (1.0 + epsilon) * share(hot) {
                 return false;
             }
@@ -347,7 +343,12 @@ mod tests {
     }
 
     /// Runs rounds until nothing moves; returns owners and the total moves.
-    fn settle(mut owners: Vec<Option<String>>, nodes: &[NodeInput], load: &[u32], policy: &Policy) -> (Vec<Option<String>>, usize) {
+    fn settle(
+        mut owners: Vec<Option<String>>,
+        nodes: &[NodeInput],
+        load: &[u32],
+        policy: &Policy,
+    ) -> (Vec<Option<String>>, usize) {
         let mut moved = 0;
         for _ in 0..100 {
             let p = plan(&ids(&owners), nodes, load, policy);

@@ -197,10 +197,7 @@ impl Verifier {
 
     /// RS256, ES256 or EdDSA with a PEM public key.
     pub fn public_pem(alg: Algorithm, pem: &[u8], checks: &ClaimChecks) -> Result<Self, KeyError> {
-        let bad = |e: jsonwebtoken::errors::Error| KeyError::BadPem {
-            alg: format!("{alg:?}"),
-            detail: e.to_string(),
-        };
+        let bad = |e: jsonwebtoken::errors::Error| KeyError::BadPem { alg: format!("{alg:?}"), detail: e.to_string() };
         let key = match alg {
             Algorithm::RS256 => DecodingKey::from_rsa_pem(pem).map_err(bad)?,
             Algorithm::ES256 => DecodingKey::from_ec_pem(pem).map_err(bad)?,
@@ -278,21 +275,13 @@ pub fn mint_hs256(secret: &[u8], user_id: &str, ttl_secs: u64) -> String {
     let now = crate::time::now_ms() / 1000;
     mint_hs256_claims(
         secret,
-        &Claims {
-            sub: user_id.to_string(),
-            exp: now + ttl_secs,
-            nbf: None,
-            iat: Some(now),
-            iss: None,
-            aud: None,
-        },
+        &Claims { sub: user_id.to_string(), exp: now + ttl_secs, nbf: None, iat: Some(now), iss: None, aud: None },
     )
 }
 
 /// Mints an HS256 token with the given claims.
 pub fn mint_hs256_claims(secret: &[u8], claims: &Claims) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
-        .unwrap_or_default()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -391,11 +380,7 @@ mod tests {
 
     #[test]
     fn issuer_and_audience() {
-        let checks = ClaimChecks {
-            issuer: Some("me".into()),
-            audience: Some("presence".into()),
-            leeway_secs: None,
-        };
+        let checks = ClaimChecks { issuer: Some("me".into()), audience: Some("presence".into()), leeway_secs: None };
         let v = Verifier::hs256(SECRET, &checks).expect("verifier");
         let now = crate::time::now_ms() / 1000;
         let claims = |iss: &str, aud: &str| Claims {
@@ -411,10 +396,7 @@ mod tests {
             v.verify(&mint_hs256_claims(SECRET, &claims("you", "presence"))),
             Err(AuthError::WrongIssuerOrAudience)
         );
-        assert_eq!(
-            v.verify(&mint_hs256_claims(SECRET, &claims("me", "other"))),
-            Err(AuthError::WrongIssuerOrAudience)
-        );
+        assert_eq!(v.verify(&mint_hs256_claims(SECRET, &claims("me", "other"))), Err(AuthError::WrongIssuerOrAudience));
     }
 
     #[test]

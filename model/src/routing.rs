@@ -59,11 +59,7 @@ impl RoutingTable {
     }
 
     /// Builds a table from one owner ID per vnode (`None` for unowned), with node URLs.
-    pub fn from_owners<'a>(
-        epoch: u64,
-        owners: &[Option<&'a str>],
-        url_of: impl Fn(&'a str) -> String,
-    ) -> Self {
+    pub fn from_owners<'a>(epoch: u64, owners: &[Option<&'a str>], url_of: impl Fn(&'a str) -> String) -> Self {
         let mut nodes: Vec<TableNode> = Vec::new();
         let mut index = |id: &'a str| -> u16 {
             match nodes.iter().position(|n| n.id == id) {
@@ -173,8 +169,7 @@ mod tests {
 
     #[test]
     fn lookup_and_counts() {
-        let owners: Vec<Option<&str>> =
-            (0..VNODES).map(|v| Some(if v < 1000 { "a" } else { "b" })).collect();
+        let owners: Vec<Option<&str>> = (0..VNODES).map(|v| Some(if v < 1000 { "a" } else { "b" })).collect();
         let t = RoutingTable::from_owners(3, &owners, |id| format!("ws://{id}/socket"));
         t.validate().expect("valid");
         assert_eq!(t.counts(), vec![1000, 3096]);

@@ -136,9 +136,8 @@ impl ServerMessage {
     /// Serialises to the JSON text of a frame.
     pub fn to_json(&self) -> String {
         // Serialising these plain enums cannot fail: no maps with non-string keys, no foreign types.
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"type":"error","code":"internal","message":"serialisation failed"}"#.to_string()
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"serialisation failed"}"#.to_string())
     }
 }
 
@@ -213,8 +212,7 @@ const KNOWN_TYPES: [&str; 4] = ["auth", "subscribe", "unsubscribe", "ping"];
 /// Parses a client text frame, telling malformed JSON, unknown types, invalid
 /// user IDs and bad fields apart so that each gets its own error code.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ParseError::Malformed(e.to_string()))?;
     let kind = value
         .get("type")
         .and_then(|t| t.as_str())
@@ -257,10 +255,7 @@ mod tests {
             connections: 0,
             last_seen: None,
         };
-        assert_eq!(
-            s.to_json(),
-            r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null}"#
-        );
+        assert_eq!(s.to_json(), r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null}"#);
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
         let back: ServerMessage = serde_json::from_str(&m.to_json()).expect("round trip");
         assert_eq!(back, m);
@@ -280,14 +275,8 @@ mod tests {
             parse_client(r#"{"type":"subscribe","userIds":[""]}"#).map_err(|e| e.code()),
             Err(code::INVALID_USER_ID)
         );
-        assert_eq!(
-            parse_client(r#"{"type":"subscribe"}"#).map_err(|e| e.code()),
-            Err(code::BAD_REQUEST)
-        );
-        assert_eq!(
-            parse_client(r#"{"type":"auth","token":5}"#).map_err(|e| e.code()),
-            Err(code::BAD_REQUEST)
-        );
+        assert_eq!(parse_client(r#"{"type":"subscribe"}"#).map_err(|e| e.code()), Err(code::BAD_REQUEST));
+        assert_eq!(parse_client(r#"{"type":"auth","token":5}"#).map_err(|e| e.code()), Err(code::BAD_REQUEST));
     }
 
     proptest::proptest! {

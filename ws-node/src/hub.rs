@@ -303,7 +303,11 @@ impl Hub {
                     continue;
                 }
                 e.handed_off = true;
-                let t = text(&ServerMessage::Reconnect { url: owner.url.clone(), epoch: table.epoch, reason: reason.to_string() });
+                let t = text(&ServerMessage::Reconnect {
+                    url: owner.url.clone(),
+                    epoch: table.epoch,
+                    reason: reason.to_string(),
+                });
                 for c in &e.conns {
                     c.push(Outbound::Handoff(t.clone()), &self.metrics);
                     told += 1;

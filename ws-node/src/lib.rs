@@ -204,7 +204,10 @@ impl Node {
         let mut table = self.table.subscribe();
         loop {
             let owned = self.table.get().map_or(0, |t| {
-                t.owners.iter().filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == self.config.node_id)).count()
+                t.owners
+                    .iter()
+                    .filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == self.config.node_id))
+                    .count()
             });
             let (connections, _) = self.hub.totals();
             if owned == 0 && connections == 0 {
@@ -255,7 +258,11 @@ async fn heartbeat_loop(node: Arc<Node>, stop: CancellationToken) {
     }
 }
 
-async fn consume_events(node: Arc<Node>, mut events: Box<dyn presence_backend::BusSubscription>, stop: CancellationToken) {
+async fn consume_events(
+    node: Arc<Node>,
+    mut events: Box<dyn presence_backend::BusSubscription>,
+    stop: CancellationToken,
+) {
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return,
@@ -284,7 +291,11 @@ async fn watch_ownership(node: Arc<Node>, stop: CancellationToken) {
     loop {
         let table = rx.borrow_and_update().clone();
         if let Some(t) = table {
-            let owned = t.owners.iter().filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == node.config.node_id)).count();
+            let owned = t
+                .owners
+                .iter()
+                .filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == node.config.node_id))
+                .count();
             node.metrics.vnodes_owned.set(owned as i64);
             let reason = if node.is_draining() { "drain" } else { "rebalance" };
             let told = node.hub.hand_off(&t, &node.config.node_id, reason);

@@ -78,12 +78,20 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
         && header_has(headers, header::CONNECTION, "upgrade")
         && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
     let Some(key) = key.filter(|_| is_ws) else {
-        let mut res = error(StatusCode::UPGRADE_REQUIRED, "upgrade_required", "GET /socket expects a WebSocket upgrade (version 13)");
+        let mut res = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "GET /socket expects a WebSocket upgrade (version 13)",
+        );
         res.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return res;
     };
     if node.is_draining() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "node is draining; ask the coordinator for the new route");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::UNAVAILABLE,
+            "node is draining; ask the coordinator for the new route",
+        );
     }
     let pre_auth = match request_token(&req) {
         None => None,

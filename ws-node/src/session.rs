@@ -131,7 +131,9 @@ where
                 continue;
             }
             Some(Err(WsError::Capacity(_))) => return Err(too_large(node)),
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(Ending::new(close::NORMAL, "closed before auth")),
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                return Err(Ending::new(close::NORMAL, "closed before auth"))
+            }
         };
         match parse_client(&text) {
             Ok(ClientMessage::Auth { token }) => {
@@ -141,7 +143,15 @@ where
                     Ending::after(ServerMessage::error(e.code(), e.to_string()), close::UNAUTHORIZED, "unauthorized")
                 });
             }
-            Ok(_) => client_error(node, ws, code::UNAUTHORIZED, "authenticate first with {\"type\":\"auth\",\"token\":\"...\"}").await,
+            Ok(_) => {
+                client_error(
+                    node,
+                    ws,
+                    code::UNAUTHORIZED,
+                    "authenticate first with {\"type\":\"auth\",\"token\":\"...\"}",
+                )
+                .await
+            }
             Err(e) => client_error(node, ws, e.code(), &e.to_string()).await,
         }
     }
@@ -256,7 +266,8 @@ impl Session {
                 None
             }
             Ok(ClientMessage::Auth { .. }) => {
-                client_error(&self.node, ws, code::ALREADY_AUTHENTICATED, "this connection is already authenticated").await;
+                client_error(&self.node, ws, code::ALREADY_AUTHENTICATED, "this connection is already authenticated")
+                    .await;
                 None
             }
             Ok(ClientMessage::Subscribe { user_ids }) => self.subscribe(ws, user_ids).await,
@@ -289,7 +300,10 @@ impl Session {
             self.node.metrics.client_errors.with_label_values(&[code::TOO_MANY_SUBSCRIPTIONS]).inc();
             let m = ServerMessage::error(
                 code::TOO_MANY_SUBSCRIPTIONS,
-                format!("at most {max} subscriptions per connection; this would make {}", self.subs.len() + fresh.len()),
+                format!(
+                    "at most {max} subscriptions per connection; this would make {}",
+                    self.subs.len() + fresh.len()
+                ),
             );
             return Some(Ending::after(m, close::LIMIT, "too many subscriptions"));
         }
@@ -319,7 +333,10 @@ impl Session {
                     tracing::warn!(node = %self.node.config.node_id, error = %e, "status read failed");
                     let m = ServerMessage::error(
                         code::UNAVAILABLE,
-                        format!("status of {} users is unavailable now; it will be sent when the store answers", chunk.len()),
+                        format!(
+                            "status of {} users is unavailable now; it will be sent when the store answers",
+                            chunk.len()
+                        ),
                     );
                     let _ = ws.feed(Message::Text(m.to_json().into())).await;
                 }

@@ -170,10 +170,8 @@ async fn write(node: &Node, batch: &[(UserId, Option<String>)], reason: Option<&
     if batch.is_empty() {
         return Ok(());
     }
-    let updates: Vec<CountUpdate> = batch
-        .iter()
-        .map(|(u, _)| CountUpdate { user_id: u.clone(), connections: node.hub.local_count(u) })
-        .collect();
+    let updates: Vec<CountUpdate> =
+        batch.iter().map(|(u, _)| CountUpdate { user_id: u.clone(), connections: node.hub.local_count(u) }).collect();
     let now = presence_model::time::now_ms();
     let results = node.store.set_counts(&node.config.node_id, &updates, now).await?;
     for ((update, (_, conn)), result) in updates.iter().zip(batch).zip(results) {

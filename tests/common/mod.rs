@@ -1,0 +1,115 @@
+//! Helpers for the integration tests: a cluster on port 0, tokens, and
+//! clients that read until a condition holds or a deadline passes.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use presence::cluster::{Cluster, ClusterConfig};
+use presence_client::{Connection, CoordinatorClient, Frame, ServerMessage, TokenPlacement};
+
+pub const SECRET: &str = "integration-test-secret";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn token(user: &str) -> String {
+    presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
+}
+
+pub async fn cluster(nodes: usize) -> Cluster {
+    let c = Cluster::start(ClusterConfig::for_tests(nodes, SECRET)).await.expect("cluster starts");
+    c.wait_settled(WAIT).await.expect("cluster settles");
+    c
+}
+
+pub fn coordinator(c: &Cluster) -> CoordinatorClient {
+    CoordinatorClient::new(&c.coordinator_url).expect("coordinator url")
+}
+
+/// The node ID and URL that own `user`.
+pub fn owner(c: &Cluster, user: &str) -> (String, String) {
+    let t = c.coordinator.table.get().expect("table");
+    let n = t.owner(user).expect("owner");
+    (n.id.clone(), n.url.clone())
+}
+
+/// Connects `user` to its owner (token in the header) and reads the welcome.
+pub async fn connect(c: &Cluster, user: &str) -> (Connection, ServerMessage) {
+    let (_, url) = owner(c, user);
+    let mut conn = Connection::connect(&url, TokenPlacement::Header(token(user))).await.expect("connects");
+    let welcome = expect(&mut conn, |m| matches!(m, ServerMessage::Welcome { .. }), "welcome").await;
+    (conn, welcome)
+}
+
+/// Reads messages until one matches; panics with what was seen otherwise.
+pub async fn expect(conn: &mut Connection, pred: impl Fn(&ServerMessage) -> bool, what: &str) -> ServerMessage {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, conn.next()).await {
+            Ok(Some(Frame::Message(m))) if pred(&m) => return m,
+            Ok(Some(f)) => seen.push(format!("{f:?}")),
+            Ok(None) => panic!("connection ended waiting for {what}; saw {seen:?}"),
+            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code (panics if none comes).
+pub async fn expect_close(conn: &mut Connection) -> (u16, Vec<ServerMessage>) {
+    let mut before = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, conn.next()).await {
+            Ok(Some(Frame::Closed { code, .. })) => return (code, before),
+            Ok(Some(Frame::Message(m))) => before.push(m),
+            Ok(Some(Frame::Unparsed(t))) => panic!("unparsed frame {t}"),
+            Ok(None) => panic!("connection dropped without a close frame; saw {before:?}"),
+            Err(_) => panic!("no close within {WAIT:?}; saw {before:?}"),
+        }
+    }
+}
+
+/// Waits for the count stream of `conn` to reach `n`.
+pub async fn expect_count(conn: &mut Connection, n: u64) {
+    expect(conn, |m| matches!(m, ServerMessage::Count { connections, .. } if *connections == n), &format!("count {n}"))
+        .await;
+}
+
+/// Waits for a `status` of `user` with `n` connections.
+pub async fn expect_status(conn: &mut Connection, user: &str, n: u64) -> ServerMessage {
+    expect(
+        conn,
+        |m| matches!(m, ServerMessage::Status { user_id, connections, .. } if user_id.as_str() == user && *connections == n),
+        &format!("status of {user} with {n} connections"),
+    )
+    .await
+}
+
+/// Polls `check` until it returns true or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Users that the current table spreads over every node (at least `per_node` each).
+pub fn users_on_every_node(c: &Cluster, per_node: usize) -> Vec<String> {
+    let t = c.coordinator.table.get().expect("table");
+    let mut out = Vec::new();
+    for n in &t.nodes {
+        let mine: Vec<String> = (0..)
+            .map(|i| format!("user-{i}"))
+            .filter(|u| t.owner(u).is_some_and(|o| o.id == n.id))
+            .take(per_node)
+            .collect();
+        out.extend(mine);
+    }
+    out
+}
