@@ -5,12 +5,15 @@
 //!   membership with TTL, per-user presence with sequence numbers, leader lease.
 //! * [`bus`]: the [`Bus`] trait: join/leave events to and from every node.
 //! * [`memory`]: embedded in-process implementations of both.
+//! * `conformance` (feature `conformance`): the test suite every store must pass.
 //! * [`table_cache`]: a reader's cached copy of the routing table, refreshed
 //!   on notice and by a periodic epoch check.
 //!
 //! The Redis store lives in `redis/` and the Kafka bus in `kafka/`.
 
 pub mod bus;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod memory;
 pub mod store;
 pub mod table_cache;

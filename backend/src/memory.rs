@@ -326,39 +326,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn counts_sum_over_nodes_and_seq_grows() {
-        let st = MemoryStore::new();
-        let r = st.set_counts("a", &[upd("u", 2)], 10).await.expect("up");
-        let c1 = r[0].clone().expect("changed");
-        assert_eq!((c1.presence.connections, c1.previous), (2, 0));
-        let r = st.set_counts("b", &[upd("u", 1)], 11).await.expect("up");
-        let c2 = r[0].clone().expect("changed");
-        assert_eq!(c2.presence.connections, 3);
-        assert!(c2.presence.seq > c1.presence.seq);
-        // Writing the same absolute count again changes nothing.
-        assert_eq!(st.set_counts("b", &[upd("u", 1)], 12).await.expect("up"), vec![None]);
-        let r = st.set_counts("a", &[upd("u", 0)], 13).await.expect("up");
-        let c3 = r[0].clone().expect("changed");
-        assert_eq!(c3.presence.connections, 1);
-        assert_eq!(c3.presence.last_seen, Some(13));
-        assert_eq!(st.node_users("a").await.expect("up"), Vec::<UserId>::new());
-        assert_eq!(st.node_users("b").await.expect("up"), vec![uid("u")]);
-    }
-
-    #[tokio::test]
-    async fn purge_counts_a_node_out() {
-        let st = MemoryStore::new();
-        st.set_counts("dead", &[upd("x", 1), upd("y", 3)], 1).await.expect("up");
-        st.set_counts("live", &[upd("y", 1)], 1).await.expect("up");
-        let mut nodes = st.nodes_with_presence().await.expect("up");
-        nodes.sort();
-        assert_eq!(nodes, vec!["dead".to_string(), "live".to_string()]);
-        let mut changes = st.purge_node("dead", 50).await.expect("up");
-        changes.sort_by(|a, b| a.presence.user_id.cmp(&b.presence.user_id));
-        assert_eq!(changes.len(), 2);
-        assert_eq!(changes[0].presence.connections, 0);
-        assert_eq!(changes[1].presence.connections, 1);
-        assert_eq!(st.nodes_with_presence().await.expect("up"), vec!["live".to_string()]);
+    async fn follows_the_store_rules() {
+        crate::conformance::run_all(&MemoryStore::new(), "mem").await;
     }
 
     #[tokio::test]
@@ -368,53 +337,6 @@ mod tests {
         st.wipe();
         let after = st.set_counts("a", &[upd("u", 1)], 2).await.expect("up")[0].clone().expect("changed");
         assert!(after.presence.seq > before.presence.seq);
-    }
-
-    #[tokio::test]
-    async fn table_cas_and_notice() {
-        let st = MemoryStore::new();
-        let mut notices = st.table_notices();
-        let t1 = RoutingTable::empty(1);
-        assert!(st.swap_table(None, &t1).await.expect("up"));
-        assert!(!st.swap_table(None, &RoutingTable::empty(2)).await.expect("up"));
-        assert!(st.swap_table(Some(1), &RoutingTable::empty(2)).await.expect("up"));
-        notices.changed().await.expect("notice");
-        assert_eq!(*notices.borrow(), 2);
-        assert_eq!(st.table_epoch().await.expect("up"), Some(2));
-    }
-
-    #[tokio::test]
-    async fn lease_is_exclusive_until_expiry() {
-        let st = MemoryStore::new();
-        assert!(st.acquire_lease("c1", Duration::from_millis(50)).await.expect("up"));
-        assert!(!st.acquire_lease("c2", Duration::from_millis(50)).await.expect("up"));
-        assert!(st.acquire_lease("c1", Duration::from_millis(50)).await.expect("up"));
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(st.acquire_lease("c2", Duration::from_millis(50)).await.expect("up"));
-        st.release_lease("c2").await.expect("up");
-        assert!(st.acquire_lease("c1", Duration::from_millis(50)).await.expect("up"));
-    }
-
-    #[tokio::test]
-    async fn membership_expires_and_reports_fresh_registrations() {
-        let st = MemoryStore::new();
-        let rec = NodeRecord {
-            id: "n".into(),
-            url: "ws://x/socket".into(),
-            capacity: 1,
-            connections: 0,
-            users: 0,
-            vnode_load: vec![],
-            pinned: vec![],
-            draining: false,
-            heartbeat_ms: 0,
-        };
-        assert!(st.heartbeat(&rec, Duration::from_millis(40)).await.expect("up"));
-        assert!(!st.heartbeat(&rec, Duration::from_millis(40)).await.expect("up"));
-        assert_eq!(st.live_nodes().await.expect("up").len(), 1);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(st.live_nodes().await.expect("up").is_empty());
-        assert!(st.heartbeat(&rec, Duration::from_millis(40)).await.expect("up"));
     }
 
     #[tokio::test]

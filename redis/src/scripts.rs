@@ -1,0 +1,34 @@
+//! The Lua scripts, compiled in from `redis/lua/`. `redis::Script` sends
+//! `EVALSHA` and loads the script once when the server answers `NOSCRIPT`
+//! (after a restart or on a new cluster node).
+
+use redis::Script;
+
+/// Every script the store runs.
+pub struct Scripts {
+    /// Sets a node's count for a user; see `lua/set_count.lua`.
+    pub set_count: Script,
+    /// Compare-and-set of the routing table; see `lua/swap_table.lua`.
+    pub swap_table: Script,
+    /// Node registration; see `lua/heartbeat.lua`.
+    pub heartbeat: Script,
+    /// Drops a counted-out node; see `lua/forget_node.lua`.
+    pub forget_node: Script,
+    /// Leader lease; see `lua/lease_acquire.lua`.
+    pub lease_acquire: Script,
+    /// Leader lease release; see `lua/lease_release.lua`.
+    pub lease_release: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self {
+            set_count: Script::new(include_str!("../lua/set_count.lua")),
+            swap_table: Script::new(include_str!("../lua/swap_table.lua")),
+            heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
+            forget_node: Script::new(include_str!("../lua/forget_node.lua")),
+            lease_acquire: Script::new(include_str!("../lua/lease_acquire.lua")),
+            lease_release: Script::new(include_str!("../lua/lease_release.lua")),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! [`RedisStore`]: the [`Store`] on Redis.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use presence_backend::{CountUpdate, Store, StoreError};
+use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, UserId, Vnode, VNODES};
+use redis::aio::ConnectionLike;
+use redis::{AsyncCommands, RedisError, RedisResult};
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::keys::Keys;
+use crate::scripts::Scripts;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; several (or `cluster`) for a Redis Cluster.
+    pub urls: Vec<String>,
+    /// Use the cluster client (implied by more than one URL).
+    pub cluster: bool,
+    /// Key prefix (and hash tag) for every key.
+    pub prefix: String,
+    /// Time allowed for one operation before it counts as a failure.
+    pub op_timeout: Duration,
+    /// How long an offline user's record (lastSeen) is kept.
+    pub retention: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for these URLs: prefix `presence`, 2 s operations, 30-day retention.
+    pub fn new(urls: Vec<String>) -> Self {
+        let cluster = urls.len() > 1;
+        Self {
+            urls,
+            cluster,
+            prefix: "presence".into(),
+            op_timeout: Duration::from_secs(2),
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+
+    /// Reads `REDIS_URL` syntax: one URL, or a comma-separated list for a cluster.
+    pub fn parse(value: &str) -> Self {
+        Self::new(value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    }
+}
+
+/// The Redis store, over any multiplexed async connection (single or cluster).
+pub struct RedisStore<C> {
+    conn: C,
+    keys: Keys,
+    scripts: Scripts,
+    notices: watch::Sender<u64>,
+    op_timeout: Duration,
+    retention_ms: u64,
+    kind: &'static str,
+    /// Stops the notice listener when the store goes away.
+    _listener: DropGuard,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Connects to Redis (or a Redis Cluster) and starts the table-notice listener.
+/// A single Redis connects lazily and reconnects by itself, so a node can start
+/// while Redis is down; a cluster needs one reachable node to learn the slots.
+pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let first = config.urls.first().ok_or_else(|| StoreError::Unavailable("no Redis URL given".into()))?;
+    let notice_client = redis::Client::open(first.as_str()).map_err(unavailable)?;
+    if config.cluster {
+        let client = redis::cluster::ClusterClient::builder(config.urls.iter().map(String::as_str))
+            .connection_timeout(config.op_timeout)
+            .response_timeout(config.op_timeout)
+            .retries(2)
+            .build()
+            .map_err(unavailable)?;
+        let conn = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(Arc::new(RedisStore::new(conn, notice_client, config, "redis-cluster")))
+    } else {
+        let mgr_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let client = redis::Client::open(first.as_str()).map_err(unavailable)?;
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, mgr_config).map_err(unavailable)?;
+        Ok(Arc::new(RedisStore::new(conn, notice_client, config, "redis")))
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store on `conn`; `notice_client` subscribes to epoch notices.
+    pub fn new(conn: C, notice_client: redis::Client, config: &RedisConfig, kind: &'static str) -> Self {
+        let keys = Keys::new(&config.prefix);
+        let notices = watch::channel(0).0;
+        let stop = CancellationToken::new();
+        tokio::spawn(listen_notices(notice_client, keys.table_channel(), notices.clone(), stop.clone()));
+        Self {
+            conn,
+            keys,
+            scripts: Scripts::default(),
+            notices,
+            op_timeout: config.op_timeout,
+            retention_ms: config.retention.as_millis() as u64,
+            kind,
+            _listener: stop.drop_guard(),
+        }
+    }
+
+    /// Runs one Redis operation under the operation timeout.
+    async fn op<T>(&self, f: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, f).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.op_timeout))),
+        }
+    }
+
+    async fn set_one(&self, node_id: &str, u: &CountUpdate, now_ms: u64) -> Result<Option<PresenceChange>, StoreError> {
+        let v = u.user_id.vnode();
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.set_count.prepare_invoke();
+        inv.key(self.keys.user(v, u.user_id.as_str()))
+            .key(self.keys.node_users(v, node_id))
+            .arg(node_id)
+            .arg(u.connections)
+            .arg(now_ms)
+            .arg(u.user_id.as_str())
+            .arg(self.retention_ms);
+        let reply: Option<Vec<String>> = self.op(inv.invoke_async(&mut conn)).await?;
+        let Some(reply) = reply else { return Ok(None) };
+        let num = |i: usize| -> Result<u64, StoreError> {
+            reply
+                .get(i)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("set_count returned {reply:?}")))
+        };
+        Ok(Some(PresenceChange {
+            presence: Presence {
+                user_id: u.user_id.clone(),
+                connections: num(0)?,
+                seq: num(2)?,
+                last_seen: reply.get(3).and_then(|s| s.parse().ok()),
+            },
+            previous: num(1)?,
+        }))
+    }
+
+    async fn node_user_set(&self, node_id: &str) -> Result<Vec<UserId>, StoreError> {
+        let mut users = Vec::new();
+        // 4096 small reads, a chunk at a time over the multiplexed connection:
+        // only a resync or a dead node's count-out needs this.
+        for chunk in (0..VNODES as Vnode).collect::<Vec<_>>().chunks(512) {
+            let reads = chunk.iter().map(|&v| {
+                let mut conn = self.conn.clone();
+                let key = self.keys.node_users(v, node_id);
+                async move { conn.smembers::<_, Vec<String>>(key).await }
+            });
+            for r in self.op(async { join_all(reads).await.into_iter().collect::<RedisResult<Vec<_>>>() }).await? {
+                users.extend(r.into_iter().filter_map(|u| UserId::parse(&u).ok()));
+            }
+        }
+        Ok(users)
+    }
+}
+
+async fn listen_notices(client: redis::Client, channel: String, notices: watch::Sender<u64>, stop: CancellationToken) {
+    loop {
+        let session = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                if let Ok(epoch) = msg.get_payload::<u64>() {
+                    notices.send_replace(epoch);
+                }
+            }
+            Ok::<(), RedisError>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "table notice subscription lost; readers poll meanwhile");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl<C> Store for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.op(redis::cmd("PING").query_async::<String>(&mut conn)).await.map(drop)
+    }
+
+    async fn load_table(&self) -> Result<Option<RoutingTable>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = self.op(conn.get(self.keys.table())).await?;
+        raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("routing table: {e}"))))
+            .transpose()
+    }
+
+    async fn table_epoch(&self) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.op(conn.get(self.keys.epoch())).await
+    }
+
+    async fn swap_table(&self, expected: Option<u64>, table: &RoutingTable) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(table).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.swap_table.prepare_invoke();
+        inv.key(self.keys.epoch())
+            .key(self.keys.table())
+            .arg(expected.map(|e| e.to_string()).unwrap_or_default())
+            .arg(table.epoch)
+            .arg(json)
+            .arg(self.keys.table_channel());
+        let written: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+        if written == 1 {
+            // Local readers need not wait for the round trip through pub/sub.
+            self.notices.send_replace(table.epoch);
+        }
+        Ok(written == 1)
+    }
+
+    fn table_notices(&self) -> watch::Receiver<u64> {
+        self.notices.subscribe()
+    }
+
+    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(self.keys.node(&node.id)).key(self.keys.nodes()).arg(&node.id).arg(json).arg(ttl.as_millis() as u64);
+        let fresh: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+        Ok(fresh == 1)
+    }
+
+    async fn deregister(&self, node_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.op(conn.del::<_, ()>(self.keys.node(node_id))).await
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut ids: Vec<String> = self.op(conn.smembers(self.keys.nodes())).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        ids.sort();
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
+        let raw: Vec<Option<String>> = self.op(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+        let mut nodes = Vec::new();
+        for (id, r) in ids.iter().zip(raw) {
+            let Some(r) = r else { continue };
+            match serde_json::from_str::<NodeRecord>(&r) {
+                Ok(n) => nodes.push(n),
+                Err(e) => tracing::warn!(node = %id, error = %e, "unreadable node record skipped"),
+            }
+        }
+        Ok(nodes)
+    }
+
+    async fn set_counts(
+        &self,
+        node_id: &str,
+        updates: &[CountUpdate],
+        now_ms: u64,
+    ) -> Result<Vec<Option<PresenceChange>>, StoreError> {
+        // Concurrent script calls pipeline over the multiplexed connection.
+        join_all(updates.iter().map(|u| self.set_one(node_id, u, now_ms))).await.into_iter().collect()
+    }
+
+    async fn node_users(&self, node_id: &str) -> Result<Vec<UserId>, StoreError> {
+        self.node_user_set(node_id).await
+    }
+
+    async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.op(conn.smembers(self.keys.nodes())).await
+    }
+
+    async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError> {
+        let users: HashSet<UserId> = self.node_user_set(node_id).await?.into_iter().collect();
+        let updates: Vec<CountUpdate> =
+            users.into_iter().map(|user_id| CountUpdate { user_id, connections: 0 }).collect();
+        let mut changes = Vec::new();
+        for chunk in updates.chunks(512) {
+            changes.extend(self.set_counts(node_id, chunk, now_ms).await?.into_iter().flatten());
+        }
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.forget_node.prepare_invoke();
+        inv.key(self.keys.node(node_id)).key(self.keys.nodes()).arg(node_id);
+        let _: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+        Ok(changes)
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, StoreError> {
+        let reads = users.iter().map(|u| {
+            let mut conn = self.conn.clone();
+            let key = self.keys.user(u.vnode(), u.as_str());
+            async move { conn.hgetall::<_, Vec<(String, String)>>(key).await }
+        });
+        let raw = self.op(async { join_all(reads).await.into_iter().collect::<RedisResult<Vec<_>>>() }).await?;
+        Ok(users
+            .iter()
+            .zip(raw)
+            .map(|(u, fields)| {
+                let mut p = Presence::unknown(u.clone());
+                for (k, v) in fields {
+                    if k.starts_with("n:") {
+                        p.connections += v.parse::<u64>().unwrap_or(0);
+                    } else if k == "seq" {
+                        p.seq = v.parse().unwrap_or(0);
+                    } else if k == "ls" {
+                        p.last_seen = v.parse().ok();
+                    }
+                }
+                p
+            })
+            .collect())
+    }
+
+    async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.lease_acquire.prepare_invoke();
+        inv.key(self.keys.leader()).arg(holder).arg(ttl.as_millis() as u64);
+        let held: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+        Ok(held == 1)
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.lease_release.prepare_invoke();
+        inv.key(self.keys.leader()).arg(holder);
+        let _: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+}
