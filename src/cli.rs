@@ -93,6 +93,12 @@ pub struct DemoArgs {
     /// HS256 secret for client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
     pub jwt_secret: String,
+    /// Redis to run on instead of the embedded store (one URL, or a comma-separated cluster list).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Kafka brokers to run on instead of the embedded bus.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
 }
 
 /// Runs a parsed command.
@@ -173,11 +179,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     config.coordinator_addr = args.listen;
     config.first_node_port = args.node_port;
     config.host = args.listen.ip().to_string();
-    let cluster = Cluster::start(config).await?;
+    let backends = presence_runtime::backends::connect(&presence_runtime::backends::BackendConfig {
+        redis_url: args.redis_url.clone(),
+        kafka_brokers: args.kafka_brokers.clone(),
+        client_id: "demo".into(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let (store_kind, bus_kind) = (backends.store.kind(), backends.bus.kind());
+    let cluster = Cluster::start_on(config, backends.store, backends.bus).await?;
     cluster.wait_settled(Duration::from_secs(15)).await?;
-    print!("{}", banner(&cluster, &args.jwt_secret));
+    print!("{}", banner(&cluster, &args.jwt_secret, store_kind, bus_kind));
     let stop = CancellationToken::new();
-    shutdown_signal(stop.clone());
+    presence_runtime::signal::on_shutdown_signal(stop.clone());
     stop.cancelled().await;
     println!("\nstopping: closing client connections and writing final counts...");
     cluster.shutdown().await;
@@ -185,7 +200,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// What the demo prints once the cluster is up.
-pub fn banner(cluster: &Cluster, secret: &str) -> String {
+pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String {
     use std::fmt::Write;
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "presence".into());
     let c = &cluster.coordinator_url;
@@ -196,7 +211,13 @@ pub fn banner(cluster: &Cluster, secret: &str) -> String {
         .get()
         .and_then(|t| t.owner("alice").map(|n| n.url.clone()))
         .unwrap_or_else(|| cluster.nodes[0].url.clone());
+    let backends = if store == "memory" && bus == "memory" {
+        "embedded in-memory store and bus".to_string()
+    } else {
+        format!("store: {store}, bus: {bus}")
+    };
     let mut s = String::new();
+    let _ = writeln!(s, "\npresence demo: 1 coordinator + {} ws-nodes, {backends}\n", cluster.nodes.len());
     let _ = writeln!(
         s,
         "\npresence demo: 1 coordinator + {} ws-nodes, embedded in-memory store and bus\n",
@@ -226,30 +247,4 @@ pub fn banner(cluster: &Cluster, secret: &str) -> String {
     );
     let _ = writeln!(s, "\nAdd nodes: restart with --nodes N. Stop with Ctrl-C.");
     s
-}
-
-/// Cancels `stop` on Ctrl-C or SIGTERM.
-pub fn shutdown_signal(stop: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        stop.cancel();
-    });
 }

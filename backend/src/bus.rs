@@ -38,15 +38,38 @@ pub trait BusSubscription: Send {
     async fn next(&mut self) -> Option<BusMessage>;
 }
 
+/// Counters a bus keeps about itself, read when metrics are scraped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Events handed to the bus.
+    pub published: u64,
+    /// Events the bus confirmed delivered (for the embedded bus: published).
+    pub delivered: u64,
+    /// Events the bus gave up on after retrying.
+    pub delivery_errors: u64,
+    /// Events waiting in the producer's queue now.
+    pub queue_depth: u64,
+    /// Events received by this process's subscribers.
+    pub received: u64,
+    /// Whether the bus is reachable as far as this process knows.
+    pub healthy: bool,
+}
+
 /// The event bus between nodes.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Short name for logs and `/readyz` (`memory`, `kafka`).
     fn kind(&self) -> &'static str;
 
+    /// Counters for metrics and `/readyz`.
+    fn stats(&self) -> BusStats;
+
     /// Queues an event for every subscriber. Does not wait for delivery.
     async fn publish(&self, event: StatusEvent) -> Result<(), BusError>;
 
     /// Every event published from now on.
     fn subscribe(&self) -> Box<dyn BusSubscription>;
+
+    /// Waits (blocking, up to `timeout`) until queued events are delivered: for shutdown.
+    fn flush(&self, _timeout: std::time::Duration) {}
 }

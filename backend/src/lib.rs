@@ -18,7 +18,7 @@ pub mod memory;
 pub mod store;
 pub mod table_cache;
 
-pub use bus::{Bus, BusError, BusMessage, BusSubscription};
+pub use bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
 pub use memory::{MemoryBus, MemoryStore};
 pub use store::{CountUpdate, Store, StoreError};
 pub use table_cache::TableCache;

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, StatusEvent, UserId};
 use tokio::sync::{broadcast, watch};
 
-use crate::bus::{Bus, BusError, BusMessage, BusSubscription};
+use crate::bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
 use crate::store::{next_seq, CountUpdate, Store, StoreError};
 
 /// One user's record.
@@ -263,6 +263,8 @@ impl Store for MemoryStore {
 #[derive(Clone)]
 pub struct MemoryBus {
     tx: broadcast::Sender<Arc<StatusEvent>>,
+    published: Arc<std::sync::atomic::AtomicU64>,
+    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Default number of events a slow subscriber may fall behind before it must resync.
@@ -277,7 +279,7 @@ impl Default for MemoryBus {
 impl MemoryBus {
     /// A bus whose subscribers may each lag `capacity` events.
     pub fn new(capacity: usize) -> Self {
-        Self { tx: broadcast::channel(capacity.max(1)).0 }
+        Self { tx: broadcast::channel(capacity.max(1)).0, published: Arc::default(), received: Arc::default() }
     }
 }
 
@@ -287,26 +289,43 @@ impl Bus for MemoryBus {
         "memory"
     }
 
+    fn stats(&self) -> BusStats {
+        let published = self.published.load(Ordering::Relaxed);
+        BusStats {
+            published,
+            delivered: published,
+            delivery_errors: 0,
+            queue_depth: 0,
+            received: self.received.load(Ordering::Relaxed),
+            healthy: true,
+        }
+    }
+
     async fn publish(&self, event: StatusEvent) -> Result<(), BusError> {
         // No subscribers is not an error: the event had nobody to reach.
         let _ = self.tx.send(Arc::new(event));
+        self.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn subscribe(&self) -> Box<dyn BusSubscription> {
-        Box::new(MemorySubscription { rx: self.tx.subscribe() })
+        Box::new(MemorySubscription { rx: self.tx.subscribe(), received: self.received.clone() })
     }
 }
 
 struct MemorySubscription {
     rx: broadcast::Receiver<Arc<StatusEvent>>,
+    received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[async_trait]
 impl BusSubscription for MemorySubscription {
     async fn next(&mut self) -> Option<BusMessage> {
         match self.rx.recv().await {
-            Ok(e) => Some(BusMessage::Event(e)),
+            Ok(e) => {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                Some(BusMessage::Event(e))
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => Some(BusMessage::Resync),
             Err(broadcast::error::RecvError::Closed) => None,
         }

@@ -1,6 +1,7 @@
 //! The coordinator: routes user IDs to ws-nodes, assigns vnodes to nodes,
 //! counts dead nodes out, and serves presence and the cluster view.
 //!
+//! * [`args`]: the `coordinator` command line and its checks.
 //! * [`config`]: what a coordinator is told at start.
 //! * [`api`]: the HTTP API of SPEC section 4, served from the cached table.
 //! * [`control`]: the leader's loop: membership, rebalancing, dead nodes.
@@ -12,6 +13,7 @@
 //! table (by compare-and-set on the epoch).
 
 pub mod api;
+pub mod args;
 pub mod config;
 pub mod control;
 pub mod metrics;
@@ -94,6 +96,8 @@ pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: Cance
     let c = coord.clone();
     presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown).await;
     while tasks.join_next().await.is_some() {}
+    let bus = coord.bus.clone();
+    let _ = tokio::task::spawn_blocking(move || bus.flush(std::time::Duration::from_secs(5))).await;
     if let Err(e) = coord.store.release_lease(&coord.config.id).await {
         tracing::warn!(error = %e, "could not release the leader lease; it expires by itself");
     }

@@ -2,6 +2,7 @@
 //! live connections, streams that count to the user's connections and status
 //! changes to their subscribers, and hands users over when vnodes move.
 //!
+//! * [`args`]: the `ws-node` command line and its checks.
 //! * [`config`]: what a node is told at start.
 //! * [`hub`]: local users, their connections and watchers, and fan-out.
 //! * [`sync`]: writing counts to the store and events to the bus.
@@ -13,6 +14,7 @@
 //! heartbeat, store writer, bus consumer, handoff watcher); [`run`] serves it
 //! on a bound listener until shutdown, like `mini-redis`'s `server::run`.
 
+pub mod args;
 pub mod config;
 pub mod hub;
 pub mod metrics;
@@ -233,6 +235,8 @@ impl Node {
         if let Err(e) = self.store.deregister(&self.config.node_id).await {
             tracing::warn!(node = %self.config.node_id, error = %e, "deregister failed; the registration expires by itself");
         }
+        let bus = self.bus.clone();
+        let _ = tokio::task::spawn_blocking(move || bus.flush(Duration::from_secs(5))).await;
         self.stop_background.cancel();
         let mut tasks = std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
         while tasks.join_next().await.is_some() {}

@@ -1,0 +1,31 @@
+//! `coordinator`: see `coordinator --help`.
+
+use clap::Parser;
+use presence_coordinator::args::Args;
+use presence_coordinator::Coordinator;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() {
+    presence_runtime::logging::init("info");
+    let settings = Args::parse().settings().unwrap_or_else(|e| e.exit());
+    let backends = match presence_runtime::backends::connect(&settings.backends).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(69);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", settings.listen);
+            std::process::exit(71);
+        }
+    };
+    tracing::info!(id = %settings.coordinator.id, addr = %settings.listen, "coordinator starting");
+    let coord = Coordinator::new(settings.coordinator, backends.store, backends.bus);
+    let stop = CancellationToken::new();
+    presence_runtime::signal::on_shutdown_signal(stop.clone());
+    presence_coordinator::run(listener, coord, stop).await;
+}

@@ -1,0 +1,308 @@
+//! The `ws-node` command line: flags with environment fallbacks, read as text
+//! and checked together so that every mistake is reported at once (exit 64).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use presence_model::auth::{parse_algorithm, ClaimChecks, Verifier};
+use presence_model::routing::parse_vnode_set;
+use presence_runtime::backends::BackendConfig;
+use presence_runtime::config::{ConfigError, Problems};
+
+use crate::NodeConfig;
+
+/// A presence WebSocket node.
+#[derive(Debug, Parser)]
+#[command(name = "ws-node", version, about = "Presence WebSocket node: JWT auth, connection counts, status fan-out.")]
+pub struct Args {
+    /// Address to listen on (WebSocket at /socket, plus /healthz, /readyz, /metrics).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:9000")]
+    pub listen_addr: String,
+    /// WebSocket URL clients are sent to; default ws://127.0.0.1:<port>/socket.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Stable node ID; default <hostname>-<port>.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Relative capacity: a node with 2 gets twice the vnodes.
+    #[arg(long, env = "CAPACITY", default_value = "1")]
+    pub capacity: String,
+    /// Vnodes pinned to this node, e.g. 0-1023,2048.
+    #[arg(long, env = "ASSIGNED_VNODES")]
+    pub assigned_vnodes: Option<String>,
+    /// Redis URL, or a comma-separated list of Redis Cluster nodes.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "presence")]
+    pub redis_prefix: String,
+    /// Kafka bootstrap brokers, host:port[,host:port].
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of status events.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "user_status_events")]
+    pub kafka_topic: String,
+    /// Partitions of the topic when this node creates it.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value = "16")]
+    pub kafka_partitions: String,
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with the public key for RS256, ES256 or EdDSA tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// JWKS file (JSON) with the verifying keys, picked by kid.
+    #[arg(long, env = "JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+    /// Token algorithm: HS256 (default with a secret), RS256, ES256 or EdDSA.
+    #[arg(long, env = "JWT_ALG")]
+    pub jwt_alg: Option<String>,
+    /// Required token issuer (iss), if any.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required token audience (aud), if any.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Leeway for exp and nbf, seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value = "30")]
+    pub jwt_leeway_secs: String,
+    /// Heartbeat interval, ms.
+    #[arg(long, env = "HEARTBEAT_MS", default_value = "1000")]
+    pub heartbeat_ms: String,
+    /// Registration TTL: a node silent this long is dead, ms.
+    #[arg(long, env = "NODE_TTL_MS", default_value = "5000")]
+    pub node_ttl_ms: String,
+    /// How long a handed-off connection stays open after `reconnect`, ms.
+    #[arg(long, env = "HANDOFF_TIMEOUT_MS", default_value = "10000")]
+    pub handoff_timeout_ms: String,
+    /// How long a client may take to authenticate after the upgrade, ms.
+    #[arg(long, env = "AUTH_TIMEOUT_MS", default_value = "5000")]
+    pub auth_timeout_ms: String,
+    /// Subscriptions allowed per connection.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value = "1000")]
+    pub max_subscriptions: String,
+    /// Outbound messages queued per connection before a slow client is dropped.
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value = "64")]
+    pub outbound_queue: String,
+    /// Users whose count may wait for Redis before a full resync is scheduled instead.
+    #[arg(long, env = "MAX_PENDING_WRITES", default_value = "100000")]
+    pub max_pending_writes: String,
+}
+
+/// Everything a node needs, checked.
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Node settings.
+    pub node: NodeConfig,
+    /// Token verifier.
+    pub verifier: Arc<Verifier>,
+    /// Store and bus.
+    pub backends: BackendConfig,
+}
+
+fn ms(p: &mut Problems, name: &str, v: &str) -> Duration {
+    Duration::from_millis(p.parse_min::<u64>(name, v, 1).unwrap_or(1))
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn verifier(a: &Args, p: &mut Problems) -> Option<Verifier> {
+    let leeway = p.parse::<u64>("--jwt-leeway-secs/JWT_LEEWAY_SECS", &a.jwt_leeway_secs);
+    let checks = ClaimChecks { issuer: a.jwt_issuer.clone(), audience: a.jwt_audience.clone(), leeway_secs: leeway };
+    let sources = [a.jwt_secret.is_some(), a.jwt_public_key.is_some(), a.jwt_jwks.is_some()];
+    match sources.iter().filter(|s| **s).count() {
+        0 => {
+            p.add("JWT_SECRET / JWT_PUBLIC_KEY / JWT_JWKS", "one is required to verify client tokens");
+            return None;
+        }
+        1 => {}
+        _ => {
+            p.add("JWT_SECRET / JWT_PUBLIC_KEY / JWT_JWKS", "give only one");
+            return None;
+        }
+    }
+    let alg_name =
+        a.jwt_alg.clone().unwrap_or_else(|| if a.jwt_secret.is_some() { "HS256".into() } else { "RS256".into() });
+    let alg = match parse_algorithm(&alg_name) {
+        Ok(alg) => alg,
+        Err(e) => {
+            p.add("--jwt-alg/JWT_ALG", e);
+            return None;
+        }
+    };
+    let result = if let Some(secret) = &a.jwt_secret {
+        if alg_name != "HS256" {
+            p.add("--jwt-alg/JWT_ALG", "a shared secret verifies HS256 only");
+            return None;
+        }
+        Verifier::hs256(secret.as_bytes(), &checks)
+    } else if let Some(path) = &a.jwt_public_key {
+        match std::fs::read(path) {
+            Ok(pem) => Verifier::public_pem(alg, &pem, &checks),
+            Err(e) => {
+                p.add("--jwt-public-key/JWT_PUBLIC_KEY", format!("cannot read {path}: {e}"));
+                return None;
+            }
+        }
+    } else {
+        let path = a.jwt_jwks.as_deref().unwrap_or_default();
+        match std::fs::read_to_string(path) {
+            Ok(json) => Verifier::jwks(alg, &json, &checks),
+            Err(e) => {
+                p.add("--jwt-jwks/JWT_JWKS", format!("cannot read {path}: {e}"));
+                return None;
+            }
+        }
+    };
+    result.map_err(|e| p.add("JWT key", e)).ok()
+}
+
+impl Args {
+    /// Checks everything; every problem is in the error.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut p = Problems::new();
+        let listen = p.parse::<SocketAddr>("--listen-addr/LISTEN_ADDR", &self.listen_addr);
+        let port = listen.map_or(9000, |l| l.port());
+        let public_url = match &self.public_url {
+            Some(u) if u.starts_with("ws://") || u.starts_with("wss://") => {
+                if u.trim_end_matches('/').ends_with("/socket") {
+                    u.trim_end_matches('/').to_string()
+                } else {
+                    format!("{}/socket", u.trim_end_matches('/'))
+                }
+            }
+            Some(u) => {
+                p.add("--public-url/PUBLIC_URL", format!("{u:?} must start with ws:// or wss://"));
+                String::new()
+            }
+            None => format!("ws://127.0.0.1:{port}/socket"),
+        };
+        let node_id = self.node_id.clone().unwrap_or_else(|| format!("{}-{port}", hostname()));
+        if node_id.is_empty() || node_id.len() > 128 || node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            p.add("--node-id/NODE_ID", format!("{node_id:?} must be 1-128 characters without spaces"));
+        }
+        let mut node = NodeConfig::new(node_id.clone(), public_url);
+        node.capacity = p.parse_min("--capacity/CAPACITY", &self.capacity, 1u32).unwrap_or(1);
+        if let Some(v) = &self.assigned_vnodes {
+            match parse_vnode_set(v) {
+                Ok(set) => node.pinned = set,
+                Err(e) => p.add("--assigned-vnodes/ASSIGNED_VNODES", e),
+            }
+        }
+        node.heartbeat_interval = ms(&mut p, "--heartbeat-ms/HEARTBEAT_MS", &self.heartbeat_ms);
+        node.node_ttl = ms(&mut p, "--node-ttl-ms/NODE_TTL_MS", &self.node_ttl_ms);
+        if node.node_ttl <= node.heartbeat_interval {
+            p.add("--node-ttl-ms/NODE_TTL_MS", "must be longer than the heartbeat interval");
+        }
+        node.handoff_timeout = ms(&mut p, "--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms);
+        node.auth_timeout = ms(&mut p, "--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms);
+        node.max_subscriptions =
+            p.parse_min("--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, 1usize).unwrap_or(1);
+        node.outbound_queue = p.parse_min("--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, 1usize).unwrap_or(1);
+        node.max_pending_writes =
+            p.parse_min("--max-pending-writes/MAX_PENDING_WRITES", &self.max_pending_writes, 1usize).unwrap_or(1);
+        let redis = p.require(
+            "--redis-url/REDIS_URL",
+            self.redis_url.as_deref(),
+            "the routing table and presence live there; `presence demo` runs without it",
+        );
+        if let Some(r) = redis {
+            if !r.split(',').all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")) {
+                p.add("--redis-url/REDIS_URL", "every URL must start with redis:// or rediss://");
+            }
+        }
+        let kafka = p.require(
+            "--kafka-brokers/KAFKA_BROKERS",
+            self.kafka_brokers.as_deref(),
+            "events between nodes travel there",
+        );
+        let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
+        let verifier = verifier(self, &mut p);
+        p.finish()?;
+        Ok(Settings {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000))),
+            node,
+            verifier: Arc::new(verifier.ok_or_else(|| ConfigError(vec!["JWT: no verifier".into()]))?),
+            backends: BackendConfig {
+                redis_url: redis.map(str::to_string),
+                redis_prefix: Some(self.redis_prefix.clone()),
+                kafka_brokers: kafka.map(str::to_string),
+                kafka_topic: Some(self.kafka_topic.clone()),
+                kafka_partitions: partitions,
+                client_id: node_id,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["ws-node"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("parses")
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_secrets_are_not() {
+        let a = args(&[
+            "--capacity",
+            "zero",
+            "--listen-addr",
+            "nowhere",
+            "--public-url",
+            "http://x",
+            "--assigned-vnodes",
+            "9999",
+            "--jwt-secret",
+            "s3cr3t-value",
+            "--jwt-alg",
+            "RS256",
+        ]);
+        let e = a.settings().err().expect("invalid");
+        let text = e.to_string();
+        for needle in
+            ["CAPACITY", "LISTEN_ADDR", "PUBLIC_URL", "ASSIGNED_VNODES", "REDIS_URL", "KAFKA_BROKERS", "JWT_ALG"]
+        {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(!text.contains("s3cr3t-value"), "secret leaked:\n{text}");
+    }
+
+    #[test]
+    fn a_good_configuration() {
+        let a = args(&[
+            "--listen-addr",
+            "127.0.0.1:9100",
+            "--node-id",
+            "n1",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--jwt-secret",
+            "x",
+            "--assigned-vnodes",
+            "0-9",
+            "--public-url",
+            "ws://h:1",
+        ]);
+        let s = a.settings().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.node.node_id, "n1");
+        assert_eq!(s.node.public_url, "ws://h:1/socket");
+        assert_eq!(s.node.pinned.len(), 10);
+        assert!(s.backends.is_external());
+    }
+}
