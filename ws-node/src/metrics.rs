@@ -43,6 +43,14 @@ pub struct Metrics {
     pub events_stale: IntCounter,
     /// Resyncs of held users from the store.
     pub resyncs: IntCounter,
+    /// Events the bus confirmed delivered.
+    pub bus_delivered: IntCounter,
+    /// Events the bus gave up on after retrying.
+    pub bus_delivery_errors: IntCounter,
+    /// Events waiting in the bus producer's queue.
+    pub bus_queue_depth: IntGauge,
+    /// 1 while the bus answers.
+    pub bus_up: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -62,6 +70,17 @@ fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterV
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = r.register(Box::new(c.clone()));
     c
+}
+
+impl Metrics {
+    /// Copies the bus's own counters in, just before a scrape.
+    pub fn observe_bus(&self, stats: &presence_backend::BusStats) {
+        let catch_up = |c: &IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
+        catch_up(&self.bus_delivered, stats.delivered);
+        catch_up(&self.bus_delivery_errors, stats.delivery_errors);
+        self.bus_queue_depth.set(stats.queue_depth as i64);
+        self.bus_up.set(i64::from(stats.healthy));
+    }
 }
 
 impl Default for Metrics {
@@ -115,6 +134,18 @@ impl Metrics {
             events_received: counter(&r, "presence_events_received_total", "Status events received from the bus."),
             events_stale: counter(&r, "presence_events_stale_total", "States dropped as duplicate or stale."),
             resyncs: counter(&r, "presence_resyncs_total", "Resyncs of held users from the store."),
+            bus_delivered: counter(&r, "presence_bus_delivered_total", "Status events the bus confirmed delivered."),
+            bus_delivery_errors: counter(
+                &r,
+                "presence_bus_delivery_errors_total",
+                "Status events the bus gave up on after retrying.",
+            ),
+            bus_queue_depth: gauge(
+                &r,
+                "presence_bus_queue_depth",
+                "Status events waiting in the bus producer's queue.",
+            ),
+            bus_up: gauge(&r, "presence_bus_up", "1 while the event bus answers."),
             registry: r,
         }
     }

@@ -20,7 +20,10 @@ pub async fn handle(node: Arc<Node>, req: Request) -> Response {
         (&Method::GET, "/socket") => upgrade(node, req),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&node),
-        (&Method::GET, "/metrics") => metrics_response(&node.metrics.registry),
+        (&Method::GET, "/metrics") => {
+            node.metrics.observe_bus(&node.bus.stats());
+            metrics_response(&node.metrics.registry)
+        }
         (_, "/socket" | "/healthz" | "/readyz" | "/metrics") => presence_http::method_not_allowed(),
         _ => not_found(),
     }
@@ -46,6 +49,7 @@ fn readyz(node: &Node) -> Response {
         "store": node.store.kind(),
         "storeReachable": node.store_ok(),
         "bus": node.bus.kind(),
+        "busReachable": node.bus.stats().healthy,
         "pendingWrites": node.pending.len(),
     });
     json(if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)

@@ -1,0 +1,256 @@
+//! Separate processes sharing a real Redis and a real Kafka-protocol broker
+//! (SPEC 5.3, issue 3): counts stay exact through churn, a node killed with
+//! -9, a node joining, the leader coordinator dying, and Redis restarting empty.
+
+mod common;
+
+#[path = "common/procs.rs"]
+mod procs;
+#[path = "common/tracked.rs"]
+mod tracked;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use presence_client::CoordinatorClient;
+use procs::{Proc, Redis, Shared};
+use tracked::Client;
+
+const SECRET: &str = "process-test-secret";
+
+/// A tiny deterministic generator, so a failing run can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// Waits until the coordinator lists `n` live nodes and every vnode has an owner among them.
+async fn wait_for_nodes(api: &CoordinatorClient, n: usize) {
+    common::eventually(&format!("{n} nodes owning the ring"), || async {
+        let Ok(nodes) = api.nodes().await else { return false };
+        let Ok(ring) = api.ring().await else { return false };
+        let owned: usize = nodes.iter().map(|x| x.vnodes).sum();
+        nodes.len() == n && owned == 4096 && ring["nodes"].as_array().map(Vec::len) == Some(n)
+    })
+    .await;
+}
+
+struct Churn {
+    users: Vec<String>,
+    clients: Vec<Client>,
+    watchers: Vec<Client>,
+    rng: Lcg,
+    coordinator: String,
+}
+
+impl Churn {
+    async fn new(coordinator: &str, users: usize, watchers: usize) -> Self {
+        let users: Vec<String> = (0..users).map(|i| format!("user-{i}")).collect();
+        let mut w = Vec::new();
+        for i in 0..watchers {
+            w.push(Client::connect(coordinator, SECRET, &format!("watcher-{i}"), &users).await);
+        }
+        Self { users, clients: Vec::new(), watchers: w, rng: Lcg(7), coordinator: coordinator.into() }
+    }
+
+    /// `ops` random connects and disconnects (at most 3 connections per user).
+    async fn run(&mut self, ops: usize) {
+        for _ in 0..ops {
+            self.clients.retain(|c| !c.user.is_empty());
+            let connect = self.clients.len() < 10 || self.rng.next(3) != 0;
+            if connect {
+                let u = self.users[self.rng.next(self.users.len())].clone();
+                if self.clients.iter().filter(|c| c.user == u && c.alive()).count() < 3 {
+                    self.clients.push(Client::connect(&self.coordinator, SECRET, &u, &[]).await);
+                }
+            } else {
+                let i = self.rng.next(self.clients.len());
+                self.clients.swap_remove(i).close().await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The truth: live connections per user.
+    fn truth(&self) -> HashMap<String, u64> {
+        let mut t: HashMap<String, u64> = self.users.iter().map(|u| (u.clone(), 0)).collect();
+        for c in self.clients.iter().filter(|c| c.alive()) {
+            *t.entry(c.user.clone()).or_default() += 1;
+        }
+        t
+    }
+
+    /// Every view agrees with the truth, or a description of the first disagreement.
+    async fn check(&self, api: &CoordinatorClient) -> Result<(), String> {
+        let truth = self.truth();
+        let ids: Vec<&str> = self.users.iter().map(String::as_str).collect();
+        let presence = api.status(&ids).await.map_err(|e| format!("presence: {e}"))?;
+        for p in presence {
+            let want = truth[&p.user_id];
+            if p.connections != want || p.online != (want > 0) {
+                return Err(format!("/presence {} = {} but truth is {want}", p.user_id, p.connections));
+            }
+        }
+        for c in self.clients.iter().filter(|c| c.alive()) {
+            let s = c.seen();
+            if s.count != Some(truth[&c.user]) {
+                return Err(format!(
+                    "count stream of a {} client on {:?} = {:?}, truth {}",
+                    c.user, s.node_id, s.count, truth[&c.user]
+                ));
+            }
+        }
+        for w in self.watchers.iter().filter(|w| w.alive()) {
+            let s = w.seen();
+            for u in &self.users {
+                if s.status.get(u).copied() != Some(truth[u]) {
+                    return Err(format!("{} sees {u} at {:?}, truth {}", w.user, s.status.get(u), truth[u]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Within 10 s of quiet, every view equals the truth.
+    async fn converges(&self, api: &CoordinatorClient, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.check(api).await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() >= deadline => panic!("{what}: not converged after 10 s: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+async fn leader_of(coordinators: &[(Proc, String)]) -> Option<usize> {
+    for (i, (_, url)) in coordinators.iter().enumerate() {
+        let api = CoordinatorClient::new(url).ok()?;
+        if let Ok(r) = api.get::<serde_json::Value>("/readyz").await {
+            if r["leader"] == true {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_stay_exact_through_churn_crash_join_and_leader_loss() {
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("churn");
+    let redis = Redis::start(&dir).await;
+    let sh = Shared::new("churn", redis.url(), SECRET);
+    let mut coords = vec![sh.coordinator("coord-a"), sh.coordinator("coord-b")];
+    let mut nodes: Vec<(Proc, String, String)> = (1..=3).map(|i| sh.node(&format!("node-{i}"))).collect();
+    let api_a = CoordinatorClient::new(&coords[0].1).expect("url");
+    wait_for_nodes(&api_a, 3).await;
+
+    let mut churn = Churn::new(&coords[0].1, 24, 3).await;
+    churn.run(80).await;
+    churn.converges(&api_a, "after churn").await;
+
+    // kill -9 a node: its clients drop, the leader counts its connections out.
+    nodes[1].0.kill9();
+    churn.run(30).await;
+    wait_for_nodes(&api_a, 2).await;
+    churn.converges(&api_a, "after a node was killed").await;
+
+    // A new node joins: vnodes move and their users are handed over.
+    nodes.push(sh.node("node-4"));
+    wait_for_nodes(&api_a, 3).await;
+    churn.run(30).await;
+    churn.converges(&api_a, "after a node joined").await;
+
+    // The leader coordinator dies; the other takes over.
+    let leader = leader_of(&coords).await.expect("a leader");
+    coords[leader].0.kill9();
+    let survivor = coords.remove(1 - leader);
+    let api = CoordinatorClient::new(&survivor.1).expect("url");
+    churn.coordinator = survivor.1.clone();
+    common::eventually("the survivor leads", || async {
+        api.get::<serde_json::Value>("/readyz").await.is_ok_and(|r| r["leader"] == true)
+    })
+    .await;
+    churn.run(30).await;
+    churn.converges(&api, "after the leader died").await;
+    let moved: u32 = churn.clients.iter().map(|c| c.seen().moves).sum();
+    eprintln!("clients handed over during the test: {moved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_moves_few_vnodes_and_nobody_flaps_offline() {
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("join");
+    let redis = Redis::start(&dir).await;
+    let sh = Shared::new("join", redis.url(), SECRET);
+    let (_coord, url) = sh.coordinator("coord");
+    let _nodes: Vec<(Proc, String, String)> = (1..=3).map(|i| sh.node(&format!("node-{i}"))).collect();
+    let api = CoordinatorClient::new(&url).expect("url");
+    wait_for_nodes(&api, 3).await;
+    let before = api.ring().await.expect("ring");
+
+    // 60 users online, one connection each, and a watcher of all of them.
+    let mut churn = Churn::new(&url, 60, 1).await;
+    for u in churn.users.clone() {
+        churn.clients.push(Client::connect(&url, SECRET, &u, &[]).await);
+    }
+    churn.converges(&api, "all online").await;
+
+    let _new = sh.node("node-4");
+    wait_for_nodes(&api, 4).await;
+    let after = api.ring().await.expect("ring");
+    let name = |ring: &serde_json::Value, v: usize| -> String {
+        let i = ring["owners"][v].as_u64().expect("owned") as usize;
+        ring["nodes"][i]["id"].as_str().expect("id").to_string()
+    };
+    let moved = (0..4096).filter(|&v| name(&before, v) != name(&after, v)).count();
+    assert!(moved as f64 <= 1.05 * 4096.0 / 4.0, "moved {moved} vnodes");
+    assert!((0..4096).all(|v| name(&before, v) == name(&after, v) || name(&after, v) == "node-4"));
+
+    // Every client ends on its owner; counts stay 1; the watcher never saw anyone at 0.
+    let table: HashMap<String, String> =
+        churn.users.iter().map(|u| (u.clone(), name(&after, presence_model::vnode(u) as usize))).collect();
+    common::eventually("clients on their new owners", || async {
+        churn.clients.iter().all(|c| c.alive() && c.seen().node_id.as_deref() == Some(table[&c.user].as_str()))
+    })
+    .await;
+    churn.converges(&api, "after the join").await;
+    let history = churn.watchers[0].seen().history;
+    let flaps: Vec<_> = history.iter().skip(churn.users.len()).filter(|(_, online, _)| !online).collect();
+    assert!(flaps.is_empty(), "a subscriber saw users go offline during the handoff: {flaps:?}");
+    let moved_clients = churn.clients.iter().filter(|c| c.seen().moves > 0).count();
+    assert!(moved_clients > 0, "no client was handed over");
+    assert!(churn.clients.iter().all(|c| c.seen().count == Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_empty_under_churn_converges() {
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("redis-restart");
+    let mut redis = Redis::start(&dir).await;
+    let sh = Shared::new("redis-restart", redis.url(), SECRET);
+    let (_coord, url) = sh.coordinator("coord");
+    let _nodes: Vec<(Proc, String, String)> = (1..=2).map(|i| sh.node(&format!("node-{i}"))).collect();
+    let api = CoordinatorClient::new(&url).expect("url");
+    wait_for_nodes(&api, 2).await;
+    let mut churn = Churn::new(&url, 16, 2).await;
+    churn.run(40).await;
+    churn.converges(&api, "before the outage").await;
+
+    redis.stop();
+    // Routing keeps working from the caches, and so does counting.
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        churn.run(5).await;
+    }
+    let r = api.route("user-1").await.expect("route served from cache while Redis is down");
+    assert!(r.stale, "a route from cache is marked stale");
+    redis.restart().await;
+    churn.converges(&api, "after Redis came back empty").await;
+}
