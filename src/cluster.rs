@@ -186,6 +186,11 @@ impl Cluster {
         }
     }
 
+    /// The settings the next [`Cluster::add_node`] uses (tests pin vnodes, change timings).
+    pub fn config_mut(&mut self) -> &mut ClusterConfig {
+        &mut self.config
+    }
+
     /// The shared store (tests inspect it).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -104,6 +104,12 @@ async fn purge_counts_a_node_out(st: &dyn Store, tag: &str) {
     assert_eq!(changes[0].presence.last_seen, Some(50));
     assert!(!st.nodes_with_presence().await.expect("up").contains(&dead));
     assert!(st.purge_node(&dead, 60).await.expect("up").is_empty(), "purge is idempotent");
+    // Counting out a node that is alive after all: its next heartbeat says so.
+    assert!(!st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"));
+    st.purge_node(&live, 65).await.expect("up");
+    assert!(st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"), "fresh after a count-out");
+    assert!(!st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"), "only once");
+    st.set_counts(&live, &[upd(&y, 1)], 66).await.expect("up");
     st.set_counts(&live, &[upd(&y, 0)], 70).await.expect("up");
     st.deregister(&live).await.expect("up");
     st.purge_node(&live, 80).await.expect("up");

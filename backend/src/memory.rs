@@ -43,6 +43,8 @@ struct State {
     users: HashMap<UserId, UserRecord>,
     node_users: HashMap<String, HashSet<UserId>>,
     lease: Option<(String, Instant)>,
+    /// Nodes counted out since their last heartbeat.
+    purged: HashSet<String>,
 }
 
 /// The embedded store. Clone it to share one store between components.
@@ -178,7 +180,8 @@ impl Store for MemoryStore {
     async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError> {
         let mut s = self.up()?;
         let now = Instant::now();
-        let fresh = s.nodes.get(&node.id).is_none_or(|(_, exp)| *exp <= now);
+        let purged = s.purged.remove(&node.id);
+        let fresh = purged || s.nodes.get(&node.id).is_none_or(|(_, exp)| *exp <= now);
         s.nodes.insert(node.id.clone(), (node.clone(), now + ttl));
         Ok(fresh)
     }
@@ -219,10 +222,12 @@ impl Store for MemoryStore {
     async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError> {
         let mut s = self.up()?;
         let users: Vec<UserId> = s.node_users.get(node_id).map(|u| u.iter().cloned().collect()).unwrap_or_default();
-        Ok(users
+        let changes = users
             .into_iter()
             .filter_map(|user_id| set_count(&mut s, node_id, &CountUpdate { user_id, connections: 0 }, now_ms))
-            .collect())
+            .collect();
+        s.purged.insert(node_id.to_string());
+        Ok(changes)
     }
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, StoreError> {

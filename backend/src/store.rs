@@ -61,9 +61,10 @@ pub trait Store: Send + Sync + 'static {
     /// Epochs announced by writers. Best effort: readers also poll [`Store::table_epoch`].
     fn table_notices(&self) -> watch::Receiver<u64>;
 
-    /// Registers or renews a node with a TTL. Returns `true` when the node was
-    /// not registered before (first start, expiry, or a store that lost its data):
-    /// the node must then write back all its counts.
+    /// Registers or renews a node with a TTL. Returns `true` when the node must
+    /// write back all its counts: it was not registered before (first start,
+    /// expiry, a store that lost its data) or it was counted out by
+    /// [`Store::purge_node`] since its last heartbeat.
     async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Removes a node's registration (clean shutdown).
@@ -89,7 +90,9 @@ pub trait Store: Send + Sync + 'static {
     async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError>;
 
     /// Counts a node out: removes its entries from every user it had and
-    /// returns the changes (one per user whose total changed).
+    /// returns the changes (one per user whose total changed). Afterwards the
+    /// node's next heartbeat reports fresh, so a node counted out by mistake
+    /// (alive after all) rewrites its counts.
     async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError>;
 
     /// Presence of each user, in order (unknown users come back with 0 connections and seq 0).

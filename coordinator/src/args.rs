@@ -44,6 +44,9 @@ pub struct Args {
     /// Load-balancing hysteresis: act above (1 + epsilon) x fair share.
     #[arg(long, env = "REBALANCE_EPSILON", default_value = "0.1")]
     pub rebalance_epsilon: String,
+    /// Load balancing acts only when a node carries at least this many connections above its share.
+    #[arg(long, env = "REBALANCE_MIN_LOAD_GAP", default_value = "100")]
+    pub rebalance_min_load_gap: String,
     /// Most vnodes moved per control tick by balancing.
     #[arg(long, env = "REBALANCE_MAX_MOVES", default_value = "512")]
     pub rebalance_max_moves: String,
@@ -79,6 +82,9 @@ impl Args {
             p.parse_min("--rebalance-epsilon/REBALANCE_EPSILON", &self.rebalance_epsilon, 0.0f64).unwrap_or(0.1);
         c.policy.max_moves =
             p.parse_min("--rebalance-max-moves/REBALANCE_MAX_MOVES", &self.rebalance_max_moves, 1usize).unwrap_or(512);
+        c.policy.min_load_gap = p
+            .parse::<u64>("--rebalance-min-load-gap/REBALANCE_MIN_LOAD_GAP", &self.rebalance_min_load_gap)
+            .unwrap_or(100);
         let redis = p.require(
             "--redis-url/REDIS_URL",
             self.redis_url.as_deref(),
@@ -112,9 +118,8 @@ mod tests {
 
     #[test]
     fn every_problem_at_once() {
-        let a =
-            Args::try_parse_from(["coordinator", "--tick-ms", "x", "--rebalance-epsilon", "-1", "--listen-addr", "?"])
-                .expect("parses");
+        let a = Args::try_parse_from(["coordinator", "--tick-ms", "x", "--rebalance-epsilon=-1", "--listen-addr", "?"])
+            .expect("parses");
         let text = a.settings().err().expect("invalid").to_string();
         for needle in ["TICK_MS", "REBALANCE_EPSILON", "LISTEN_ADDR", "REDIS_URL", "KAFKA_BROKERS"] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");

@@ -122,10 +122,16 @@ async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<()
 
 async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(), StoreError> {
     let live: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-    for dead in coord.store.nodes_with_presence().await? {
-        if live.contains(dead.as_str()) {
-            continue;
-        }
+    let mut candidates: Vec<String> =
+        coord.store.nodes_with_presence().await?.into_iter().filter(|n| !live.contains(n.as_str())).collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // A node may have registered since the tick began; look again before counting anyone out.
+    // (Counting out a live node is still safe, only wasteful: its next heartbeat makes it rewrite its counts.)
+    let live_now: HashSet<String> = coord.store.live_nodes().await?.into_iter().map(|n| n.id).collect();
+    candidates.retain(|n| !live_now.contains(n));
+    for dead in candidates {
         let now = presence_model::time::now_ms();
         let changes = coord.store.purge_node(&dead, now).await?;
         coord.metrics.dead_nodes.inc();

@@ -16,7 +16,8 @@
 //!    nodes below take, so a join takes from the most loaded and nothing else
 //!    moves; the least-loaded vnodes (fewest clients) move first.
 //! 4. **Load.** With measured load (connections per vnode), while a node
-//!    carries more than `(1 + epsilon)` times its capacity share, swap one of
+//!    carries more than `(1 + epsilon)` times its capacity share (and at least
+//!    `min_load_gap` connections above it), swap one of
 //!    its vnodes with one of the coolest node's, choosing the pair that halves
 //!    the gap best. Swaps keep the counts of step 3 intact.
 //!
@@ -45,11 +46,15 @@ pub struct Policy {
     pub epsilon: f64,
     /// Cap on count- and load-balancing moves per round.
     pub max_moves: usize,
+    /// Load balancing also waits until a node carries at least this many
+    /// connections above its share: moving clients to even out a handful of
+    /// connections costs more handoffs than it saves.
+    pub min_load_gap: u64,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { epsilon: 0.1, max_moves: 512 }
+        Self { epsilon: 0.1, max_moves: 512, min_load_gap: 100 }
     }
 }
 
@@ -85,7 +90,7 @@ pub fn plan(current: &[Option<&str>], nodes: &[NodeInput], load: &[u32], policy:
         r.assign_orphans_and_pins();
         let mut budget = policy.max_moves;
         let capped_counts = r.balance_counts(&mut budget);
-        let capped_load = !capped_counts && r.balance_load(policy.epsilon, &mut budget);
+        let capped_load = !capped_counts && r.balance_load(policy.epsilon, policy.min_load_gap, &mut budget);
         capped_counts || capped_load
     };
     let owners: Vec<Option<String>> = r.owner.iter().map(|o| o.map(|i| nodes[i].id.clone())).collect();
@@ -255,7 +260,7 @@ impl<'a> Round<'a> {
     }
 
     /// Step 4. Returns whether the budget ran out with work left.
-    fn balance_load(&mut self, epsilon: f64, budget: &mut usize) -> bool {
+    fn balance_load(&mut self, epsilon: f64, min_gap: u64, budget: &mut usize) -> bool {
         if self.pool.len() < 2 {
             return false;
         }
@@ -278,7 +283,8 @@ impl<'a> Round<'a> {
             let ratio = |i: usize| node_load[i] as f64 / share(i);
             let hot = *self.pool.iter().max_by(|&&a, &&b| ratio(a).total_cmp(&ratio(b))).unwrap_or(&self.pool[0]);
             let cold = *self.pool.iter().min_by(|&&a, &&b| ratio(a).total_cmp(&ratio(b))).unwrap_or(&self.pool[0]);
-            if hot == cold || node_load[hot] as f64 <= (1.0 + epsilon) * share(hot) {
+            let excess = node_load[hot] as f64 - share(hot);
+            if hot == cold || node_load[hot] as f64 <= (1.0 + epsilon) * share(hot) || excess < min_gap as f64 {
                 return false;
             }
             if *budget < 2 {
@@ -433,6 +439,31 @@ mod tests {
         assert!(la.max(lb) <= 1.1 * share + 10.0, "a={la} b={lb}");
         // Counts stay exactly balanced.
         assert_eq!(count(&after, "a"), 2048);
+    }
+
+    #[test]
+    fn small_absolute_gaps_move_nothing() {
+        let nodes: Vec<NodeInput> = ["a", "b"].iter().map(|s| node(s)).collect();
+        let (owners, _) = settle(vec![None; VNODES], &nodes, &[], &Policy::default());
+        // a carries 3x b, but only 40 connections in all: not worth a handoff.
+        let mut load = vec![0u32; VNODES];
+        let (mut on_a, mut on_b) = (0, 0);
+        for v in 0..VNODES {
+            match owners[v].as_deref() {
+                Some("a") if on_a < 30 => {
+                    load[v] = 1;
+                    on_a += 1;
+                }
+                Some("b") if on_b < 10 => {
+                    load[v] = 1;
+                    on_b += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(plan(&ids(&owners), &nodes, &load, &Policy::default()).moves.is_empty());
+        let eager = Policy { min_load_gap: 1, ..Policy::default() };
+        assert!(!plan(&ids(&owners), &nodes, &load, &eager).moves.is_empty());
     }
 
     #[test]

@@ -215,16 +215,33 @@ async fn partitions(
     Ok(md)
 }
 
-/// Assigns every partition of the topic, from its end.
+/// Assigns every partition of the topic at its current high watermark.
+///
+/// The offsets are read here, before `assign`, rather than left to librdkafka
+/// as `Offset::End`: librdkafka resolves `End` some time after `assign`
+/// returns, and an event produced in between would be skipped, while the
+/// resync that follows the assignment might not cover it either. With
+/// explicit offsets, everything after the read arrives on the bus and the
+/// resync covers everything before. A broker that under-reports its
+/// watermark only makes the node read a few old events again, which their
+/// sequence numbers make harmless.
 async fn assign_all(
     consumer: &StreamConsumer,
     producer: &Arc<ThreadedProducer<DeliveryCounter>>,
     topic: &str,
 ) -> Result<usize, KafkaError> {
     let n = partitions(producer, topic, Duration::from_secs(5)).await?;
+    let (p, t) = (producer.clone(), topic.to_string());
+    let highs = tokio::task::spawn_blocking(move || {
+        (0..n as i32)
+            .map(|i| p.client().fetch_watermarks(&t, i, Duration::from_secs(5)).map(|(_, high)| high))
+            .collect::<Result<Vec<i64>, _>>()
+    })
+    .await
+    .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))??;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..n as i32 {
-        tpl.add_partition_offset(topic, p, Offset::End)?;
+    for (i, high) in highs.into_iter().enumerate() {
+        tpl.add_partition_offset(topic, i as i32, Offset::Offset(high))?;
     }
     consumer.assign(&tpl)?;
     Ok(n)

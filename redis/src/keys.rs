@@ -7,6 +7,7 @@
 //! | `{P}:table` | string | routing table JSON (with its epoch) |
 //! | `{P}:node:<id>` | string, TTL | a node's latest heartbeat record |
 //! | `{P}:nodes` | set | node IDs that may hold presence (live or not yet counted out) |
+//! | `{P}:purged:<id>` | string, TTL | left when a node was counted out; its next heartbeat reports fresh |
 //! | `{P}:leader` | string, TTL | the coordinator holding the lease |
 //! | `{P:v<vnode>}:user:<userId>` | hash | `n:<nodeId>` → count, `seq`, `ls` (lastSeen) |
 //! | `{P:v<vnode>}:nodeusers:<nodeId>` | set | users of that vnode the node has connections of |
@@ -45,6 +46,11 @@ impl Keys {
     /// The set of nodes that may hold presence.
     pub fn nodes(&self) -> String {
         format!("{{{}}}:nodes", self.prefix)
+    }
+
+    /// Marker left when a node was counted out (see `lua/forget_node.lua`).
+    pub fn purged(&self, id: &str) -> String {
+        format!("{{{}}}:purged:{id}", self.prefix)
     }
 
     /// The leader lease.
@@ -88,6 +94,7 @@ mod tests {
         let k = Keys::new("presence");
         assert_eq!(hash_tag(&k.epoch()), hash_tag(&k.table()));
         assert_eq!(hash_tag(&k.node("n1")), hash_tag(&k.nodes()));
+        assert_eq!(hash_tag(&k.node("n1")), hash_tag(&k.purged("n1")));
         // User IDs may hold braces; the tag ends at the first closing brace, before the ID.
         let u = k.user(1242, "we{ir}d");
         assert_eq!(hash_tag(&u), "presence:v1242");

@@ -254,7 +254,12 @@ where
         let json = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.heartbeat.prepare_invoke();
-        inv.key(self.keys.node(&node.id)).key(self.keys.nodes()).arg(&node.id).arg(json).arg(ttl.as_millis() as u64);
+        inv.key(self.keys.node(&node.id))
+            .key(self.keys.nodes())
+            .key(self.keys.purged(&node.id))
+            .arg(&node.id)
+            .arg(json)
+            .arg(ttl.as_millis() as u64);
         let fresh: i64 = self.op(inv.invoke_async(&mut conn)).await?;
         Ok(fresh == 1)
     }
@@ -313,7 +318,12 @@ where
         }
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.forget_node.prepare_invoke();
-        inv.key(self.keys.node(node_id)).key(self.keys.nodes()).arg(node_id);
+        // The marker outlives any plausible partition of the node; a day is plenty.
+        inv.key(self.keys.node(node_id))
+            .key(self.keys.nodes())
+            .key(self.keys.purged(node_id))
+            .arg(node_id)
+            .arg(86_400_000u64);
         let _: i64 = self.op(inv.invoke_async(&mut conn)).await?;
         Ok(changes)
     }

@@ -28,7 +28,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build the binaries first (`cargo build --bins`, as ./scripts/test does)",
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as ./scripts/test does)",
         path.display()
     );
     path
@@ -39,6 +39,7 @@ pub fn output_dir(test: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let target = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()).expect("target");
     let dir = target.join("test-output").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("output dir");
     dir
 }
@@ -185,6 +186,11 @@ impl Shared {
 
     /// A ws-node with fast timings; returns it, its WebSocket URL and its HTTP URL.
     pub fn node(&self, id: &str) -> (Proc, String, String) {
+        self.node_with(id, &[])
+    }
+
+    /// A ws-node with extra environment (e.g. `ASSIGNED_VNODES`).
+    pub fn node_with(&self, id: &str, env: &[(&str, &str)]) -> (Proc, String, String) {
         let port = free_port();
         let mut cmd = Command::new(bin("ws-node"));
         self.common(&mut cmd);
@@ -194,7 +200,8 @@ impl Shared {
             .env("JWT_SECRET", &self.secret)
             .env("HEARTBEAT_MS", "200")
             .env("NODE_TTL_MS", "1000")
-            .env("HANDOFF_TIMEOUT_MS", "1500");
+            .env("HANDOFF_TIMEOUT_MS", "1500")
+            .envs(env.iter().copied());
         (
             Proc::spawn(id, cmd, &self.log_dir),
             format!("ws://127.0.0.1:{port}/socket"),

@@ -171,9 +171,9 @@ async fn run(
             Some(Frame::Message(ServerMessage::Reconnect { url, .. })) => {
                 // Connect to the new owner first, then let the old connection go.
                 if let Some(new) = establish(&api, &user, &token, &watch, &seen, Some(url)).await {
+                    seen.lock().unwrap_or_else(|p| p.into_inner()).moves += 1;
                     let old = std::mem::replace(&mut conn, new);
                     old.close().await;
-                    seen.lock().unwrap_or_else(|p| p.into_inner()).moves += 1;
                 }
             }
             Some(Frame::Message(m)) => record(&seen, &m),

@@ -90,7 +90,8 @@ struct Entry {
     state: Option<Presence>,
     /// The count this node last wrote to the store for the user.
     written: u32,
-    /// The last `count` value pushed to the user's connections.
+    /// The last `count` value pushed to all of the user's connections
+    /// (`None` after a connection joined with only an estimate).
     sent_count: Option<u64>,
     /// A `reconnect` went out to the user's connections at this epoch.
     handed_off: bool,
@@ -151,7 +152,15 @@ impl Hub {
         let e = s.entry(user.clone()).or_default();
         e.conns.push(conn);
         e.handed_off = false;
+        // The newcomer's `welcome` carries an estimate, not what the others were
+        // last sent: the next authoritative count must reach every connection.
+        e.sent_count = None;
         e.estimate()
+    }
+
+    /// The user's cluster-wide count as best known now (see [`Hub::connect`]).
+    pub fn estimate(&self, user: &UserId) -> u64 {
+        self.shard(user).get(user).map_or(0, Entry::estimate)
     }
 
     /// Removes a connection of `user`, and its subscriptions.
@@ -229,6 +238,23 @@ impl Hub {
         e.state = Some(next);
         self.push_updates(e, now_ms, quiet);
         true
+    }
+
+    /// The store confirmed this node's count without a change (so the known
+    /// total stands): if a connection joined with only an estimate since the
+    /// last `count`, send everyone the known total.
+    pub fn reconfirm(&self, user: &UserId) {
+        let mut s = self.shard(user);
+        let Some(e) = s.get_mut(user) else { return };
+        let (Some(state), None) = (&e.state, e.sent_count) else { return };
+        if e.conns.is_empty() {
+            return;
+        }
+        e.sent_count = Some(state.connections);
+        let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
+        for c in &e.conns {
+            c.push(Outbound::Text(t.clone()), &self.metrics);
+        }
     }
 
     fn push_updates(&self, e: &mut Entry, now_ms: u64, quiet: Option<u64>) {
@@ -357,6 +383,20 @@ mod tests {
         assert!(h.apply(&p("a", 1, 11), 0, None), "newer, same count");
         assert_eq!(drain(&mut r1), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
         assert_eq!(drain(&mut rw).len(), 2);
+    }
+
+    #[test]
+    fn a_new_connection_hears_the_next_count_even_if_unchanged() {
+        let h = hub();
+        let (c1, mut r1) = Conn::new(1, 16);
+        h.connect(&uid("a"), c1);
+        h.apply(&p("a", 1, 1), 0, None);
+        let (c2, mut r2) = Conn::new(2, 16);
+        h.connect(&uid("a"), c2);
+        // Same total as last pushed (another connection left elsewhere meanwhile).
+        h.apply(&p("a", 1, 2), 0, None);
+        assert_eq!(drain(&mut r1).len(), 2);
+        assert_eq!(drain(&mut r2), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
     }
 
     #[test]

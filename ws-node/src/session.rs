@@ -29,6 +29,9 @@ use crate::Node;
 /// How long to wait for the client's close reply before dropping the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// Longest wait for the store to confirm a new connection's count before `welcome`.
+const WELCOME_WAIT: Duration = Duration::from_secs(2);
+
 /// How a session ends: an optional last message, then a close frame.
 struct Ending {
     message: Option<ServerMessage>,
@@ -78,16 +81,22 @@ where
     }
     let conn_uuid = uuid::Uuid::new_v4().to_string();
     let (conn, rx) = Conn::new(node.next_conn_id(), node.config.outbound_queue);
-    let estimate = node.hub.connect(&user, conn.clone());
-    node.pending.mark(&user, Some(&conn_uuid));
+    node.hub.connect(&user, conn.clone());
+    let ticket = node.pending.mark(&user, Some(&conn_uuid));
     node.metrics.connects.inc();
     node.metrics.connections.inc();
+    // Welcome only once the store counts this connection (unless the store is
+    // known to be down): a client handed over from another node drops its old
+    // connection when it sees this welcome, and must not be counted out first.
+    if node.store_ok() && !node.pending.wait_written(ticket, WELCOME_WAIT).await {
+        tracing::debug!(node = %node.config.node_id, "welcome sent before the store confirmed the count");
+    }
     let welcome = ServerMessage::Welcome {
         user_id: user.clone(),
         connection_id: conn_uuid.clone(),
         node_id: node.config.node_id.clone(),
         epoch: table.epoch,
-        connections: estimate,
+        connections: node.hub.estimate(&user),
     };
     let mut session = Session { node: node.clone(), conn, subs: HashSet::new(), handoff_at: None };
     // The table may have moved between the ownership check and `connect`: if

@@ -22,7 +22,7 @@ use std::time::Duration;
 use presence_backend::{CountUpdate, StoreError};
 use presence_model::event::EVENT_VERSION;
 use presence_model::{EventKind, PresenceChange, StatusEvent, UserId};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::Node;
@@ -31,10 +31,19 @@ use crate::Node;
 const RETRY: Duration = Duration::from_millis(250);
 
 /// The bounded set of users whose count the store has not seen yet.
+///
+/// Every mark gets a ticket (a number that grows); once everything marked up to
+/// ticket `t` is in the store, [`PendingWrites::written`] reaches `t`. A session
+/// waits for its connection's ticket before sending `welcome`, so that a client
+/// that connects to a new node and then drops the old one (a handoff) is
+/// counted on the new node before the old node counts it out: nobody is shown
+/// offline in between.
 pub struct PendingWrites {
     inner: Mutex<Pending>,
     notify: Notify,
     max_pending: usize,
+    /// Highest ticket whose writes are all confirmed.
+    written: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -43,12 +52,26 @@ struct Pending {
     users: HashMap<UserId, Option<String>>,
     /// Rewrite everything: the set overflowed or the store forgot us.
     full_resync: bool,
+    /// Tickets handed out so far.
+    marks: u64,
 }
 
 impl PendingWrites {
     /// An empty set holding at most `max_pending` users.
     pub fn new(max_pending: usize) -> Self {
-        Self { inner: Mutex::new(Pending::default()), notify: Notify::new(), max_pending: max_pending.max(1) }
+        Self {
+            inner: Mutex::new(Pending::default()),
+            notify: Notify::new(),
+            max_pending: max_pending.max(1),
+            written: watch::channel(0).0,
+        }
+    }
+
+    /// Waits until the writes of `ticket` are in the store, or `timeout` passes.
+    /// Returns whether they are.
+    pub async fn wait_written(&self, ticket: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.written.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|&w| w >= ticket)).await.is_ok_and(|r| r.is_ok())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -56,20 +79,21 @@ impl PendingWrites {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks `user` dirty. Returns `false` when the set was full (a full resync is scheduled instead).
-    pub fn mark(&self, user: &UserId, conn: Option<&str>) -> bool {
-        let stored = {
+    /// Marks `user` dirty and returns the ticket of this mark. When the set is
+    /// full the user is not stored; a full resync (which covers it) is scheduled instead.
+    pub fn mark(&self, user: &UserId, conn: Option<&str>) -> u64 {
+        let ticket = {
             let mut p = self.lock();
             if p.users.len() >= self.max_pending && !p.users.contains_key(user) {
                 p.full_resync = true;
-                false
             } else {
                 p.users.insert(user.clone(), conn.map(str::to_string));
-                true
             }
+            p.marks += 1;
+            p.marks
         };
         self.notify.notify_one();
-        stored
+        ticket
     }
 
     /// Schedules a rewrite of every count this node holds or the store holds for it.
@@ -89,12 +113,15 @@ impl PendingWrites {
         p.users.is_empty() && !p.full_resync
     }
 
-    fn take(&self, max: usize) -> (Vec<(UserId, Option<String>)>, bool) {
+    /// Takes a batch. The third value is the ticket this batch completes: when
+    /// nothing marked is left behind, writing the batch confirms every mark so far.
+    fn take(&self, max: usize) -> (Vec<(UserId, Option<String>)>, bool, Option<u64>) {
         let mut p = self.lock();
         let full = std::mem::take(&mut p.full_resync);
         let keys: Vec<UserId> = p.users.keys().take(max).cloned().collect();
         let batch = keys.into_iter().filter_map(|k| p.users.remove_entry(&k)).collect();
-        (batch, full)
+        let completes = p.users.is_empty().then_some(p.marks);
+        (batch, full, completes)
     }
 
     fn put_back(&self, batch: Vec<(UserId, Option<String>)>, full: bool) {
@@ -135,9 +162,12 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
 /// Writes everything pending now. On error, what was taken is pending again.
 pub async fn flush(node: &Node) -> Result<(), StoreError> {
     loop {
-        let (batch, full) = node.pending.take(node.config.write_batch);
+        let (batch, full, completes) = node.pending.take(node.config.write_batch);
         node.metrics.store_pending.set(node.pending.len() as i64);
         if batch.is_empty() && !full {
+            if let Some(t) = completes {
+                node.pending.written.send_if_modified(|w| std::mem::replace(w, (*w).max(t)) < t);
+            }
             return Ok(());
         }
         let result = async {
@@ -151,6 +181,9 @@ pub async fn flush(node: &Node) -> Result<(), StoreError> {
             node.pending.put_back(batch, full);
             node.metrics.store_pending.set(node.pending.len() as i64);
             return Err(e);
+        }
+        if let Some(t) = completes {
+            node.pending.written.send_if_modified(|w| std::mem::replace(w, (*w).max(t)) < t);
         }
     }
 }
@@ -175,9 +208,12 @@ async fn write(node: &Node, batch: &[(UserId, Option<String>)], reason: Option<&
     let now = presence_model::time::now_ms();
     let results = node.store.set_counts(&node.config.node_id, &updates, now).await?;
     for ((update, (_, conn)), result) in updates.iter().zip(batch).zip(results) {
-        if let Some(change) = result {
-            node.hub.apply(&change.presence, now, None);
-            publish(node, &change, conn.clone(), reason, now).await;
+        match result {
+            Some(change) => {
+                node.hub.apply(&change.presence, now, None);
+                publish(node, &change, conn.clone(), reason, now).await;
+            }
+            None => node.hub.reconfirm(&update.user_id),
         }
         node.hub.set_written(&update.user_id, update.connections);
     }
@@ -217,12 +253,17 @@ mod tests {
     #[test]
     fn bounded_set_turns_overflow_into_full_resync() {
         let p = PendingWrites::new(2);
-        assert!(p.mark(&uid("a"), None));
-        assert!(p.mark(&uid("b"), Some("c1")));
-        assert!(p.mark(&uid("a"), Some("c2")), "re-marking a held user always fits");
-        assert!(!p.mark(&uid("c"), None));
-        let (batch, full) = p.take(10);
-        assert_eq!(batch.len(), 2);
+        assert_eq!(p.mark(&uid("a"), None), 1);
+        assert_eq!(p.mark(&uid("b"), Some("c1")), 2);
+        assert_eq!(p.mark(&uid("a"), Some("c2")), 3, "re-marking a held user always fits");
+        assert_eq!(p.len(), 2);
+        p.mark(&uid("c"), None);
+        assert_eq!(p.len(), 2, "a full set does not grow");
+        let (batch, full, completes) = p.take(1);
+        assert_eq!((batch.len(), completes), (1, None), "one user left behind");
+        let (batch2, _, completes) = p.take(10);
+        assert_eq!((batch2.len(), completes), (1, Some(4)));
+        let batch: Vec<_> = batch.into_iter().chain(batch2).collect();
         assert!(full);
         assert!(p.is_empty());
         p.put_back(batch, full);
