@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use presence_client::CoordinatorClient;
-use procs::{Proc, Redis, Shared};
+use procs::{Proc, Redis, Shared, Tansu};
 use tracked::Client;
 
 const SECRET: &str = "process-test-secret";
@@ -270,4 +270,65 @@ async fn redis_restarting_empty_under_churn_converges() {
     assert!(r.stale, "a route from cache is marked stale");
     redis.restart().await;
     churn.converges(&api, "after Redis came back empty").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_node_follows_a_user_on_another_in_order() {
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("cross-node");
+    let redis = Redis::start(&dir).await;
+    let sh = Shared::new("cross-node", redis.url(), SECRET);
+    let (_coord, url) = sh.coordinator("coord");
+    let _nodes: Vec<(Proc, String, String)> = (1..=2).map(|i| sh.node(&format!("node-{i}"))).collect();
+    let api = CoordinatorClient::new(&url).expect("url");
+    wait_for_nodes(&api, 2).await;
+    // Two users owned by different nodes.
+    let ring = api.ring().await.expect("ring");
+    let owner = |u: &str| ring["owners"][presence_model::vnode(u) as usize].as_u64();
+    let watcher_id = "watcher";
+    let target =
+        (0..).map(|i| format!("target-{i}")).find(|u| owner(u) != owner(watcher_id)).expect("a user elsewhere");
+    let watcher = Client::connect(&url, SECRET, watcher_id, std::slice::from_ref(&target)).await;
+    common::eventually("initial status", || async { watcher.seen().status.get(&target) == Some(&0) }).await;
+
+    let step = |n: u64| {
+        let w = &watcher;
+        let t = target.clone();
+        async move { common::eventually(&format!("status {n}"), || async { w.seen().status.get(&t) == Some(&n) }).await }
+    };
+    let c1 = Client::connect(&url, SECRET, &target, &[]).await;
+    step(1).await;
+    let c2 = Client::connect(&url, SECRET, &target, &[]).await;
+    step(2).await;
+    c1.close().await;
+    step(1).await;
+    c2.close().await;
+    step(0).await;
+    let mine: Vec<(bool, u64)> =
+        watcher.seen().history.into_iter().filter(|(u, _, _)| *u == target).map(|(_, online, n)| (online, n)).collect();
+    assert_eq!(mine, vec![(false, 0), (true, 1), (true, 2), (true, 1), (false, 0)], "in order, each change once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stopping_for_5s_under_churn_still_converges() {
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("kafka-restart");
+    let redis = Redis::start(&dir).await;
+    let mut tansu = Tansu::start(&dir).await;
+    let sh = Shared::with_kafka("kafka-restart", redis.url(), tansu.brokers(), SECRET);
+    let (_coord, url) = sh.coordinator("coord");
+    let _nodes: Vec<(Proc, String, String)> = (1..=2).map(|i| sh.node(&format!("node-{i}"))).collect();
+    let api = CoordinatorClient::new(&url).expect("url");
+    wait_for_nodes(&api, 2).await;
+    let mut churn = Churn::new(&url, 16, 2).await;
+    churn.run(40).await;
+    churn.converges(&api, "before the broker stops").await;
+
+    tansu.stop();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        churn.run(5).await;
+    }
+    tansu.restart().await;
+    churn.converges(&api, "after the broker came back").await;
 }

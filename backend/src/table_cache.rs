@@ -122,8 +122,14 @@ impl TableCache {
                     }
                 }
             }
-            if let Err(e) = self.refresh(store.as_ref()).await {
-                tracing::warn!(error = %e, "routing table refresh failed; serving the cached table");
+            let was_stale = self.is_stale();
+            match self.refresh(store.as_ref()).await {
+                Err(e) if !was_stale => {
+                    tracing::warn!(error = %e, "routing table refresh failed; serving the cached table")
+                }
+                Err(e) => tracing::debug!(error = %e, "routing table refresh failed again"),
+                Ok(_) if was_stale => tracing::info!("routing table refresh works again"),
+                Ok(_) => {}
             }
         }
     }

@@ -44,7 +44,7 @@ async fn bus(topic: &str) -> KafkaBus {
 async fn every_subscriber_gets_every_event_in_per_user_order() {
     let topic = format!("bus-test-{}", presence_model::time::now_us());
     let bus = bus(&topic).await;
-    let mut subs = vec![bus.subscribe(), bus.subscribe()];
+    let mut subs = [bus.subscribe(), bus.subscribe()];
     // Each subscriber announces its assignment with a resync.
     for s in subs.iter_mut() {
         let first = tokio::time::timeout(Duration::from_secs(20), s.next()).await.expect("assigned in time");

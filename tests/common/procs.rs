@@ -141,6 +141,56 @@ impl Redis {
     }
 }
 
+/// A tansu broker of the test's own, keeping its data in sqlite so that its
+/// topics survive a restart (a Kafka cluster keeps its topics too).
+pub struct Tansu {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Tansu {
+    pub async fn start(dir: &Path) -> Self {
+        let mut t = Self { port: free_port(), dir: dir.to_path_buf(), proc: None };
+        t.restart().await;
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new("tansu");
+        // tansu reads the sqlite path relative to its working directory.
+        cmd.current_dir(&self.dir).args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+        ]);
+        self.proc = Some(Proc::spawn("tansu", cmd, &self.dir));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tansu did not start (is it installed? ./scripts/test installs it)"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
 /// Settings every process of one test shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -159,6 +209,11 @@ impl Shared {
                 "KAFKA_BROKERS is not set: run the tests through ./scripts/test, which starts a Kafka-protocol broker"
             )
         });
+        Self::with_kafka(test, redis_url, kafka, secret)
+    }
+
+    /// The same, on a broker of the test's own.
+    pub fn with_kafka(test: &str, redis_url: String, kafka: String, secret: &str) -> Self {
         let namespace = format!("{test}-{}", presence_model::time::now_us());
         Self { redis_url, kafka, namespace, secret: secret.into(), log_dir: output_dir(test) }
     }

@@ -46,6 +46,9 @@ pub struct PendingWrites {
     written: watch::Sender<u64>,
 }
 
+/// Dirty users taken for one write, each with the connection that last changed it.
+type Batch = Vec<(UserId, Option<String>)>;
+
 #[derive(Default)]
 struct Pending {
     /// Dirty users, each with the connection that last changed it (for the event).
@@ -115,7 +118,7 @@ impl PendingWrites {
 
     /// Takes a batch. The third value is the ticket this batch completes: when
     /// nothing marked is left behind, writing the batch confirms every mark so far.
-    fn take(&self, max: usize) -> (Vec<(UserId, Option<String>)>, bool, Option<u64>) {
+    fn take(&self, max: usize) -> (Batch, bool, Option<u64>) {
         let mut p = self.lock();
         let full = std::mem::take(&mut p.full_resync);
         let keys: Vec<UserId> = p.users.keys().take(max).cloned().collect();
@@ -124,7 +127,7 @@ impl PendingWrites {
         (batch, full, completes)
     }
 
-    fn put_back(&self, batch: Vec<(UserId, Option<String>)>, full: bool) {
+    fn put_back(&self, batch: Batch, full: bool) {
         let mut p = self.lock();
         p.full_resync |= full;
         for (u, c) in batch {
@@ -145,13 +148,23 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = node.pending.notify.notified() => {}
         }
+        let mut failures = 0u64;
         while let Err(e) = flush(&node).await {
             node.metrics.store_errors.inc();
-            tracing::warn!(node = %node.config.node_id, error = %e, pending = node.pending.len(), "store write failed; will retry");
+            // Warn when writes start failing, not at every retry.
+            if failures == 0 {
+                tracing::warn!(node = %node.config.node_id, error = %e, pending = node.pending.len(), "store writes failing; counting locally and retrying");
+            } else {
+                tracing::debug!(node = %node.config.node_id, error = %e, "store write retry failed");
+            }
+            failures += 1;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RETRY) => {}
             }
+        }
+        if failures > 0 {
+            tracing::info!(node = %node.config.node_id, failures, "store writes resumed");
         }
     }
     if let Err(e) = flush(&node).await {
