@@ -332,3 +332,44 @@ async fn the_broker_stopping_for_5s_under_churn_still_converges() {
     tansu.restart().await;
     churn.converges(&api, "after the broker came back").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_node_without_anyone_going_offline() {
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("drain");
+    let redis = Redis::start(&dir).await;
+    let sh = Shared::new("drain", redis.url(), SECRET);
+    let (_coord, url) = sh.coordinator("coord");
+    let mut nodes: Vec<(Proc, String, String)> = (1..=3).map(|i| sh.node(&format!("node-{i}"))).collect();
+    let api = CoordinatorClient::new(&url).expect("url");
+    wait_for_nodes(&api, 3).await;
+    let mut churn = Churn::new(&url, 30, 1).await;
+    for u in churn.users.clone() {
+        churn.clients.push(Client::connect(&url, SECRET, &u, &[]).await);
+    }
+    churn.converges(&api, "all online").await;
+    let on_node2: Vec<String> = churn
+        .clients
+        .iter()
+        .filter(|c| c.seen().node_id.as_deref() == Some("node-2"))
+        .map(|c| c.user.clone())
+        .collect();
+    assert!(!on_node2.is_empty(), "some users on node-2");
+
+    nodes[1].0.terminate(Duration::from_secs(20)).await;
+    assert!(!nodes[1].0.is_running(), "node-2 exited after draining");
+    wait_for_nodes(&api, 2).await;
+    churn.converges(&api, "after the drain").await;
+    for c in churn.clients.iter().filter(|c| on_node2.contains(&c.user)) {
+        let s = c.seen();
+        assert!(c.alive() && s.moves == 1 && s.node_id.as_deref() != Some("node-2"), "{} {s:?}", c.user);
+    }
+    let mut online_seen = std::collections::HashSet::new();
+    for (user, online, n) in churn.watchers[0].seen().history {
+        if online {
+            online_seen.insert(user);
+        } else {
+            assert!(!online_seen.contains(&user), "{user} went offline ({n}) during the drain");
+        }
+    }
+}

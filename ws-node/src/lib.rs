@@ -67,6 +67,10 @@ pub struct Node {
     close_sessions: CancellationToken,
     /// Cancelled to stop the background tasks, after the sessions closed.
     stop_background: CancellationToken,
+    /// Cancelled to stop the store writer, which then flushes one last time.
+    stop_writer: CancellationToken,
+    /// The store writer, awaited at shutdown before the bus is flushed.
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Background tasks.
     background: std::sync::Mutex<JoinSet<()>>,
     /// The node is leaving on purpose: its vnodes should move away.
@@ -96,6 +100,8 @@ impl Node {
             sessions: TaskTracker::new(),
             close_sessions: CancellationToken::new(),
             stop_background: CancellationToken::new(),
+            stop_writer: CancellationToken::new(),
+            writer: std::sync::Mutex::new(None),
             background: std::sync::Mutex::new(JoinSet::new()),
             draining: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
@@ -111,7 +117,8 @@ impl Node {
         let mut tasks = JoinSet::new();
         tasks.spawn(node.table.clone().run_refresh(node.store.clone(), node.config.table_poll, stop.clone()));
         tasks.spawn(heartbeat_loop(node.clone(), stop.clone()));
-        tasks.spawn(sync::run(node.clone(), stop.clone()));
+        *node.writer.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::spawn(sync::run(node.clone(), node.stop_writer.clone())));
         tasks.spawn(consume_events(node.clone(), events, stop.clone()));
         tasks.spawn(watch_ownership(node.clone(), stop));
         *node.background.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
@@ -229,8 +236,11 @@ impl Node {
         self.close_sessions.cancel();
         self.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
-        if let Err(e) = sync::flush(self).await {
-            tracing::warn!(node = %self.config.node_id, error = %e, "final flush failed");
+        // The writer ends with a final flush; only then are all events queued on the bus.
+        self.stop_writer.cancel();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            let _ = w.await;
         }
         if let Err(e) = self.store.deregister(&self.config.node_id).await {
             tracing::warn!(node = %self.config.node_id, error = %e, "deregister failed; the registration expires by itself");
@@ -292,9 +302,23 @@ async fn consume_events(
 /// On every new table: update the owned-vnode gauge and hand off users whose vnode moved.
 async fn watch_ownership(node: Arc<Node>, stop: CancellationToken) {
     let mut rx = node.table.subscribe();
+    let mut members: Vec<String> = Vec::new();
     loop {
         let table = rx.borrow_and_update().clone();
         if let Some(t) = table {
+            // A node left the table (it died or drained). A node that died may have
+            // written a count without publishing its event: re-read what we hold.
+            let now: Vec<String> = t.nodes.iter().map(|n| n.id.clone()).collect();
+            if members.iter().any(|m| !now.contains(m)) {
+                tracing::info!(node = %node.config.node_id, epoch = t.epoch, "a node left the routing table; resyncing from the store");
+                let n = node.clone();
+                // After the leader's count-out in the same tick, and off this loop.
+                tokio::spawn(async move {
+                    tokio::time::sleep(n.config.heartbeat_interval).await;
+                    n.resync_held().await;
+                });
+            }
+            members = now;
             let owned = t
                 .owners
                 .iter()
