@@ -60,6 +60,14 @@ async fn counts_sum_over_nodes_and_seq_grows(st: &dyn Store, tag: &str) {
     let read = st.presence(&[uid(&u), uid(&format!("{tag}-never"))]).await.expect("up");
     assert_eq!((read[0].connections, read[0].seq, read[0].last_seen), (1, c3.presence.seq, Some(13)));
     assert_eq!((read[1].connections, read[1].seq, read[1].last_seen), (0, 0, None));
+    // A zero for a user the store lost (a restart without persistence) is announced anew.
+    let lost = format!("{tag}-lost");
+    let z = st.set_counts(&a, &[upd(&lost, 0)], 14).await.expect("up")[0]
+        .clone()
+        .expect("a lost record's zero is a change");
+    assert_eq!((z.presence.connections, z.previous), (0, 0));
+    assert!(z.presence.seq > c3.presence.seq);
+    assert_eq!(st.set_counts(&a, &[upd(&lost, 0)], 15).await.expect("up"), vec![None], "but only once");
     // Batches keep their order.
     let batch: Vec<CountUpdate> = (0..50).map(|i| upd(&format!("{tag}-batch-{i}"), i % 3 + 1)).collect();
     let out = st.set_counts(&a, &batch, 20).await.expect("up");

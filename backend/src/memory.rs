@@ -104,10 +104,13 @@ impl MemoryStore {
 }
 
 fn set_count(state: &mut State, node_id: &str, u: &CountUpdate, now_ms: u64) -> Option<PresenceChange> {
+    // A 0 for a record that no longer exists is announced (the record was lost
+    // and readers may still hold the user online); other unchanged writes are not.
+    let existed = state.users.contains_key(&u.user_id);
     let rec = state.users.entry(u.user_id.clone()).or_default();
     let pos = rec.per_node.iter().position(|(n, _)| n == node_id);
     let old = pos.map_or(0, |i| rec.per_node[i].1);
-    if old == u.connections {
+    if old == u.connections && (u.connections != 0 || existed) {
         return None;
     }
     let previous = rec.total();

@@ -75,7 +75,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets `node_id`'s count for each user. For each update, returns the
     /// user's new presence, or `None` where the node's count was already that
-    /// (nothing changed, no sequence number spent).
+    /// (nothing changed, no sequence number spent). A 0 for a user the store
+    /// has no record of is a change: the record was lost, and readers that
+    /// still hold the user online must hear the zero.
     async fn set_counts(
         &self,
         node_id: &str,

@@ -8,7 +8,10 @@
 local field = 'n:' .. ARGV[1]
 local new = tonumber(ARGV[2])
 local old = tonumber(redis.call('HGET', KEYS[1], field) or '0')
-if old == new then
+-- Unchanged, unless this is a 0 for a record that no longer exists: the
+-- record was lost (Redis restarted empty), and readers may still hold the
+-- user as online, so the zero is announced with a fresh sequence number.
+if old == new and (new ~= 0 or redis.call('EXISTS', KEYS[1]) == 1) then
   return false
 end
 local previous = 0

@@ -249,10 +249,32 @@ impl Args {
 mod tests {
     use super::*;
 
+    /// Parses flags, then clears what the test process's environment may have
+    /// filled in (scripts/test exports REDIS_URL and KAFKA_BROKERS), so only the
+    /// flags given count.
     fn args(extra: &[&str]) -> Args {
         let mut v = vec!["ws-node"];
         v.extend_from_slice(extra);
-        Args::try_parse_from(v).expect("parses")
+        let mut a = Args::try_parse_from(v).expect("parses");
+        let given = |flag: &str| extra.contains(&flag);
+        for (flag, field) in [
+            ("--redis-url", &mut a.redis_url),
+            ("--kafka-brokers", &mut a.kafka_brokers),
+            ("--jwt-secret", &mut a.jwt_secret),
+            ("--jwt-public-key", &mut a.jwt_public_key),
+            ("--jwt-jwks", &mut a.jwt_jwks),
+            ("--jwt-alg", &mut a.jwt_alg),
+            ("--jwt-issuer", &mut a.jwt_issuer),
+            ("--jwt-audience", &mut a.jwt_audience),
+            ("--assigned-vnodes", &mut a.assigned_vnodes),
+            ("--public-url", &mut a.public_url),
+            ("--node-id", &mut a.node_id),
+        ] {
+            if !given(flag) {
+                *field = None;
+            }
+        }
+        a
     }
 
     #[test]

@@ -283,6 +283,16 @@ impl Hub {
         out
     }
 
+    /// Users whose count this node must keep right in the store: those with
+    /// connections here, and those it wrote a non-zero count for and owes a zero.
+    pub fn owed_users(&self) -> Vec<UserId> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            out.extend(s.iter().filter(|(_, e)| !e.conns.is_empty() || e.written > 0).map(|(u, _)| u.clone()));
+        }
+        out
+    }
+
     /// Every user the hub holds (served or watched): what a resync re-reads.
     pub fn all_users(&self) -> Vec<UserId> {
         let mut out = Vec::new();

@@ -202,7 +202,9 @@ pub async fn flush(node: &Node) -> Result<(), StoreError> {
 }
 
 async fn full_resync(node: &Node) -> Result<(), StoreError> {
-    let mut users: HashSet<UserId> = node.hub.local_users().into_iter().map(|(u, _)| u).collect();
+    // Users with connections here, users this node still owes a zero, and
+    // whatever the store says this node has.
+    let mut users: HashSet<UserId> = node.hub.owed_users().into_iter().collect();
     users.extend(node.store.node_users(&node.config.node_id).await?);
     let all: Vec<(UserId, Option<String>)> = users.into_iter().map(|u| (u, None)).collect();
     tracing::info!(node = %node.config.node_id, users = all.len(), "rewriting all counts to the store");
@@ -236,7 +238,7 @@ async fn write(node: &Node, batch: &[(UserId, Option<String>)], reason: Option<&
 async fn publish(node: &Node, change: &PresenceChange, connection_id: Option<String>, reason: Option<&str>, ts: u64) {
     let event = StatusEvent {
         v: EVENT_VERSION,
-        kind: if change.presence.connections >= change.previous { EventKind::Join } else { EventKind::Leave },
+        kind: if change.presence.connections > change.previous { EventKind::Join } else { EventKind::Leave },
         user_id: change.presence.user_id.clone(),
         node_id: node.config.node_id.clone(),
         connection_id,
