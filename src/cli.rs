@@ -59,6 +59,24 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Connect as a user and stream its connection count (this connection
+    /// counts too), plus the status of any users given with --subscribe.
+    Watch {
+        /// The user to connect as.
+        user_id: String,
+        /// Also stream the status of these users (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        subscribe: Vec<String>,
+        /// A JWT for the user; default: minted from JWT_SECRET.
+        #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Secret to mint the token with when none is given.
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
+        jwt_secret: String,
+        /// Coordinator and output options.
+        #[command(flatten)]
+        target: Target,
+    },
     /// List the live ws-nodes.
     Nodes {
         /// Coordinator and output options.
@@ -146,6 +164,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Watch { user_id, subscribe, token, jwt_secret, target } => {
+            watch(&user_id, &subscribe, token, &jwt_secret, &target).await
+        }
         Command::Nodes { target } => {
             let nodes = client(&target)?.nodes().await?;
             if target.json {
@@ -167,6 +188,99 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn watch(
+    user: &str,
+    subscribe: &[String],
+    token: Option<String>,
+    secret: &str,
+    target: &Target,
+) -> anyhow::Result<()> {
+    use presence_client::{Client, ConnectOptions, Event, ReconnectReason, TokenSource};
+    use std::io::Write;
+    presence_model::UserId::parse(user).context("user ID")?;
+    let tokens = match token {
+        Some(t) => TokenSource::fixed(t),
+        None => {
+            let (secret, user) = (secret.to_string(), user.to_string());
+            TokenSource::callback(move |_| {
+                let t = presence_model::auth::mint_hs256(secret.as_bytes(), &user, 3600);
+                async move { Ok(t) }
+            })
+        }
+    };
+    let client = Client::new(&target.coordinator)?;
+    let mut session = client.connect(user, ConnectOptions::new(tokens)).await?;
+    if !subscribe.is_empty() {
+        let ids: Vec<&str> = subscribe.iter().map(String::as_str).collect();
+        session.subscribe(&ids).await?;
+    }
+    let stop = CancellationToken::new();
+    presence_runtime::signal::on_shutdown_signal(stop.clone());
+    let plural = |n: u64| if n == 1 { "connection" } else { "connections" };
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            e = session.next_event() => match e {
+                Some(e) => e,
+                None => break,
+            },
+        };
+        let line = if target.json {
+            serde_json::to_string(&event_json(&event))?
+        } else {
+            match &event {
+                Event::Welcome { node_id, connections, .. } => {
+                    format!("{user}: {connections} {} (connected to {node_id})", plural(*connections))
+                }
+                Event::Count { connections } => format!("{user}: {connections} {}", plural(*connections)),
+                Event::Status { user_id, online, connections, .. } => {
+                    format!(
+                        "{user_id}: {} ({connections} {})",
+                        if *online { "online" } else { "offline" },
+                        plural(*connections)
+                    )
+                }
+                Event::Reconnecting { reason: ReconnectReason::Handoff { url }, .. } => format!("moving to {url}"),
+                Event::Reconnecting { reason: ReconnectReason::TokenExpired, .. } => {
+                    "token expired; refreshing".to_string()
+                }
+                Event::Reconnecting { reason: ReconnectReason::Dropped { cause }, delay, .. } => {
+                    format!("reconnecting in {} ms ({cause})", delay.as_millis())
+                }
+                Event::Error { code, message } => format!("error {code}: {message}"),
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    session.close().await;
+    Ok(())
+}
+
+/// An event as one JSON object (`presence watch --json`).
+fn event_json(e: &presence_client::Event) -> serde_json::Value {
+    use presence_client::{Event, ReconnectReason};
+    match e {
+        Event::Welcome { node_id, connection_id, epoch, connections } => serde_json::json!({
+            "type": "welcome", "nodeId": node_id, "connectionId": connection_id, "epoch": epoch, "connections": connections
+        }),
+        Event::Count { connections } => serde_json::json!({"type": "count", "connections": connections}),
+        Event::Status { user_id, online, connections, last_seen } => serde_json::json!({
+            "type": "status", "userId": user_id, "online": online, "connections": connections, "lastSeen": last_seen
+        }),
+        Event::Reconnecting { reason, attempt, delay } => {
+            let (why, detail) = match reason {
+                ReconnectReason::Handoff { url } => ("handoff", url.clone()),
+                ReconnectReason::Dropped { cause } => ("dropped", cause.clone()),
+                ReconnectReason::TokenExpired => ("token_expired", String::new()),
+            };
+            serde_json::json!({"type": "reconnecting", "reason": why, "detail": detail, "attempt": attempt, "delayMs": delay.as_millis() as u64})
+        }
+        Event::Error { code, message } => serde_json::json!({"type": "error", "code": code, "message": message}),
     }
 }
 

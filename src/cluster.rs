@@ -27,6 +27,8 @@ pub struct ClusterConfig {
     pub host: String,
     /// HS256 secret for client tokens.
     pub jwt_secret: String,
+    /// Leeway for token expiry (`None`: the default 30 s).
+    pub jwt_leeway_secs: Option<u64>,
     /// Timings and limits for the nodes (ID and URL are filled in per node).
     pub node: NodeConfig,
     /// Coordinator settings.
@@ -42,6 +44,7 @@ impl ClusterConfig {
             first_node_port: 9001,
             host: "127.0.0.1".into(),
             jwt_secret: jwt_secret.into(),
+            jwt_leeway_secs: None,
             node: NodeConfig::new("", ""),
             coordinator: CoordinatorConfig::new(),
         }
@@ -112,8 +115,8 @@ impl Cluster {
 
     /// Starts a cluster on the given backends.
     pub async fn start_on(config: ClusterConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let verifier =
-            Arc::new(Verifier::hs256(config.jwt_secret.as_bytes(), &ClaimChecks::default()).context("JWT secret")?);
+        let checks = ClaimChecks { leeway_secs: config.jwt_leeway_secs, ..ClaimChecks::default() };
+        let verifier = Arc::new(Verifier::hs256(config.jwt_secret.as_bytes(), &checks).context("JWT secret")?);
         let listener = bind_or_any(config.coordinator_addr).await?;
         let coordinator_url = format!("http://{}", listener.local_addr()?);
         let coordinator = Coordinator::new(config.coordinator.clone(), store.clone(), bus.clone());

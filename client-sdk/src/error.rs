@@ -36,6 +36,9 @@ pub enum Error {
     /// Nothing arrived in time.
     #[error("timed out")]
     Timeout,
+    /// The session has ended.
+    #[error("the session is closed")]
+    Closed,
 }
 
 impl Error {

@@ -1,5 +1,8 @@
 //! Rust client SDK for the presence platform.
 //!
+//! * [`client`]: [`Client`] and [`Session`]: a connection that follows
+//!   redirects and handoffs, reconnects with backoff, re-subscribes and
+//!   refreshes its token, yielding [`Event`]s.
 //! * [`coordinator`]: [`CoordinatorClient`]: `route`, batch `status`, `nodes`, `ring`.
 //! * [`connection`]: [`Connection`]: one authenticated WebSocket to a ws-node,
 //!   with typed messages in and out and the close code when it ends.
@@ -8,10 +11,12 @@
 //! Every timestamp is milliseconds since the Unix epoch; every user ID is
 //! validated before it leaves the client.
 
+pub mod client;
 pub mod connection;
 pub mod coordinator;
 pub mod error;
 
+pub use client::{Backoff, Client, ConnectOptions, Event, ReconnectReason, Session, TokenSource};
 pub use connection::{Connection, Frame, TokenPlacement};
 pub use coordinator::CoordinatorClient;
 pub use error::Error;

@@ -1,7 +1,7 @@
-//! A test client that behaves like an SDK for moves: it follows `redirect`
-//! and `reconnect` (connecting to the new node before dropping the old one)
-//! and records everything it is told, so a test knows the truth (which
-//! clients are connected) and what each client saw.
+//! A test client on the SDK that records everything it is told, so a test
+//! knows the truth (which clients are connected) and what each client saw.
+//! It follows redirects and handoffs as the SDK does; a dropped connection
+//! ends it (the test counts it out) instead of reconnecting.
 
 #![allow(dead_code)]
 
@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presence_client::{ClientMessage, Connection, CoordinatorClient, Frame, ServerMessage, TokenPlacement, UserId};
+use presence_client::{ConnectOptions, Event, ReconnectReason, TokenSource};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// What a client knows.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    /// Connected (welcome received, not closed).
+    /// Connected (welcome received, not dropped).
     pub alive: bool,
     /// The node it is on.
     pub node_id: Option<String>,
@@ -40,16 +40,62 @@ pub struct Client {
 impl Client {
     /// Connects `user` through the coordinator, subscribing to `watch`; waits for the welcome.
     pub async fn connect(coordinator: &str, secret: &str, user: &str, watch: &[String]) -> Client {
+        let sdk = presence_client::Client::new(coordinator).expect("coordinator url");
+        let mut opts =
+            ConnectOptions::new(TokenSource::fixed(presence_model::auth::mint_hs256(secret.as_bytes(), user, 3600)));
+        opts.backoff.max_attempts = Some(30);
+        let mut session = sdk.connect(user, opts).await.expect("session");
+        if !watch.is_empty() {
+            let ids: Vec<&str> = watch.iter().map(String::as_str).collect();
+            session.subscribe(&ids).await.expect("subscribe");
+        }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(
-            coordinator.to_string(),
-            user.to_string(),
-            presence_model::auth::mint_hs256(secret.as_bytes(), user, 3600),
-            watch.to_vec(),
-            seen.clone(),
-            stop.clone(),
-        ));
+        let (s, st) = (seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = st.cancelled() => None,
+                    e = session.next_event() => e,
+                };
+                let ended = {
+                    let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                    match event {
+                        Some(Event::Welcome { node_id, connections, .. }) => {
+                            g.alive = true;
+                            g.node_id = Some(node_id);
+                            g.count = Some(connections);
+                            false
+                        }
+                        Some(Event::Count { connections }) => {
+                            g.count = Some(connections);
+                            false
+                        }
+                        Some(Event::Status { user_id, online, connections, .. }) => {
+                            g.status.insert(user_id.clone(), connections);
+                            g.history.push((user_id, online, connections));
+                            false
+                        }
+                        Some(Event::Reconnecting { reason: ReconnectReason::Handoff { .. }, .. }) => {
+                            g.moves += 1;
+                            false
+                        }
+                        // Before the first welcome, retries are part of connecting.
+                        Some(Event::Reconnecting { .. }) if !g.alive => false,
+                        Some(Event::Error { code, .. }) if code != "gave_up" => false,
+                        // Dropped, gave up, closed by the test, or ended.
+                        _ => {
+                            g.alive = false;
+                            true
+                        }
+                    }
+                };
+                if ended {
+                    session.close().await;
+                    return;
+                }
+            }
+        });
         let c = Client { user: user.into(), seen, stop, task };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !c.seen().alive {
@@ -71,118 +117,5 @@ impl Client {
     pub async fn close(self) {
         self.stop.cancel();
         let _ = self.task.await;
-    }
-}
-
-fn record(seen: &Arc<Mutex<Seen>>, m: &ServerMessage) {
-    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-    match m {
-        ServerMessage::Welcome { node_id, connections, .. } => {
-            s.alive = true;
-            s.node_id = Some(node_id.clone());
-            s.count = Some(*connections);
-        }
-        ServerMessage::Count { connections, .. } => s.count = Some(*connections),
-        ServerMessage::Status { user_id, online, connections, .. } => {
-            s.status.insert(user_id.to_string(), *connections);
-            s.history.push((user_id.to_string(), *online, *connections));
-        }
-        _ => {}
-    }
-}
-
-/// Opens a connection at `url` and reads up to its welcome. `None` when it ends otherwise
-/// (the redirect URL is returned in the error case when there is one).
-async fn open(url: &str, token: &str, watch: &[String], seen: &Arc<Mutex<Seen>>) -> Result<Connection, Option<String>> {
-    let mut conn = Connection::connect(url, TokenPlacement::Header(token.into())).await.map_err(|_| None)?;
-    let mut redirect = None;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), conn.next()).await {
-            Ok(Some(Frame::Message(m @ ServerMessage::Welcome { .. }))) => {
-                record(seen, &m);
-                break;
-            }
-            Ok(Some(Frame::Message(ServerMessage::Redirect { url, .. }))) => redirect = Some(url),
-            Ok(Some(Frame::Message(m))) => record(seen, &m),
-            _ => return Err(redirect),
-        }
-    }
-    if !watch.is_empty() {
-        let ids = watch.iter().filter_map(|u| UserId::parse(u).ok()).collect();
-        conn.send(&ClientMessage::Subscribe { user_ids: ids }).await.map_err(|_| None)?;
-    }
-    Ok(conn)
-}
-
-/// Routes and connects, following redirects, retrying for a few seconds.
-async fn establish(
-    api: &CoordinatorClient,
-    user: &str,
-    token: &str,
-    watch: &[String],
-    seen: &Arc<Mutex<Seen>>,
-    mut url: Option<String>,
-) -> Option<Connection> {
-    for _ in 0..50 {
-        let target = match url.take() {
-            Some(u) => u,
-            None => match api.route(user).await {
-                Ok(r) => r.url.unwrap_or_default(),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        match open(&target, token, watch, seen).await {
-            Ok(c) => return Some(c),
-            Err(redirect) => {
-                url = redirect;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    None
-}
-
-async fn run(
-    coordinator: String,
-    user: String,
-    token: String,
-    watch: Vec<String>,
-    seen: Arc<Mutex<Seen>>,
-    stop: CancellationToken,
-) {
-    let api = CoordinatorClient::new(&coordinator).expect("coordinator url");
-    let Some(mut conn) = establish(&api, &user, &token, &watch, &seen, None).await else {
-        seen.lock().unwrap_or_else(|p| p.into_inner()).alive = false;
-        return;
-    };
-    loop {
-        let frame = tokio::select! {
-            _ = stop.cancelled() => {
-                conn.close().await;
-                seen.lock().unwrap_or_else(|p| p.into_inner()).alive = false;
-                return;
-            }
-            f = conn.next() => f,
-        };
-        match frame {
-            Some(Frame::Message(ServerMessage::Reconnect { url, .. })) => {
-                // Connect to the new owner first, then let the old connection go.
-                if let Some(new) = establish(&api, &user, &token, &watch, &seen, Some(url)).await {
-                    seen.lock().unwrap_or_else(|p| p.into_inner()).moves += 1;
-                    let old = std::mem::replace(&mut conn, new);
-                    old.close().await;
-                }
-            }
-            Some(Frame::Message(m)) => record(&seen, &m),
-            Some(Frame::Unparsed(_)) => {}
-            Some(Frame::Closed { .. }) | None => {
-                // The node closed us or died: this client is gone (a test counts it out).
-                seen.lock().unwrap_or_else(|p| p.into_inner()).alive = false;
-                return;
-            }
-        }
     }
 }

@@ -1,0 +1,528 @@
+//! [`Client`]: the reconnecting presence client.
+//!
+//! [`Client::connect`] returns a [`Session`]: a handle to subscribe and
+//! unsubscribe, and a `Stream` of [`Event`]s. Behind it one task keeps the
+//! user connected:
+//!
+//! * it routes through the coordinator and follows `redirect`s;
+//! * on `reconnect` (a handoff) it connects to the new node *before* letting
+//!   the old connection go, so the user is never counted offline;
+//! * after a drop it reconnects with exponential backoff and full jitter,
+//!   routing again, and re-subscribes;
+//! * when the server says the token expired it asks the [`TokenSource`] for a
+//!   new one;
+//! * it stops only when the session is closed or dropped, or after
+//!   [`Backoff::max_attempts`] failed attempts in a row when that is set.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use presence_model::wire::{ClientMessage, ServerMessage};
+use presence_model::UserId;
+use tokio::sync::mpsc;
+
+use crate::connection::{Connection, Frame, TokenPlacement};
+use crate::{CoordinatorClient, Error};
+
+/// A future that yields a token.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, Error>> + Send>>;
+
+/// Where tokens come from. The callback gets `true` when the server said the
+/// previous token expired (fetch a fresh one), `false` for the first connect.
+#[derive(Clone)]
+pub struct TokenSource(Arc<dyn Fn(bool) -> TokenFuture + Send + Sync>);
+
+impl TokenSource {
+    /// Always the same token (it will not be refreshed).
+    pub fn fixed(token: impl Into<String>) -> Self {
+        let token = token.into();
+        Self(Arc::new(move |_| {
+            let t = token.clone();
+            Box::pin(async move { Ok(t) })
+        }))
+    }
+
+    /// Tokens from a callback, e.g. a call to your auth service.
+    pub fn callback<F, Fut>(f: F) -> Self
+    where
+        F: Fn(bool) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, Error>> + Send + 'static,
+    {
+        Self(Arc::new(move |expired| Box::pin(f(expired))))
+    }
+
+    async fn get(&self, expired: bool) -> Result<String, Error> {
+        (self.0)(expired).await
+    }
+}
+
+/// Reconnect timing: exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// Give up after this many failed attempts in a row (`None`: never).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(100), max: Duration::from_secs(10), max_attempts: None }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (1-based): a random point in
+    /// `[cap/2, cap]`, where `cap = min(max, initial * 2^(n-1))`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let cap = self.initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(self.max);
+        let half = cap / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Why the client is reconnecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconnectReason {
+    /// The user's vnode moved or the node drains (`reconnect` from the server).
+    Handoff {
+        /// The node to go to.
+        url: String,
+    },
+    /// The connection dropped or could not be made.
+    Dropped {
+        /// What happened.
+        cause: String,
+    },
+    /// The token expired; a new one is being fetched.
+    TokenExpired,
+}
+
+/// What a session yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Connected (again) to the user's node.
+    Welcome {
+        /// The node.
+        node_id: String,
+        /// The connection's ID.
+        connection_id: String,
+        /// The routing epoch.
+        epoch: u64,
+        /// The user's connections in the cluster, this one included.
+        connections: u64,
+    },
+    /// The user's connection count changed.
+    Count {
+        /// Connections in the cluster.
+        connections: u64,
+    },
+    /// A subscribed user's status.
+    Status {
+        /// The user.
+        user_id: String,
+        /// `connections > 0`.
+        online: bool,
+        /// Connections in the cluster.
+        connections: u64,
+        /// Last disconnect (ms), now while online, `None` if never seen.
+        last_seen: Option<u64>,
+    },
+    /// The client is moving or reconnecting.
+    Reconnecting {
+        /// Why.
+        reason: ReconnectReason,
+        /// Failed attempts in a row so far (0 for a handoff).
+        attempt: u32,
+        /// Delay before the next attempt.
+        delay: Duration,
+    },
+    /// The server refused something (`error` message), or the client gave up.
+    Error {
+        /// Error code (see the protocol docs), or `gave_up`.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+enum Command {
+    Subscribe(Vec<UserId>),
+    Unsubscribe(Vec<UserId>),
+    Close,
+}
+
+/// Options for [`Client::connect`].
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// Tokens for the user.
+    pub token: TokenSource,
+    /// Reconnect timing.
+    pub backoff: Backoff,
+    /// Connect here first instead of asking the coordinator (it may redirect).
+    pub url: Option<String>,
+    /// Events buffered for the application. When full, the session stops
+    /// reading the socket; a reader that falls far behind is dropped by the
+    /// server (slow consumer) and the session reconnects.
+    pub event_buffer: usize,
+}
+
+impl ConnectOptions {
+    /// Defaults with this token source.
+    pub fn new(token: TokenSource) -> Self {
+        Self { token, backoff: Backoff::default(), url: None, event_buffer: 1024 }
+    }
+}
+
+/// A client of one presence cluster (through its coordinator). Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    coordinator: CoordinatorClient,
+}
+
+impl Client {
+    /// A client of the cluster whose coordinator is at `coordinator` (`http://host:port`).
+    pub fn new(coordinator: &str) -> Result<Self, Error> {
+        Ok(Self { coordinator: CoordinatorClient::new(coordinator)? })
+    }
+
+    /// The coordinator API (`route`, `status`, `nodes`, `ring`).
+    pub fn coordinator(&self) -> &CoordinatorClient {
+        &self.coordinator
+    }
+
+    /// Where `user_id` connects.
+    pub async fn route(&self, user_id: &str) -> Result<crate::Route, Error> {
+        self.coordinator.route(user_id).await
+    }
+
+    /// Presence of up to 1000 users.
+    pub async fn status(&self, user_ids: &[&str]) -> Result<Vec<crate::PresenceView>, Error> {
+        self.coordinator.status(user_ids).await
+    }
+
+    /// Connects as `user_id` and keeps the connection up until the session is closed.
+    /// Returns once the first attempt is made; the first event is `Welcome` (or
+    /// `Reconnecting` while the cluster cannot be reached).
+    pub async fn connect(&self, user_id: &str, options: ConnectOptions) -> Result<Session, Error> {
+        let user = UserId::parse(user_id)?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::channel(options.event_buffer.max(1));
+        let driver = Driver {
+            api: self.coordinator.clone(),
+            user,
+            options,
+            subs: BTreeSet::new(),
+            events: ev_tx,
+            commands: cmd_rx,
+            token: None,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(Session { commands: cmd_tx, events: ev_rx, task: Some(task) })
+    }
+}
+
+/// A live session: subscribe, unsubscribe, and read [`Event`]s (it is a `Stream`).
+pub struct Session {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+    /// The driver task; `None` once closed.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Session {
+    /// Starts receiving `Status` for these users (kept across reconnects).
+    pub async fn subscribe(&self, user_ids: &[&str]) -> Result<(), Error> {
+        let ids = user_ids.iter().map(|u| UserId::parse(u)).collect::<Result<Vec<_>, _>>()?;
+        self.commands.send(Command::Subscribe(ids)).await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops receiving `Status` for these users.
+    pub async fn unsubscribe(&self, user_ids: &[&str]) -> Result<(), Error> {
+        let ids = user_ids.iter().map(|u| UserId::parse(u)).collect::<Result<Vec<_>, _>>()?;
+        self.commands.send(Command::Unsubscribe(ids)).await.map_err(|_| Error::Closed)
+    }
+
+    /// The next event; `None` once the session has ended.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Disconnects and ends the session.
+    pub async fn close(mut self) {
+        let _ = self.commands.send(Command::Close).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Stream for Session {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A dropped session stops reconnecting; `close` is the clean way.
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Why an attempt to connect failed.
+enum Failure {
+    /// Go to this URL instead (redirect), at once.
+    Redirect(String),
+    /// The token expired: refresh it and retry at once.
+    Expired,
+    /// Anything else: back off.
+    Other(String),
+}
+
+struct Driver {
+    api: CoordinatorClient,
+    user: UserId,
+    options: ConnectOptions,
+    subs: BTreeSet<UserId>,
+    events: mpsc::Sender<Event>,
+    commands: mpsc::Receiver<Command>,
+    token: Option<String>,
+}
+
+impl Driver {
+    async fn emit(&self, e: Event) -> bool {
+        self.events.send(e).await.is_ok()
+    }
+
+    /// One attempt: route (unless a URL is given), connect, read up to `welcome`.
+    async fn attempt(&mut self, url: Option<String>, expired: bool) -> Result<Connection, Failure> {
+        if expired || self.token.is_none() {
+            self.token =
+                Some(self.options.token.get(expired).await.map_err(|e| Failure::Other(format!("token: {e}")))?);
+        }
+        let token = self.token.clone().unwrap_or_default();
+        let url = match url {
+            Some(u) => u,
+            None => self
+                .api
+                .route(self.user.as_str())
+                .await
+                .map_err(|e| Failure::Other(e.to_string()))?
+                .url
+                .unwrap_or_default(),
+        };
+        let mut conn = match Connection::connect(&url, TokenPlacement::Header(token)).await {
+            Ok(c) => c,
+            Err(Error::Api { code, .. }) if code == "token_expired" => return Err(Failure::Expired),
+            Err(e) => return Err(Failure::Other(e.to_string())),
+        };
+        let mut redirect = None;
+        let mut expired_said = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), conn.next()).await {
+                Ok(Some(Frame::Message(ServerMessage::Welcome {
+                    node_id, connection_id, epoch, connections, ..
+                }))) => {
+                    if !self.emit(Event::Welcome { node_id, connection_id, epoch, connections }).await {
+                        return Err(Failure::Other("session dropped".into()));
+                    }
+                    break;
+                }
+                Ok(Some(Frame::Message(ServerMessage::Redirect { url, .. }))) => redirect = Some(url),
+                Ok(Some(Frame::Message(ServerMessage::Error { code, .. }))) if code == "token_expired" => {
+                    expired_said = true
+                }
+                Ok(Some(Frame::Message(_) | Frame::Unparsed(_))) => {}
+                Ok(Some(Frame::Closed { code, reason })) => {
+                    return Err(match (redirect, expired_said) {
+                        (Some(u), _) => Failure::Redirect(u),
+                        (None, true) => Failure::Expired,
+                        (None, false) => Failure::Other(format!("closed {code} {reason}")),
+                    })
+                }
+                Ok(None) => return Err(Failure::Other("connection ended before welcome".into())),
+                Err(_) => return Err(Failure::Other("no welcome within 10 s".into())),
+            }
+        }
+        if !self.subs.is_empty() {
+            let ids: Vec<UserId> = self.subs.iter().cloned().collect();
+            for chunk in ids.chunks(500) {
+                conn.send(&ClientMessage::Subscribe { user_ids: chunk.to_vec() })
+                    .await
+                    .map_err(|e| Failure::Other(e.to_string()))?;
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Connects, retrying as needed. `None` when the session should end.
+    async fn establish(&mut self, mut url: Option<String>) -> Option<Connection> {
+        let mut failures = 0u32;
+        let mut expired = false;
+        loop {
+            match self.attempt(url.take(), expired).await {
+                Ok(c) => return Some(c),
+                Err(Failure::Redirect(u)) => url = Some(u),
+                Err(Failure::Expired) if !expired => {
+                    expired = true;
+                    if !self
+                        .emit(Event::Reconnecting {
+                            reason: ReconnectReason::TokenExpired,
+                            attempt: failures,
+                            delay: Duration::ZERO,
+                        })
+                        .await
+                    {
+                        return None;
+                    }
+                    continue;
+                }
+                Err(f) => {
+                    expired = matches!(f, Failure::Expired);
+                    failures += 1;
+                    let cause = match f {
+                        Failure::Other(c) => c,
+                        _ => "token refused after refresh".into(),
+                    };
+                    if self.options.backoff.max_attempts.is_some_and(|m| failures >= m) {
+                        let _ = self
+                            .emit(Event::Error {
+                                code: "gave_up".into(),
+                                message: format!("after {failures} attempts: {cause}"),
+                            })
+                            .await;
+                        return None;
+                    }
+                    let delay = self.options.backoff.delay(failures);
+                    if !self
+                        .emit(Event::Reconnecting {
+                            reason: ReconnectReason::Dropped { cause },
+                            attempt: failures,
+                            delay,
+                        })
+                        .await
+                    {
+                        return None;
+                    }
+                    // Commands still count while waiting (a close ends the session).
+                    let sleep = tokio::time::sleep(delay);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            cmd = self.commands.recv() => match cmd {
+                                None | Some(Command::Close) => return None,
+                                Some(Command::Subscribe(ids)) => self.subs.extend(ids),
+                                Some(Command::Unsubscribe(ids)) => ids.iter().for_each(|u| { self.subs.remove(u); }),
+                            },
+                        }
+                    }
+                    continue;
+                }
+            }
+            expired = false;
+        }
+    }
+
+    async fn run(mut self) {
+        let first = self.options.url.clone();
+        let Some(mut conn) = self.establish(first).await else { return };
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Close) => {
+                        conn.close().await;
+                        return;
+                    }
+                    Some(Command::Subscribe(ids)) => {
+                        let new: Vec<UserId> = ids.into_iter().filter(|u| self.subs.insert(u.clone())).collect();
+                        if !new.is_empty() && conn.send(&ClientMessage::Subscribe { user_ids: new }).await.is_err() {
+                            // The read side notices the drop and reconnects (and re-subscribes).
+                        }
+                    }
+                    Some(Command::Unsubscribe(ids)) => {
+                        let gone: Vec<UserId> = ids.into_iter().filter(|u| self.subs.remove(u)).collect();
+                        if !gone.is_empty() {
+                            let _ = conn.send(&ClientMessage::Unsubscribe { user_ids: gone }).await;
+                        }
+                    }
+                },
+                frame = conn.next() => {
+                    let event = match frame {
+                        Some(Frame::Message(ServerMessage::Count { connections, .. })) => Event::Count { connections },
+                        Some(Frame::Message(ServerMessage::Status { user_id, online, connections, last_seen })) => {
+                            Event::Status { user_id: user_id.to_string(), online, connections, last_seen }
+                        }
+                        Some(Frame::Message(ServerMessage::Error { code, message })) => Event::Error { code, message },
+                        Some(Frame::Message(ServerMessage::Reconnect { url, .. })) => {
+                            if !self.emit(Event::Reconnecting { reason: ReconnectReason::Handoff { url: url.clone() }, attempt: 0, delay: Duration::ZERO }).await {
+                                return;
+                            }
+                            // The new connection first; only then let the old one go.
+                            let Some(new) = self.establish(Some(url)).await else {
+                                conn.close().await;
+                                return;
+                            };
+                            let old = std::mem::replace(&mut conn, new);
+                            tokio::spawn(old.close());
+                            continue;
+                        }
+                        Some(Frame::Message(_) | Frame::Unparsed(_)) => continue,
+                        Some(Frame::Closed { code, reason }) => {
+                            let Some(new) = self.reconnect_after(format!("closed {code} {reason}")).await else { return };
+                            conn = new;
+                            continue;
+                        }
+                        None => {
+                            let Some(new) = self.reconnect_after("connection lost".into()).await else { return };
+                            conn = new;
+                            continue;
+                        }
+                    };
+                    if !self.emit(event).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a drop: announce it, wait the first backoff step, then establish again.
+    async fn reconnect_after(&mut self, cause: String) -> Option<Connection> {
+        let delay = self.options.backoff.delay(1);
+        if !self.emit(Event::Reconnecting { reason: ReconnectReason::Dropped { cause }, attempt: 0, delay }).await {
+            return None;
+        }
+        tokio::time::sleep(delay).await;
+        self.establish(None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2), max_attempts: None };
+        for attempt in 1..20 {
+            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(Duration::from_secs(2));
+            let d = b.delay(attempt);
+            assert!(d >= cap / 2 && d <= cap, "attempt {attempt}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
+        }
+        let spread: BTreeSet<Duration> = (0..20).map(|_| b.delay(10)).collect();
+        assert!(spread.len() > 1, "jittered");
+    }
+}

@@ -1,0 +1,235 @@
+//! The client SDK (SPEC 8) and `presence watch`, against real servers.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use presence::cluster::{Cluster, ClusterConfig};
+use presence_client::{Client, ConnectOptions, Event, ReconnectReason, Session, TokenSource};
+
+fn options(user: &str) -> ConnectOptions {
+    ConnectOptions::new(TokenSource::fixed(token(user)))
+}
+
+/// Reads events until one matches; panics with what was seen otherwise.
+async fn until(s: &mut Session, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, s.next_event()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(e)) => seen.push(e),
+            Ok(None) => panic!("session ended waiting for {what}; saw {seen:?}"),
+            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
+        }
+    }
+}
+
+fn status_of(user: &str, n: u64) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Status { user_id, connections, .. } if user_id == user && *connections == n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_through_the_coordinator_count_and_status() {
+    let c = cluster(3).await;
+    let client = Client::new(&c.coordinator_url).expect("client");
+    assert_eq!(client.route("alice").await.expect("route").vnode, 1242);
+    let mut a = client.connect("alice", options("alice")).await.expect("connect");
+    let w = until(&mut a, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    assert!(
+        matches!(w, Event::Welcome { ref node_id, connections: 1, .. } if *node_id == owner(&c, "alice").0),
+        "{w:?}"
+    );
+    a.subscribe(&["bob"]).await.expect("subscribe");
+    until(&mut a, "bob offline", status_of("bob", 0)).await;
+    let mut b = client.connect("bob", options("bob")).await.expect("connect");
+    until(&mut b, "bob's welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    until(&mut a, "bob online", status_of("bob", 1)).await;
+    let mut a2 = client.connect("alice", options("alice")).await.expect("connect");
+    until(&mut a2, "welcome", |e| matches!(e, Event::Welcome { connections: 2, .. })).await;
+    until(&mut a, "count 2", |e| matches!(e, Event::Count { connections: 2 })).await;
+    b.close().await;
+    until(&mut a, "bob offline again", status_of("bob", 0)).await;
+    a.unsubscribe(&["bob"]).await.expect("unsubscribe");
+    let status = client.status(&["alice", "bob"]).await.expect("status");
+    assert_eq!((status[0].connections, status[1].connections), (2, 0));
+    a2.close().await;
+    until(&mut a, "count 1", |e| matches!(e, Event::Count { connections: 1 })).await;
+    a.close().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_at_the_wrong_node_ends_on_the_right_one() {
+    let c = cluster(3).await;
+    let (owner_id, _) = owner(&c, "alice");
+    let wrong = c.nodes.iter().find(|n| n.node.config.node_id != owner_id).expect("another").url.clone();
+    let client = Client::new(&c.coordinator_url).expect("client");
+    let mut opts = options("alice");
+    opts.url = Some(wrong);
+    let mut a = client.connect("alice", opts).await.expect("connect");
+    let w = until(&mut a, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    assert!(matches!(w, Event::Welcome { ref node_id, .. } if *node_id == owner_id), "{w:?}");
+    a.close().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_moves_the_client_with_no_gap() {
+    let mut c = cluster(2).await;
+    let client = Client::new(&c.coordinator_url).expect("client");
+    let mut watcher = client.connect("watcher", options("watcher")).await.expect("connect");
+    watcher.subscribe(&["alice"]).await.expect("subscribe");
+    until(&mut watcher, "alice offline", status_of("alice", 0)).await;
+    let mut a = client.connect("alice", options("alice")).await.expect("connect");
+    until(&mut a, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    until(&mut watcher, "alice online", status_of("alice", 1)).await;
+
+    c.config_mut().node.pinned = vec![presence_model::vnode("alice")];
+    c.add_node().await.expect("node");
+    let new_id = c.nodes.last().expect("node").node.config.node_id.clone();
+    until(&mut a, "handoff", |e| matches!(e, Event::Reconnecting { reason: ReconnectReason::Handoff { .. }, .. }))
+        .await;
+    let w = until(&mut a, "welcome on the new node", |e| matches!(e, Event::Welcome { .. })).await;
+    assert!(matches!(w, Event::Welcome { ref node_id, .. } if *node_id == new_id), "{w:?}");
+    until(&mut a, "count back to 1", |e| matches!(e, Event::Count { connections: 1 })).await;
+    // The watcher saw 1 -> 2 -> 1, never 0.
+    until(&mut watcher, "both sides counted", status_of("alice", 2)).await;
+    let back =
+        until(&mut watcher, "old side gone", |e| matches!(e, Event::Status { user_id, .. } if user_id == "alice"))
+            .await;
+    assert!(matches!(back, Event::Status { online: true, connections: 1, .. }), "{back:?}");
+    a.close().await;
+    watcher.close().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_its_node_goes_the_client_reconnects_and_resubscribes() {
+    let mut c = cluster(3).await;
+    let client = Client::new(&c.coordinator_url).expect("client");
+    let mut a = client.connect("alice", options("alice")).await.expect("connect");
+    let w = until(&mut a, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    let Event::Welcome { node_id: first, .. } = w else { unreachable!() };
+    a.subscribe(&["bob"]).await.expect("subscribe");
+    until(&mut a, "bob offline", status_of("bob", 0)).await;
+
+    let i = c.nodes.iter().position(|n| n.node.config.node_id == first).expect("alice's node");
+    c.stop_node(i).await;
+    until(&mut a, "reconnecting", |e| matches!(e, Event::Reconnecting { reason: ReconnectReason::Dropped { .. }, .. }))
+        .await;
+    let w = until(&mut a, "welcome elsewhere", |e| matches!(e, Event::Welcome { .. })).await;
+    assert!(matches!(w, Event::Welcome { ref node_id, .. } if *node_id != first), "{w:?}");
+    // Re-subscribed: the status comes again, and later changes arrive.
+    until(&mut a, "bob's status again", status_of("bob", 0)).await;
+    let mut b = client.connect("bob", options("bob")).await.expect("connect");
+    until(&mut b, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    until(&mut a, "bob online after the reconnect", status_of("bob", 1)).await;
+    b.close().await;
+    a.close().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refreshed_through_the_callback() {
+    let mut config = ClusterConfig::for_tests(1, SECRET);
+    config.jwt_leeway_secs = Some(0);
+    let c = Cluster::start(config).await.expect("cluster");
+    c.wait_settled(WAIT).await.expect("settles");
+    let refreshes = Arc::new(AtomicU32::new(0));
+    let r = refreshes.clone();
+    let tokens = TokenSource::callback(move |expired| {
+        let r = r.clone();
+        async move {
+            if expired {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(presence_model::auth::mint_hs256(SECRET.as_bytes(), "alice", 600))
+            } else {
+                // The token the app had cached has just expired.
+                let now = presence_model::time::now_ms() / 1000;
+                Ok(presence_model::auth::mint_hs256_claims(
+                    SECRET.as_bytes(),
+                    &presence_model::auth::Claims {
+                        sub: "alice".into(),
+                        exp: now - 5,
+                        nbf: None,
+                        iat: None,
+                        iss: None,
+                        aud: None,
+                    },
+                ))
+            }
+        }
+    });
+    let client = Client::new(&c.coordinator_url).expect("client");
+    let mut a = client.connect("alice", ConnectOptions::new(tokens)).await.expect("connect");
+    until(&mut a, "token refresh", |e| matches!(e, Event::Reconnecting { reason: ReconnectReason::TokenExpired, .. }))
+        .await;
+    until(&mut a, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+    a.close().await;
+    c.shutdown().await;
+}
+
+/// Reads a child's stdout until a line starts with `want`.
+async fn expect_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    want: &str,
+) -> String {
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.expect("read").expect("watch still running");
+            if line.starts_with(want) {
+                return line;
+            }
+        }
+    })
+    .await;
+    got.unwrap_or_else(|_| panic!("watch never printed {want:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_watch_prints_the_count_as_it_changes() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::Command;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
+        .env("JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("demo starts");
+    let mut banner = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let coordinator = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = banner.next_line().await {
+            if let Some(url) = line.trim().strip_prefix("coordinator") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("the demo printed no coordinator line");
+    })
+    .await
+    .expect("banner in time");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(["watch", "alice", "--coordinator", &coordinator])
+        .env("JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch starts");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    expect_line(&mut lines, "alice: 1 connection (connected to").await;
+    let client = Client::new(&coordinator).expect("client");
+    let mut other = client.connect("alice", options("alice")).await.expect("connect");
+    until(&mut other, "welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    expect_line(&mut lines, "alice: 2 connections").await;
+    other.close().await;
+    expect_line(&mut lines, "alice: 1 connection").await;
+    let _ = watch.kill().await;
+    let _ = demo.kill().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
