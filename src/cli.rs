@@ -99,9 +99,12 @@ pub struct Target {
 /// `presence demo` options.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Number of ws-nodes.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub nodes: u16,
+    /// Number of ws-nodes (default 3; 1 with --join).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub nodes: Option<u16>,
+    /// Add ws-nodes to a demo already running on the same Redis and Kafka, instead of starting a cluster.
+    #[arg(long)]
+    pub join: bool,
     /// Coordinator listen address (a free port is used if it is taken).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -289,7 +292,10 @@ fn client(target: &Target) -> anyhow::Result<CoordinatorClient> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let mut config = ClusterConfig::demo(args.nodes as usize, &args.jwt_secret);
+    if args.join {
+        return join(args).await;
+    }
+    let mut config = ClusterConfig::demo(args.nodes.unwrap_or(3) as usize, &args.jwt_secret);
     config.coordinator_addr = args.listen;
     config.first_node_port = args.node_port;
     config.host = args.listen.ip().to_string();
@@ -310,6 +316,43 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     stop.cancelled().await;
     println!("\nstopping: closing client connections and writing final counts...");
     cluster.shutdown().await;
+    Ok(())
+}
+
+/// `presence demo --join`: more nodes for a demo running on Redis and Kafka.
+async fn join(args: DemoArgs) -> anyhow::Result<()> {
+    let (Some(redis_url), Some(kafka_brokers)) = (args.redis_url.clone(), args.kafka_brokers.clone()) else {
+        let mut p = presence_runtime::config::Problems::new();
+        let why = "`presence demo --join` adds nodes to a demo that runs on Redis and Kafka; give it the same REDIS_URL and KAFKA_BROKERS";
+        p.require("--redis-url/REDIS_URL", args.redis_url.as_deref(), why);
+        p.require("--kafka-brokers/KAFKA_BROKERS", args.kafka_brokers.as_deref(), why);
+        if let Err(e) = p.finish() {
+            e.exit();
+        }
+        unreachable!("a missing setting was reported");
+    };
+    let backends = presence_runtime::backends::connect(&presence_runtime::backends::BackendConfig {
+        redis_url: Some(redis_url),
+        kafka_brokers: Some(kafka_brokers),
+        client_id: "demo-join".into(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let mut config = ClusterConfig::demo(args.nodes.unwrap_or(1) as usize, &args.jwt_secret);
+    config.first_node_port = 0;
+    config.host = args.listen.ip().to_string();
+    let joined = crate::cluster::Joined::start(&config, backends.store, backends.bus).await?;
+    println!("\njoined {} ws-node(s) to the cluster:", joined.nodes.len());
+    for n in &joined.nodes {
+        println!("  {:<16} {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
+    }
+    println!("\nThe coordinator gives them vnodes within a second; watch the ring move on the dashboard");
+    println!("or with `presence nodes`. Stop with Ctrl-C: the nodes drain and hand their users back.");
+    let stop = CancellationToken::new();
+    presence_runtime::signal::on_shutdown_signal(stop.clone());
+    stop.cancelled().await;
+    joined.shutdown().await;
     Ok(())
 }
 
@@ -338,6 +381,7 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
         cluster.nodes.len()
     );
     let _ = writeln!(s, "  coordinator  {c}");
+    let _ = writeln!(s, "  dashboard    {c}/");
     for n in &cluster.nodes {
         let _ = writeln!(s, "  {:<11}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
     }
@@ -359,6 +403,13 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
         s,
         "  more tokens: presence token <userId>   (connect to the URL that `presence route <userId>` prints)"
     );
-    let _ = writeln!(s, "\nAdd nodes: restart with --nodes N. Stop with Ctrl-C.");
+    if store == "memory" {
+        let _ = writeln!(s, "\nAdd nodes: restart with --nodes N; or run on Redis and Kafka (set REDIS_URL and");
+        let _ = writeln!(s, "KAFKA_BROKERS) and run `presence demo --join` in another terminal to add nodes live.");
+    } else {
+        let _ = writeln!(s, "\nAdd nodes live (another terminal, same REDIS_URL and KAFKA_BROKERS):");
+        let _ = writeln!(s, "  presence demo --join --nodes 2");
+    }
+    let _ = writeln!(s, "Stop with Ctrl-C.");
     s
 }

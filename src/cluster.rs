@@ -95,6 +95,69 @@ pub struct Cluster {
     coordinator_task: JoinHandle<()>,
 }
 
+/// The token verifier of a cluster's nodes.
+fn verifier(config: &ClusterConfig) -> anyhow::Result<Arc<Verifier>> {
+    let checks = ClaimChecks { leeway_secs: config.jwt_leeway_secs, ..ClaimChecks::default() };
+    Ok(Arc::new(Verifier::hs256(config.jwt_secret.as_bytes(), &checks).context("JWT secret")?))
+}
+
+/// Starts node number `i` (1-based, for its port) with ID `id`, stopped by `stop`.
+async fn spawn_node(
+    config: &ClusterConfig,
+    id: &str,
+    i: usize,
+    verifier: &Arc<Verifier>,
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn Bus>,
+    stop: &CancellationToken,
+) -> anyhow::Result<RunningNode> {
+    let port = if config.first_node_port == 0 { 0 } else { config.first_node_port + i as u16 - 1 };
+    let addr: SocketAddr = format!("{}:{port}", config.host).parse().context("node address")?;
+    let listener = bind_or_any(addr).await?;
+    let local = listener.local_addr()?;
+    let mut node_config = config.node.clone();
+    node_config.node_id = id.to_string();
+    node_config.public_url = format!("ws://{local}/socket");
+    let node = Node::start(node_config, verifier.clone(), store.clone(), bus.clone()).await;
+    let stop = stop.child_token();
+    let task = tokio::spawn(presence_ws_node::run(listener, node.clone(), stop.clone()));
+    Ok(RunningNode { url: node.config.public_url.clone(), http_url: format!("http://{local}"), node, stop, task })
+}
+
+/// Nodes that joined a cluster running elsewhere (`presence demo --join`).
+pub struct Joined {
+    /// The nodes.
+    pub nodes: Vec<RunningNode>,
+    stop: CancellationToken,
+}
+
+impl Joined {
+    /// Starts `config.nodes` ws-nodes on shared backends (Redis and Kafka); the
+    /// cluster's coordinator gives them vnodes. IDs get a random part so that
+    /// several joins do not collide.
+    pub async fn start(config: &ClusterConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
+        let verifier = verifier(config)?;
+        let stop = CancellationToken::new();
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let mut nodes = Vec::new();
+        for i in 1..=config.nodes {
+            nodes.push(spawn_node(config, &format!("join-{tag}-{i}"), i, &verifier, &store, &bus, &stop).await?);
+        }
+        Ok(Self { nodes, stop })
+    }
+
+    /// Drains every joined node (clients move to the remaining nodes), then stops them.
+    pub async fn shutdown(self) {
+        for n in &self.nodes {
+            n.node.drain().await;
+        }
+        self.stop.cancel();
+        for n in self.nodes {
+            let _ = n.task.await;
+        }
+    }
+}
+
 /// Binds `addr`, or any free port on the same host when it is taken.
 async fn bind_or_any(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
@@ -113,52 +176,29 @@ impl Cluster {
         Self::start_on(config, Arc::new(MemoryStore::new()), Arc::new(MemoryBus::default())).await
     }
 
-    /// Starts a cluster on the given backends.
+    /// Starts a cluster on the given backends. The nodes register before the
+    /// coordinator's first round, so the first table already spreads the vnodes.
     pub async fn start_on(config: ClusterConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        let checks = ClaimChecks { leeway_secs: config.jwt_leeway_secs, ..ClaimChecks::default() };
-        let verifier = Arc::new(Verifier::hs256(config.jwt_secret.as_bytes(), &checks).context("JWT secret")?);
+        let verifier = verifier(&config)?;
         let listener = bind_or_any(config.coordinator_addr).await?;
         let coordinator_url = format!("http://{}", listener.local_addr()?);
-        let coordinator = Coordinator::new(config.coordinator.clone(), store.clone(), bus.clone());
         let stop = CancellationToken::new();
-        let coordinator_task = tokio::spawn(presence_coordinator::run(listener, coordinator.clone(), stop.clone()));
-        let mut cluster = Self {
-            coordinator_url,
-            coordinator,
-            nodes: Vec::new(),
-            config,
-            verifier,
-            store,
-            bus,
-            stop,
-            coordinator_task,
-        };
-        for _ in 0..cluster.config.nodes {
-            cluster.add_node().await?;
+        let mut nodes = Vec::new();
+        for i in 1..=config.nodes {
+            nodes.push(spawn_node(&config, &format!("node-{i}"), i, &verifier, &store, &bus, &stop).await?);
         }
-        Ok(cluster)
+        let coordinator = Coordinator::new(config.coordinator.clone(), store.clone(), bus.clone());
+        let coordinator_task = tokio::spawn(presence_coordinator::run(listener, coordinator.clone(), stop.clone()));
+        Ok(Self { coordinator_url, coordinator, nodes, config, verifier, store, bus, stop, coordinator_task })
     }
 
     /// Starts one more node; it joins through the coordinator like any other.
     pub async fn add_node(&mut self) -> anyhow::Result<&RunningNode> {
         let i = self.nodes.len() + 1;
-        let port = if self.config.first_node_port == 0 { 0 } else { self.config.first_node_port + i as u16 - 1 };
-        let addr: SocketAddr = format!("{}:{port}", self.config.host).parse().context("node address")?;
-        let listener = bind_or_any(addr).await?;
-        let local = listener.local_addr()?;
-        let mut config = self.config.node.clone();
-        config.node_id = format!("node-{i}");
-        config.public_url = format!("ws://{local}/socket");
-        let node = Node::start(config, self.verifier.clone(), self.store.clone(), self.bus.clone()).await;
-        let stop = self.stop.child_token();
-        let task = tokio::spawn(presence_ws_node::run(listener, node.clone(), stop.clone()));
-        self.nodes.push(RunningNode {
-            url: node.config.public_url.clone(),
-            http_url: format!("http://{local}"),
-            node,
-            stop,
-            task,
-        });
+        let node =
+            spawn_node(&self.config, &format!("node-{i}"), i, &self.verifier, &self.store, &self.bus, &self.stop)
+                .await?;
+        self.nodes.push(node);
         self.nodes.last().context("node just added")
     }
 

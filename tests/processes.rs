@@ -373,3 +373,66 @@ async fn sigterm_drains_a_node_without_anyone_going_offline() {
         }
     }
 }
+
+/// Reads a child's stdout until a line starts with `prefix`; returns the rest.
+async fn banner_value(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    prefix: &str,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        }
+        panic!("no line starting with {prefix:?}");
+    })
+    .await
+    .expect("banner in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_join_adds_nodes_and_the_ring_rebalances() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let _serial = procs::serial().await;
+    let dir = procs::output_dir("demo-join");
+    let redis = Redis::start(&dir).await;
+    let kafka = std::env::var("KAFKA_BROKERS").expect("KAFKA_BROKERS (./scripts/test sets it)");
+    let presence = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_presence"));
+        cmd.args(args)
+            .env("REDIS_URL", redis.url())
+            .env("KAFKA_BROKERS", &kafka)
+            .env("JWT_SECRET", SECRET)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().expect("presence starts")
+    };
+    let mut demo = presence(&["demo", "--listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"]);
+    let mut out = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let url = banner_value(&mut out, "coordinator").await;
+    let api = CoordinatorClient::new(&url).expect("url");
+    wait_for_nodes(&api, 2).await;
+
+    let mut joiner = presence(&["demo", "--join", "--nodes", "1"]);
+    let mut jout = BufReader::new(joiner.stdout.take().expect("stdout")).lines();
+    let joined_id = banner_value(&mut jout, "join-").await;
+    assert!(!joined_id.is_empty());
+    wait_for_nodes(&api, 3).await;
+    let ring = api.ring().await.expect("ring");
+    let joined = ring["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"].as_str().is_some_and(|i| i.starts_with("join-")));
+    let vnodes = joined.and_then(|n| n["vnodes"].as_u64()).unwrap_or(0);
+    assert!((1365..=1366).contains(&vnodes), "the joined node owns a third of the ring: {ring}");
+
+    // SIGTERM: the joined node drains and the ring goes back to two nodes.
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(joiner.id().expect("pid").to_string()).status();
+    let status =
+        tokio::time::timeout(Duration::from_secs(30), joiner.wait()).await.expect("joiner exits").expect("status");
+    assert!(status.success(), "{status}");
+    wait_for_nodes(&api, 2).await;
+    let _ = demo.kill().await;
+}

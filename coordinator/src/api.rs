@@ -36,9 +36,13 @@ pub async fn handle(coord: Arc<Coordinator>, req: Request) -> Response {
     res
 }
 
-async fn dispatch(coord: &Coordinator, req: Request) -> (&'static str, Response) {
+async fn dispatch(coord: &Arc<Coordinator>, req: Request) -> (&'static str, Response) {
     let method = req.method().clone();
     match req.uri().path() {
+        "/" if method == Method::GET => {
+            ("dashboard", presence_http::with_type(StatusCode::OK, crate::dashboard::PAGE, "text/html; charset=utf-8"))
+        }
+        "/dashboard/stream" if method == Method::GET => ("dashboard", crate::dashboard::stream(coord.clone())),
         "/route" => ("route", timed(coord, route(coord, req, &method).await)),
         "/presence" => ("presence", presence(coord, req, &method).await),
         "/nodes" if method == Method::GET => ("nodes", nodes(coord)),
@@ -46,7 +50,9 @@ async fn dispatch(coord: &Coordinator, req: Request) -> (&'static str, Response)
         "/healthz" if method == Method::GET => ("healthz", json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         "/readyz" if method == Method::GET => ("readyz", readyz(coord)),
         "/metrics" if method == Method::GET => ("metrics", metrics_response(&coord.metrics.registry)),
-        "/nodes" | "/ring" | "/healthz" | "/readyz" | "/metrics" => ("other", presence_http::method_not_allowed()),
+        "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/healthz" | "/readyz" | "/metrics" => {
+            ("other", presence_http::method_not_allowed())
+        }
         _ => ("other", not_found()),
     }
 }
@@ -168,15 +174,13 @@ async fn presence(coord: &Coordinator, req: Request, method: &Method) -> Respons
     }
 }
 
-fn nodes(coord: &Coordinator) -> Response {
+/// Live nodes with the vnodes each owns in the current table.
+pub fn node_views(coord: &Coordinator) -> Vec<NodeView> {
     let table = coord.table.get();
-    let owned = |id: &str| -> usize {
-        table
-            .as_ref()
-            .map_or(0, |t| t.owners.iter().filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == id)).count())
-    };
+    let counts: std::collections::HashMap<&str, usize> =
+        table.as_ref().map(|t| t.nodes.iter().map(|n| n.id.as_str()).zip(t.counts()).collect()).unwrap_or_default();
     let now = presence_model::time::now_ms();
-    let list: Vec<NodeView> = coord
+    coord
         .nodes()
         .iter()
         .map(|n| NodeView {
@@ -185,14 +189,17 @@ fn nodes(coord: &Coordinator) -> Response {
             capacity: n.capacity,
             connections: n.connections,
             users: n.users,
-            vnodes: owned(&n.id),
+            vnodes: counts.get(n.id.as_str()).copied().unwrap_or(0),
             pinned: n.pinned.len(),
             draining: n.draining,
             last_heartbeat: n.heartbeat_ms,
             heartbeat_age_ms: now.saturating_sub(n.heartbeat_ms),
         })
-        .collect();
-    json(StatusCode::OK, &serde_json::json!({ "nodes": list }))
+        .collect()
+}
+
+fn nodes(coord: &Coordinator) -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "nodes": node_views(coord) }))
 }
 
 fn ring(coord: &Coordinator) -> Response {

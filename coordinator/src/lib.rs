@@ -5,6 +5,7 @@
 //! * [`config`]: what a coordinator is told at start.
 //! * [`api`]: the HTTP API of SPEC section 4, served from the cached table.
 //! * [`control`]: the leader's loop: membership, rebalancing, dead nodes.
+//! * [`dashboard`]: the live dashboard page and its event stream.
 //! * [`rebalance`]: the pure vnode assignment policy.
 //! * [`metrics`]: Prometheus metrics.
 //!
@@ -16,6 +17,7 @@ pub mod api;
 pub mod args;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod metrics;
 pub mod rebalance;
 
@@ -48,6 +50,8 @@ pub struct Coordinator {
     store_ok: AtomicBool,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// Feed of the live dashboard.
+    pub dashboard: dashboard::Dashboard,
 }
 
 impl Coordinator {
@@ -62,6 +66,7 @@ impl Coordinator {
             leader: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
             metrics: metrics::Metrics::new(),
+            dashboard: dashboard::Dashboard::default(),
         })
     }
 
@@ -93,6 +98,7 @@ pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: Cance
     let mut tasks = JoinSet::new();
     tasks.spawn(coord.table.clone().run_refresh(coord.store.clone(), coord.config.table_poll, shutdown.clone()));
     tasks.spawn(control::run(coord.clone(), shutdown.clone()));
+    tasks.spawn(dashboard::run(coord.clone(), shutdown.clone()));
     let c = coord.clone();
     presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown).await;
     while tasks.join_next().await.is_some() {}

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Leave events the bus refused while counting out a dead node.
     pub bus_errors: IntCounter,
+    /// Open dashboard pages.
+    pub dashboard_clients: IntGauge,
+    /// Dashboard feed entries dropped for pages that read too slowly.
+    pub dashboard_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -76,6 +80,11 @@ impl Metrics {
             dead_nodes: counter("presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
             store_errors: counter("presence_store_errors_total", "Store operations that failed."),
             bus_errors: counter("presence_bus_errors_total", "Leave events the bus refused."),
+            dashboard_clients: gauge("presence_dashboard_clients", "Open dashboard pages."),
+            dashboard_dropped: counter(
+                "presence_dashboard_dropped_total",
+                "Dashboard feed entries dropped for slow pages.",
+            ),
             registry: r,
         }
     }

@@ -21,8 +21,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// A response body: whole (most routes) or streamed (Server-Sent Events).
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// The response type of both servers.
-pub type Response = http::Response<Full<Bytes>>;
+pub type Response = http::Response<Body>;
 /// The request type of both servers.
 pub type Request = http::Request<Incoming>;
 
@@ -102,7 +104,8 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// A body with a content type.
 pub fn with_type(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response {
-    let mut res = http::Response::new(Full::new(body.into()));
+    use http_body_util::BodyExt;
+    let mut res = http::Response::new(Full::new(body.into()).boxed());
     *res.status_mut() = status;
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
@@ -130,6 +133,31 @@ pub fn metrics_response(registry: &prometheus::Registry) -> Response {
         Ok(()) => with_type(StatusCode::OK, out, "text/plain; version=0.0.4"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
     }
+}
+
+/// An empty body (upgrades).
+pub fn empty() -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new().boxed()
+}
+
+/// A Server-Sent Events response fed by `rx`: each item is one `event:`/`data:`
+/// block. The stream ends when the sender is dropped.
+pub fn sse(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+    use http_body_util::{BodyExt, StreamBody};
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+    });
+    let mut res = http::Response::new(StreamBody::new(stream).boxed());
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// One SSE block.
+pub fn sse_event(event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
 /// Reads a request body up to `limit` bytes.

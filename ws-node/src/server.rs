@@ -119,7 +119,7 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }
     });
-    let mut res = Response::new(Default::default());
+    let mut res = Response::new(presence_http::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -1,0 +1,205 @@
+//! The live dashboard (SPEC section 9): `GET /` serves one embedded HTML page;
+//! `GET /dashboard/stream` feeds it with Server-Sent Events:
+//!
+//! * `snapshot` (at once, then every second): live nodes with their load, totals;
+//! * `ring` (at once, then on every new epoch): the 4096 owners;
+//! * `rebalance` (as it happens): epoch, vnodes moved, gains and losses per node;
+//! * `presence` (as it happens): every join/leave event from the bus.
+//!
+//! One bus subscription and one table watcher per coordinator feed a bounded
+//! broadcast channel; each browser has its own bounded queue. A browser that
+//! falls behind loses feed entries (counted in
+//! `presence_dashboard_dropped_total`), never snapshots for long.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use presence_backend::BusMessage;
+use presence_http::{sse, sse_event, Response};
+use presence_model::RoutingTable;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::Coordinator;
+
+/// The page, embedded at build time.
+pub const PAGE: &str = include_str!("dashboard.html");
+
+/// Feed entries a browser may have queued before entries are dropped for it.
+const CLIENT_QUEUE: usize = 256;
+/// Recent rebalances replayed to a newly opened page.
+const RECENT: usize = 20;
+
+/// The dashboard's shared state.
+pub struct Dashboard {
+    /// Live feed to every open page.
+    feed: broadcast::Sender<Bytes>,
+    /// The last rebalances, for pages opened later.
+    recent: Mutex<VecDeque<serde_json::Value>>,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Self { feed: broadcast::channel(1024).0, recent: Mutex::new(VecDeque::new()) }
+    }
+}
+
+fn ring_json(t: &RoutingTable) -> serde_json::Value {
+    let owners: Vec<i32> =
+        t.owners.iter().map(|&i| if (i as usize) < t.nodes.len() { i32::from(i) } else { -1 }).collect();
+    serde_json::json!({ "epoch": t.epoch, "nodes": t.nodes.iter().map(|n| &n.id).collect::<Vec<_>>(), "owners": owners })
+}
+
+/// What changed between two tables: vnodes moved and each node's gain or loss.
+fn diff(old: &RoutingTable, new: &RoutingTable) -> serde_json::Value {
+    let (before, after) = (old.owner_ids(), new.owner_ids());
+    let mut delta: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    let mut moved = 0;
+    for (b, a) in before.iter().zip(&after) {
+        if b != a {
+            moved += 1;
+            if let Some(b) = b {
+                *delta.entry(b).or_default() -= 1;
+            }
+            if let Some(a) = a {
+                *delta.entry(a).or_default() += 1;
+            }
+        }
+    }
+    serde_json::json!({ "epoch": new.epoch, "moved": moved, "delta": delta, "ts": presence_model::time::now_ms() })
+}
+
+fn snapshot(coord: &Coordinator) -> serde_json::Value {
+    let nodes = crate::api::node_views(coord);
+    let connections: u64 = nodes.iter().map(|n| n.connections).sum();
+    let users: u64 = nodes.iter().map(|n| n.users).sum();
+    serde_json::json!({
+        "epoch": coord.table.epoch(),
+        "stale": coord.table.is_stale(),
+        "leader": coord.is_leader(),
+        "coordinatorId": coord.config.id,
+        "nodes": nodes,
+        "connections": connections,
+        "users": users,
+    })
+}
+
+/// Feeds the broadcast from the bus and the table until `stop`.
+pub async fn run(coord: Arc<Coordinator>, stop: CancellationToken) {
+    let mut events = coord.bus.subscribe();
+    let mut tables = coord.table.subscribe();
+    let mut last: Option<Arc<RoutingTable>> = tables.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            m = events.next() => match m {
+                Some(BusMessage::Event(e)) => {
+                    let data = serde_json::json!({
+                        "userId": e.user_id, "type": e.kind, "connections": e.connections,
+                        "nodeId": e.node_id, "ts": e.ts, "reason": e.reason,
+                    });
+                    let _ = coord.dashboard.feed.send(sse_event("presence", &data));
+                }
+                Some(BusMessage::Resync) => {}
+                None => return,
+            },
+            changed = tables.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = tables.borrow_and_update().clone();
+                if let (Some(old), Some(new)) = (&last, &now) {
+                    let d = diff(old, new);
+                    if d["moved"].as_u64().unwrap_or(0) > 0 {
+                        let mut recent = coord.dashboard.recent.lock().unwrap_or_else(|p| p.into_inner());
+                        recent.push_back(d.clone());
+                        while recent.len() > RECENT {
+                            recent.pop_front();
+                        }
+                        drop(recent);
+                        let _ = coord.dashboard.feed.send(sse_event("rebalance", &d));
+                    }
+                }
+                if let Some(t) = &now {
+                    let _ = coord.dashboard.feed.send(sse_event("ring", &ring_json(t)));
+                }
+                last = now;
+            }
+        }
+    }
+}
+
+/// One page's event stream.
+pub fn stream(coord: Arc<Coordinator>) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_QUEUE);
+    let mut feed = coord.dashboard.feed.subscribe();
+    coord.metrics.dashboard_clients.inc();
+    tokio::spawn(async move {
+        let mut first = vec![sse_event("snapshot", &snapshot(&coord))];
+        if let Some(t) = coord.table.get() {
+            first.push(sse_event("ring", &ring_json(&t)));
+        }
+        let recent: Vec<serde_json::Value> =
+            coord.dashboard.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        first.extend(recent.iter().map(|r| sse_event("rebalance", r)));
+        for b in first {
+            if tx.send(b).await.is_err() {
+                coord.metrics.dashboard_clients.dec();
+                return;
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            let item = tokio::select! {
+                _ = tx.closed() => break,
+                _ = tick.tick() => sse_event("snapshot", &snapshot(&coord)),
+                m = feed.recv() => match m {
+                    Ok(b) => b,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        coord.metrics.dashboard_dropped.inc_by(n);
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(item) {
+                coord.metrics.dashboard_dropped.inc();
+            }
+        }
+        coord.metrics.dashboard_clients.dec();
+    });
+    sse(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_counts_moves_and_deltas() {
+        let a: Vec<Option<&str>> = (0..4096).map(|v| Some(if v < 2048 { "x" } else { "y" })).collect();
+        let b: Vec<Option<&str>> = (0..4096)
+            .map(|v| {
+                Some(if v < 1000 {
+                    "z"
+                } else if v < 2048 {
+                    "x"
+                } else {
+                    "y"
+                })
+            })
+            .collect();
+        let d = diff(
+            &RoutingTable::from_owners(1, &a, |_| String::new()),
+            &RoutingTable::from_owners(2, &b, |_| String::new()),
+        );
+        assert_eq!(d["moved"], 1000);
+        assert_eq!(d["delta"]["x"], -1000);
+        assert_eq!(d["delta"]["z"], 1000);
+        assert_eq!(d["epoch"], 2);
+    }
+}
