@@ -160,11 +160,11 @@ impl Joined {
 
 /// Binds `addr`, or any free port on the same host when it is taken.
 async fn bind_or_any(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    match TcpListener::bind(addr).await {
+    match presence_http::bind(addr) {
         Ok(l) => Ok(l),
         Err(e) if addr.port() != 0 => {
             tracing::warn!(%addr, error = %e, "port taken; using a free one");
-            Ok(TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?)
+            Ok(presence_http::bind(SocketAddr::new(addr.ip(), 0))?)
         }
         Err(e) => Err(e).with_context(|| format!("binding {addr}")),
     }

@@ -96,6 +96,8 @@ pub async fn run(coord: Arc<Coordinator>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             m = events.next() => match m {
+                // Nobody watching: skip the JSON (under load that is most of the cost here).
+                Some(BusMessage::Event(_)) if coord.dashboard.feed.receiver_count() == 0 => {}
                 Some(BusMessage::Event(e)) => {
                     let data = serde_json::json!({
                         "userId": e.user_id, "type": e.kind, "connections": e.connections,

@@ -16,7 +16,7 @@ async fn main() {
             std::process::exit(69);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+    let listener = match presence_http::bind(settings.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", settings.listen);

@@ -85,6 +85,20 @@ where
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
 }
 
+/// Accept-queue length asked of the kernel (it caps this at `net.core.somaxconn`).
+/// A node takes bursts of connections (every client of a moved vnode reconnects
+/// at once); a short queue drops SYNs, and each dropped one costs its client a
+/// one-second retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` asks for 1024).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A JSON response with `status`.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {

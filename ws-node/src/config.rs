@@ -61,7 +61,7 @@ impl NodeConfig {
             max_subscriptions: 1000,
             max_frame_bytes: 16 * 1024,
             outbound_queue: 64,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             max_pending_writes: 100_000,
             write_batch: 256,
         }

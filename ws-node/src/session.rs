@@ -82,14 +82,16 @@ where
     let conn_uuid = uuid::Uuid::new_v4().to_string();
     let (conn, rx) = Conn::new(node.next_conn_id(), node.config.outbound_queue);
     node.hub.connect(&user, conn.clone());
-    let ticket = node.pending.mark(&user, Some(&conn_uuid));
+    let written = node.pending.mark_and_wait(&user, Some(&conn_uuid));
     node.metrics.connects.inc();
     node.metrics.connections.inc();
     // Welcome only once the store counts this connection (unless the store is
     // known to be down): a client handed over from another node drops its old
     // connection when it sees this welcome, and must not be counted out first.
-    if node.store_ok() && !node.pending.wait_written(ticket, WELCOME_WAIT).await {
-        tracing::debug!(node = %node.config.node_id, "welcome sent before the store confirmed the count");
+    if let (true, Some(written)) = (node.store_ok(), written) {
+        if !matches!(tokio::time::timeout(WELCOME_WAIT, written).await, Ok(Ok(()))) {
+            tracing::debug!(node = %node.config.node_id, "welcome sent before the store confirmed the count");
+        }
     }
     let welcome = ServerMessage::Welcome {
         user_id: user.clone(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 use presence_backend::{CountUpdate, StoreError};
 use presence_model::event::EVENT_VERSION;
 use presence_model::{EventKind, PresenceChange, StatusEvent, UserId};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::Node;
@@ -32,111 +32,120 @@ const RETRY: Duration = Duration::from_millis(250);
 
 /// The bounded set of users whose count the store has not seen yet.
 ///
-/// Every mark gets a ticket (a number that grows); once everything marked up to
-/// ticket `t` is in the store, [`PendingWrites::written`] reaches `t`. A session
-/// waits for its connection's ticket before sending `welcome`, so that a client
-/// that connects to a new node and then drops the old one (a handoff) is
-/// counted on the new node before the old node counts it out: nobody is shown
-/// offline in between.
+/// A connect can wait for its user's next write: [`PendingWrites::mark_and_wait`]
+/// hands back a receiver that fires once a batch holding that user is in the
+/// store. A session sends `welcome` only then, so that a client that connects
+/// to a new node and then drops the old one (a handoff) is counted on the new
+/// node before the old node counts it out: nobody is shown offline between.
 pub struct PendingWrites {
-    inner: Mutex<Pending>,
+    inner: Mutex<HashMap<UserId, Dirty>>,
+    /// Rewrite everything: the set overflowed or the store forgot us.
+    full_resync: std::sync::atomic::AtomicBool,
     notify: Notify,
     max_pending: usize,
-    /// Highest ticket whose writes are all confirmed.
-    written: watch::Sender<u64>,
 }
 
-/// Dirty users taken for one write, each with the connection that last changed it.
-type Batch = Vec<(UserId, Option<String>)>;
-
+/// A user waiting to be written.
 #[derive(Default)]
-struct Pending {
-    /// Dirty users, each with the connection that last changed it (for the event).
-    users: HashMap<UserId, Option<String>>,
-    /// Rewrite everything: the set overflowed or the store forgot us.
-    full_resync: bool,
-    /// Tickets handed out so far.
-    marks: u64,
+pub struct Dirty {
+    /// The connection that last changed the user (for the event).
+    conn: Option<String>,
+    /// Sessions waiting for this write.
+    waiters: Vec<oneshot::Sender<()>>,
 }
+
+/// Dirty users taken for one write.
+type Batch = Vec<(UserId, Dirty)>;
 
 impl PendingWrites {
     /// An empty set holding at most `max_pending` users.
     pub fn new(max_pending: usize) -> Self {
         Self {
-            inner: Mutex::new(Pending::default()),
+            inner: Mutex::new(HashMap::new()),
+            full_resync: std::sync::atomic::AtomicBool::new(false),
             notify: Notify::new(),
             max_pending: max_pending.max(1),
-            written: watch::channel(0).0,
         }
     }
 
-    /// Waits until the writes of `ticket` are in the store, or `timeout` passes.
-    /// Returns whether they are.
-    pub async fn wait_written(&self, ticket: u64, timeout: std::time::Duration) -> bool {
-        let mut rx = self.written.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|&w| w >= ticket)).await.is_ok_and(|r| r.is_ok())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Dirty>> {
         // Plain data; a panic elsewhere must not stop counting.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks `user` dirty and returns the ticket of this mark. When the set is
-    /// full the user is not stored; a full resync (which covers it) is scheduled instead.
-    pub fn mark(&self, user: &UserId, conn: Option<&str>) -> u64 {
-        let ticket = {
+    fn mark_with(&self, user: &UserId, conn: Option<&str>, waiter: Option<oneshot::Sender<()>>) -> bool {
+        let stored = {
             let mut p = self.lock();
-            if p.users.len() >= self.max_pending && !p.users.contains_key(user) {
-                p.full_resync = true;
+            if p.len() >= self.max_pending && !p.contains_key(user) {
+                false
             } else {
-                p.users.insert(user.clone(), conn.map(str::to_string));
+                let d = p.entry(user.clone()).or_default();
+                d.conn = conn.map(str::to_string);
+                d.waiters.extend(waiter);
+                true
             }
-            p.marks += 1;
-            p.marks
         };
+        if !stored {
+            // Full: no user is forgotten, they are all rewritten instead.
+            self.full_resync.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.notify.notify_one();
-        ticket
+        stored
+    }
+
+    /// Marks `user` dirty. When the set is full the user is not stored; a full
+    /// resync (which covers it) is scheduled instead. Returns whether it was stored.
+    pub fn mark(&self, user: &UserId, conn: Option<&str>) -> bool {
+        self.mark_with(user, conn, None)
+    }
+
+    /// Marks `user` dirty and returns a receiver that fires when the write
+    /// holding this mark is in the store (`None` when the set was full).
+    pub fn mark_and_wait(&self, user: &UserId, conn: Option<&str>) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.mark_with(user, conn, Some(tx)).then_some(rx)
     }
 
     /// Schedules a rewrite of every count this node holds or the store holds for it.
     pub fn request_full_resync(&self) {
-        self.lock().full_resync = true;
+        self.full_resync.store(true, std::sync::atomic::Ordering::Relaxed);
         self.notify.notify_one();
     }
 
     /// Dirty users now.
     pub fn len(&self) -> usize {
-        self.lock().users.len()
+        self.lock().len()
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        let p = self.lock();
-        p.users.is_empty() && !p.full_resync
+        self.lock().is_empty() && !self.full_resync.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Takes a batch. The third value is the ticket this batch completes: when
-    /// nothing marked is left behind, writing the batch confirms every mark so far.
-    fn take(&self, max: usize) -> (Batch, bool, Option<u64>) {
+    fn take(&self, max: usize) -> (Batch, bool) {
+        let full = self.full_resync.swap(false, std::sync::atomic::Ordering::Relaxed);
         let mut p = self.lock();
-        let full = std::mem::take(&mut p.full_resync);
-        let keys: Vec<UserId> = p.users.keys().take(max).cloned().collect();
-        let batch = keys.into_iter().filter_map(|k| p.users.remove_entry(&k)).collect();
-        let completes = p.users.is_empty().then_some(p.marks);
-        (batch, full, completes)
+        let keys: Vec<UserId> = p.keys().take(max).cloned().collect();
+        (keys.into_iter().filter_map(|k| p.remove_entry(&k)).collect(), full)
     }
 
     fn put_back(&self, batch: Batch, full: bool) {
+        if full {
+            self.full_resync.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut p = self.lock();
-        p.full_resync |= full;
-        for (u, c) in batch {
-            if p.users.len() >= self.max_pending {
-                p.full_resync = true;
-                break;
+        for (u, d) in batch {
+            if p.len() >= self.max_pending && !p.contains_key(&u) {
+                // Dropping `d` drops its waiters: they stop waiting, unconfirmed.
+                self.full_resync.store(true, std::sync::atomic::Ordering::Relaxed);
+                continue;
             }
-            // A newer mark made meanwhile wins.
-            p.users.entry(u).or_insert(c);
+            let e = p.entry(u).or_default();
+            // A newer mark made meanwhile keeps its connection ID.
+            if e.conn.is_none() {
+                e.conn = d.conn;
+            }
+            e.waiters.extend(d.waiters);
         }
     }
 }
@@ -175,28 +184,32 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
 /// Writes everything pending now. On error, what was taken is pending again.
 pub async fn flush(node: &Node) -> Result<(), StoreError> {
     loop {
-        let (batch, full, completes) = node.pending.take(node.config.write_batch);
+        let (batch, full) = node.pending.take(node.config.write_batch);
         node.metrics.store_pending.set(node.pending.len() as i64);
         if batch.is_empty() && !full {
-            if let Some(t) = completes {
-                node.pending.written.send_if_modified(|w| std::mem::replace(w, (*w).max(t)) < t);
-            }
             return Ok(());
         }
         let result = async {
             if full {
                 full_resync(node).await?;
             }
-            write(node, &batch, None).await
+            let users: Vec<(UserId, Option<String>)> = batch.iter().map(|(u, d)| (u.clone(), d.conn.clone())).collect();
+            write(node, &users, None).await
         }
         .await;
-        if let Err(e) = result {
-            node.pending.put_back(batch, full);
-            node.metrics.store_pending.set(node.pending.len() as i64);
-            return Err(e);
-        }
-        if let Some(t) = completes {
-            node.pending.written.send_if_modified(|w| std::mem::replace(w, (*w).max(t)) < t);
+        match result {
+            Ok(()) => {
+                for (_, d) in batch {
+                    for w in d.waiters {
+                        let _ = w.send(());
+                    }
+                }
+            }
+            Err(e) => {
+                node.pending.put_back(batch, full);
+                node.metrics.store_pending.set(node.pending.len() as i64);
+                return Err(e);
+            }
         }
     }
 }
@@ -268,21 +281,22 @@ mod tests {
     #[test]
     fn bounded_set_turns_overflow_into_full_resync() {
         let p = PendingWrites::new(2);
-        assert_eq!(p.mark(&uid("a"), None), 1);
-        assert_eq!(p.mark(&uid("b"), Some("c1")), 2);
-        assert_eq!(p.mark(&uid("a"), Some("c2")), 3, "re-marking a held user always fits");
+        assert!(p.mark(&uid("a"), None));
+        let w = p.mark_and_wait(&uid("b"), Some("c1"));
+        assert!(w.is_some());
+        assert!(p.mark(&uid("a"), Some("c2")), "re-marking a held user always fits");
+        assert!(p.mark_and_wait(&uid("c"), None).is_none(), "a full set does not grow");
         assert_eq!(p.len(), 2);
-        p.mark(&uid("c"), None);
-        assert_eq!(p.len(), 2, "a full set does not grow");
-        let (batch, full, completes) = p.take(1);
-        assert_eq!((batch.len(), completes), (1, None), "one user left behind");
-        let (batch2, _, completes) = p.take(10);
-        assert_eq!((batch2.len(), completes), (1, Some(4)));
-        let batch: Vec<_> = batch.into_iter().chain(batch2).collect();
+        let (batch, full) = p.take(10);
+        assert_eq!(batch.len(), 2);
         assert!(full);
         assert!(p.is_empty());
+        // A failed write keeps the waiters with their users.
         p.put_back(batch, full);
         assert_eq!(p.len(), 2);
         assert!(!p.is_empty());
+        let (batch, _) = p.take(10);
+        let waiters: usize = batch.iter().map(|(_, d)| d.waiters.len()).sum();
+        assert_eq!(waiters, 1);
     }
 }

@@ -1,0 +1,465 @@
+//! `presence-bench`: the measurements of SPEC section 11, each next to the
+//! bare stack it is built on, in the same run, so the ratio means something
+//! on a noisy machine. See BENCHMARKS.md for the figures and how to run them.
+//!
+//! Servers run as child processes of this binary (`serve-*` subcommands) with
+//! one runtime thread each, so the load generator has the other core.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use presence::cluster::{Cluster, ClusterConfig};
+use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
+
+const SECRET: &str = "bench-secret";
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of SPEC section 11 (see BENCHMARKS.md).")]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Vnode hash + table lookup, ns per call.
+    Vnode,
+    /// /route vs a bare hyper hello server, both under wrk.
+    Route {
+        /// wrk connections.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+    /// Resident memory per idle authenticated connection vs a bare tungstenite echo server.
+    Idle {
+        /// Connections to hold open (the process limit is 20,000 files).
+        #[arg(long, default_value_t = 15_000)]
+        count: usize,
+    },
+    /// Connect + auth + welcome rate into one node.
+    ConnectRate {
+        /// Connections to make.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+    /// Status fan-out latency to a subscriber on another node, embedded bus.
+    Fanout {
+        /// Events per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+    /// (child) a bare hyper hello-world server.
+    ServeHello { addr: SocketAddr },
+    /// (child) a coordinator of an in-process cluster on embedded backends.
+    ServeRoute { addr: SocketAddr },
+    /// (child) one ws-node (plus its coordinator) on embedded backends.
+    ServeNode { addr: SocketAddr },
+    /// (child) a bare tungstenite echo server (default configuration).
+    ServeEcho { addr: SocketAddr },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Servers get one thread; drivers two.
+    // Servers get one thread (BENCH_SERVER_THREADS to change it), drivers two.
+    let server_threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let threads = match cli.what {
+        What::ServeHello { .. } | What::ServeRoute { .. } | What::ServeNode { .. } | What::ServeEcho { .. } => {
+            server_threads
+        }
+        _ => 2,
+    };
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?.block_on(run(cli.what))
+}
+
+async fn run(what: What) -> anyhow::Result<()> {
+    match what {
+        What::Vnode => vnode(),
+        What::Route { connections, seconds } => route(connections, seconds).await,
+        What::Idle { count } => idle(count).await,
+        What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
+        What::Fanout { rate, seconds } => fanout(rate, seconds).await,
+        What::ServeHello { addr } => serve_hello(addr).await,
+        What::ServeRoute { addr } => serve_cluster(addr, 3).await,
+        What::ServeNode { addr } => serve_cluster(addr, 1).await,
+        What::ServeEcho { addr } => serve_echo(addr).await,
+    }
+}
+
+fn vnode() -> anyhow::Result<()> {
+    let owners: Vec<Option<&str>> = (0..presence_model::VNODES).map(|v| Some(["a", "b", "c"][v % 3])).collect();
+    let table = presence_model::RoutingTable::from_owners(1, &owners, |id| format!("ws://{id}/socket"));
+    let ids: Vec<String> = (0..1024).map(|i| format!("user-{i:08}")).collect();
+    let n = 20_000_000u64;
+    let start = Instant::now();
+    let mut hits = 0usize;
+    for i in 0..n {
+        let id = &ids[(i as usize) & 1023];
+        hits += table.owner(std::hint::black_box(id)).map_or(0, |o| o.id.len());
+    }
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    println!("vnode hash + owner lookup (14-byte IDs): {ns:.1} ns per lookup ({hits} checksum)");
+    Ok(())
+}
+
+/// Starts this binary with a serve subcommand on a free port and waits for it.
+async fn child(sub: &str) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([sub, &addr.to_string()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            // The cluster servers need a moment for their first routing table.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return Ok((child, addr));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{sub} did not start")
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn ms(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+async fn wrk(url: &str, connections: u32, seconds: u32) -> anyhow::Result<WrkResult> {
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
+        .output()
+        .await
+        .context("wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()));
+    Ok(WrkResult {
+        rps: field("Requests/sec:").context("wrk output")?.parse()?,
+        p50_ms: ms(&field("50%").context("p50")?),
+        p99_ms: ms(&field("99%").context("p99")?),
+    })
+}
+
+async fn route(connections: u32, seconds: u32) -> anyhow::Result<()> {
+    let (_hello, h) = child("serve-hello").await?;
+    let (_route, r) = child("serve-route").await?;
+    // Warm both, then alternate so that drift on a noisy machine hits both.
+    wrk(&format!("http://{h}/"), connections, 2).await?;
+    wrk(&format!("http://{r}/route?userId=alice"), connections, 2).await?;
+    let hello = wrk(&format!("http://{h}/"), connections, seconds).await?;
+    let route = wrk(&format!("http://{r}/route?userId=alice"), connections, seconds).await?;
+    println!("wrk -t1 -c{connections} -d{seconds}s, servers on one runtime thread each");
+    println!("{:<26} {:>12} {:>10} {:>10}", "", "req/s", "p50 ms", "p99 ms");
+    println!("{:<26} {:>12.0} {:>10.3} {:>10.3}", "bare hyper hello", hello.rps, hello.p50_ms, hello.p99_ms);
+    println!("{:<26} {:>12.0} {:>10.3} {:>10.3}", "GET /route", route.rps, route.p50_ms, route.p99_ms);
+    println!(
+        "ratio: throughput {:.2}x (target >= 0.8), p99 {:.2}x (target <= 1.2)",
+        route.rps / hello.rps,
+        route.p99_ms / hello.p99_ms
+    );
+    Ok(())
+}
+
+/// Opens `count` connections to `url`, `concurrency` at a time. With `auth`,
+/// each authenticates as its own user and waits for `welcome`.
+async fn open_many(url: &str, count: usize, auth: bool, concurrency: usize) -> anyhow::Result<Vec<Connection>> {
+    // Tokens are minted before the clock matters: signing is the load generator's cost, not the node's.
+    let tokens: Vec<Option<String>> = (0..count)
+        .map(|i| auth.then(|| presence_model::auth::mint_hs256(SECRET.as_bytes(), &format!("user-{i}"), 3600)))
+        .collect();
+    let opens = futures_util::stream::iter(tokens).map(|token| {
+        let url = url.to_string();
+        async move {
+            let Some(token) = token else {
+                return Connection::connect(&url, TokenPlacement::None).await.map_err(anyhow::Error::from);
+            };
+            let mut c = Connection::connect(&url, TokenPlacement::Header(token)).await?;
+            loop {
+                match c.next().await {
+                    Some(Frame::Message(ServerMessage::Welcome { .. })) => return Ok(c),
+                    Some(Frame::Message(_)) => {}
+                    other => anyhow::bail!("no welcome: {other:?}"),
+                }
+            }
+        }
+    });
+    let mut opens = opens.buffer_unordered(concurrency);
+    let mut conns = Vec::with_capacity(count);
+    while let Some(c) = opens.next().await {
+        conns.push(c?);
+    }
+    Ok(conns)
+}
+
+/// RSS growth of server `pid` per connection while `count` connections are open.
+async fn per_connection(pid: u32, url: &str, count: usize, auth: bool) -> anyhow::Result<f64> {
+    // A first small batch warms allocator pools and the server's maps.
+    let warm = open_many(url, 200, auth, 64).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let conns = open_many(url, count, auth, 256).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    drop(conns);
+    drop(warm);
+    Ok((after.saturating_sub(before)) as f64 * 1024.0 / count as f64)
+}
+
+async fn idle(count: usize) -> anyhow::Result<()> {
+    let (node, addr) = child("serve-node").await?;
+    let ours = per_connection(node.id().context("pid")?, &format!("ws://{addr}/socket"), count, true).await?;
+    drop(node);
+    let (echo, addr) = child("serve-echo").await?;
+    let bare = per_connection(echo.id().context("pid")?, &format!("ws://{addr}/"), count, false).await?;
+    drop(echo);
+    println!("{count} idle connections, resident memory growth of the server per connection:");
+    println!("  ws-node, authenticated (welcome sent, counted, in the hub): {:>8.0} bytes", ours);
+    println!("  bare tungstenite echo server, default configuration:       {:>8.0} bytes", bare);
+    println!("  target: at most 8 KiB = 8192 bytes");
+    Ok(())
+}
+
+async fn connect_rate(count: usize, concurrency: usize) -> anyhow::Result<()> {
+    let (_node, addr) = child("serve-node").await?;
+    let url = format!("ws://{addr}/socket");
+    let warm = open_many(&url, 500, true, 64).await?;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tokens: Vec<String> =
+        (0..count).map(|i| presence_model::auth::mint_hs256(SECRET.as_bytes(), &format!("rate-{i}"), 3600)).collect();
+    let start = Instant::now();
+    let opens = futures_util::stream::iter(tokens).map(|token| {
+        let url = url.clone();
+        async move {
+            let mut c = Connection::connect(&url, TokenPlacement::Header(token)).await?;
+            loop {
+                match c.next().await {
+                    Some(Frame::Message(ServerMessage::Welcome { .. })) => return Ok::<_, anyhow::Error>(c),
+                    Some(Frame::Message(_)) => {}
+                    other => anyhow::bail!("no welcome: {other:?}"),
+                }
+            }
+        }
+    });
+    let mut opens = opens.buffer_unordered(concurrency);
+    let mut conns = Vec::with_capacity(count);
+    while let Some(c) = opens.next().await {
+        conns.push(c?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(conns);
+    drop(_node);
+    // The bare stack, same load generator: TCP + WebSocket upgrade, nothing else.
+    let (_echo, addr) = child("serve-echo").await?;
+    let echo_url = format!("ws://{addr}/");
+    drop(open_many(&echo_url, 500, false, 64).await?);
+    let start = Instant::now();
+    let bare = open_many(&echo_url, count, false, concurrency).await?;
+    let bare_secs = start.elapsed().as_secs_f64();
+    drop(bare);
+    println!("{count} connections, {concurrency} in flight, servers on one runtime thread:");
+    println!(
+        "  ws-node (TCP + upgrade + JWT check + count written to the store + welcome): {:>7.0} connections/s",
+        count as f64 / secs
+    );
+    println!(
+        "  bare tungstenite echo server (TCP + upgrade only):                           {:>7.0} connections/s",
+        count as f64 / bare_secs
+    );
+    println!("  target: at least 10,000/s into one node");
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn fanout(rate: u32, seconds: u32) -> anyhow::Result<()> {
+    // Production timings, free ports.
+    let mut config = ClusterConfig::demo(2, SECRET);
+    config.coordinator_addr = "127.0.0.1:0".parse()?;
+    config.first_node_port = 0;
+    let cluster = Cluster::start(config).await?;
+    cluster.wait_settled(Duration::from_secs(10)).await?;
+    let table = cluster.coordinator.table.get().context("table")?;
+    let (a, b) = (&table.nodes[0].id, &table.nodes[1].id);
+    // The subscriber on node A; 50 users on node B that come and go.
+    let on = |node: &str, n: usize| -> Vec<String> {
+        (0..).map(|i| format!("u{i}")).filter(|u| table.owner(u).is_some_and(|o| o.id == node)).take(n).collect()
+    };
+    let watcher = on(a, 1).remove(0);
+    let targets = on(b, 50);
+    let url_of = |u: &str| table.owner(u).map(|o| o.url.clone()).unwrap_or_default();
+    let token = |u: &str| presence_model::auth::mint_hs256(SECRET.as_bytes(), u, 3600);
+    let mut w = Connection::connect(&url_of(&watcher), TokenPlacement::Header(token(&watcher))).await?;
+    let ids: Vec<UserId> = targets.iter().map(|u| UserId::parse(u)).collect::<Result<_, _>>()?;
+    w.send(&ClientMessage::Subscribe { user_ids: ids }).await?;
+    // Statuses arrive on their own task; each records when it was seen.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, Instant)>();
+    tokio::spawn(async move {
+        while let Some(f) = w.next().await {
+            if let Frame::Message(ServerMessage::Status { user_id, connections, .. }) = f {
+                let _ = seen_tx.send((user_id.to_string(), connections, Instant::now()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while seen_rx.try_recv().is_ok() {}
+    // Each change runs on its own task so that the rate holds while connects
+    // are in flight; a user's changes are 50 ms apart, so they never overlap.
+    let conns: std::sync::Arc<Vec<tokio::sync::Mutex<Option<Connection>>>> =
+        std::sync::Arc::new((0..targets.len()).map(|_| tokio::sync::Mutex::new(None)).collect());
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64, Instant)>::new()));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let total = (rate * seconds) as usize;
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        tick.tick().await;
+        let k = i % targets.len();
+        let (user, url, tok) = (targets[k].clone(), url_of(&targets[k]), token(&targets[k]));
+        let (conns, sent) = (conns.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut slot = conns[k].lock().await;
+            let started = Instant::now();
+            match slot.take() {
+                None => {
+                    if let Ok(c) = Connection::connect(&url, TokenPlacement::Header(tok)).await {
+                        *slot = Some(c);
+                        sent.lock().unwrap_or_else(|p| p.into_inner()).push((user, 1, started));
+                    }
+                }
+                Some(c) => {
+                    sent.lock().unwrap_or_else(|p| p.into_inner()).push((user, 0, started));
+                    c.close().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|p| p.into_inner()));
+    sent.sort_by_key(|(_, _, t)| *t);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut seen: Vec<(String, u64, Instant)> = Vec::new();
+    while let Ok(s) = seen_rx.try_recv() {
+        seen.push(s);
+    }
+    // Match each change with the first matching status seen after it.
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    let mut cursor: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (user, n, t0) in &sent {
+        let from = cursor.get(user).copied().unwrap_or(0);
+        if let Some(pos) = seen.iter().skip(from).position(|(u, c, t)| u == user && c == n && t >= t0) {
+            let idx = from + pos;
+            if *n == 0 {
+                off.push(seen[idx].2 - *t0)
+            } else {
+                on.push(seen[idx].2 - *t0)
+            }
+            cursor.insert(user.clone(), idx + 1);
+        }
+    }
+    on.sort();
+    off.sort();
+    println!("status fan-out to a subscriber on another node, embedded bus, {rate} changes/s for {seconds} s:");
+    println!("  {} of {} changes seen", on.len() + off.len(), sent.len());
+    for (what, l) in
+        [("goes offline (from the client's close)", &off), ("comes online (from the client's connect call)", &on)]
+    {
+        if !l.is_empty() {
+            println!(
+                "  {what:<46} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                percentile(l, 0.5),
+                percentile(l, 0.99),
+                percentile(l, 1.0)
+            );
+        }
+    }
+    println!("  target: p99 under 2 ms for the fan-out");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn serve_hello(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = presence_http::bind(addr)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"Hello, world!",
+                ))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn serve_cluster(addr: SocketAddr, nodes: usize) -> anyhow::Result<()> {
+    let mut config = ClusterConfig::demo(nodes, SECRET);
+    config.coordinator_addr = "127.0.0.1:0".parse()?;
+    config.first_node_port = if nodes == 1 { addr.port() } else { 0 };
+    if nodes > 1 {
+        config.coordinator_addr = addr;
+    }
+    let cluster = Cluster::start(config).await?;
+    cluster.wait_settled(Duration::from_secs(30)).await?;
+    println!("ready {}", cluster.coordinator_url);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn serve_echo(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = presence_http::bind(addr)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
