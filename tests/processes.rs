@@ -42,6 +42,33 @@ async fn wait_for_nodes(api: &CoordinatorClient, n: usize) {
     .await;
 }
 
+/// One test's cluster: its own Redis, a coordinator and `n` nodes, settled.
+struct Setup {
+    redis: Redis,
+    sh: Shared,
+    _coord: Proc,
+    url: String,
+    nodes: Vec<(Proc, String, String)>,
+    api: CoordinatorClient,
+}
+
+impl Setup {
+    /// Starts it; `kafka` is a broker of the test's own (else the shared one).
+    async fn start(test: &str, n: usize, kafka: Option<String>) -> Setup {
+        let dir = procs::output_dir(test);
+        let redis = Redis::start(&dir).await;
+        let sh = match kafka {
+            Some(k) => Shared::with_kafka(test, redis.url(), k, SECRET),
+            None => Shared::new(test, redis.url(), SECRET),
+        };
+        let (coord, url) = sh.coordinator("coord");
+        let nodes: Vec<(Proc, String, String)> = (1..=n).map(|i| sh.node(&format!("node-{i}"))).collect();
+        let api = CoordinatorClient::new(&url).expect("url");
+        wait_for_nodes(&api, n).await;
+        Setup { redis, sh, _coord: coord, url, nodes, api }
+    }
+}
+
 struct Churn {
     users: Vec<String>,
     clients: Vec<Client>,
@@ -189,13 +216,8 @@ async fn counts_stay_exact_through_churn_crash_join_and_leader_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_moves_few_vnodes_and_nobody_flaps_offline() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("join");
-    let redis = Redis::start(&dir).await;
-    let sh = Shared::new("join", redis.url(), SECRET);
-    let (_coord, url) = sh.coordinator("coord");
-    let mut nodes: Vec<(Proc, String, String)> = (1..=3).map(|i| sh.node(&format!("node-{i}"))).collect();
-    let api = CoordinatorClient::new(&url).expect("url");
-    wait_for_nodes(&api, 3).await;
+    let mut setup = Setup::start("join", 3, None).await;
+    let (url, api) = (setup.url.clone(), setup.api.clone());
 
     // 60 users online, one connection each, and a watcher of all of them.
     let mut churn = Churn::new(&url, 60, 1).await;
@@ -211,7 +233,7 @@ async fn a_joining_node_moves_few_vnodes_and_nobody_flaps_offline() {
     // An unpinned node joins: it takes about a quarter of the vnodes, only from
     // the others, and the emptiest first, so with 60 users none has to move.
     let before = api.ring().await.expect("ring");
-    nodes.push(sh.node("node-4"));
+    setup.nodes.push(setup.sh.node("node-4"));
     wait_for_nodes(&api, 4).await;
     let after = api.ring().await.expect("ring");
     let moved = (0..4096).filter(|&v| owner_of(&before, v) != owner_of(&after, v)).count();
@@ -223,7 +245,7 @@ async fn a_joining_node_moves_few_vnodes_and_nobody_flaps_offline() {
     // A node pinned to the vnodes of 20 online users joins: they are handed over.
     let pinned_users: Vec<String> = churn.users[..20].to_vec();
     let pins: Vec<String> = pinned_users.iter().map(|u| presence_model::vnode(u).to_string()).collect();
-    nodes.push(sh.node_with("node-5", &[("ASSIGNED_VNODES", &pins.join(","))]));
+    setup.nodes.push(setup.sh.node_with("node-5", &[("ASSIGNED_VNODES", &pins.join(","))]));
     common::eventually("pinned users on node-5", || async {
         churn.clients.iter().filter(|c| pinned_users.contains(&c.user)).all(|c| {
             let s = c.seen();
@@ -249,18 +271,13 @@ async fn a_joining_node_moves_few_vnodes_and_nobody_flaps_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarting_empty_under_churn_converges() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("redis-restart");
-    let mut redis = Redis::start(&dir).await;
-    let sh = Shared::new("redis-restart", redis.url(), SECRET);
-    let (_coord, url) = sh.coordinator("coord");
-    let _nodes: Vec<(Proc, String, String)> = (1..=2).map(|i| sh.node(&format!("node-{i}"))).collect();
-    let api = CoordinatorClient::new(&url).expect("url");
-    wait_for_nodes(&api, 2).await;
+    let mut setup = Setup::start("redis-restart", 2, None).await;
+    let (url, api) = (setup.url.clone(), setup.api.clone());
     let mut churn = Churn::new(&url, 16, 2).await;
     churn.run(40).await;
     churn.converges(&api, "before the outage").await;
 
-    redis.stop();
+    setup.redis.stop();
     // Routing keeps working from the caches, and so does counting.
     let started = tokio::time::Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
@@ -268,20 +285,15 @@ async fn redis_restarting_empty_under_churn_converges() {
     }
     let r = api.route("user-1").await.expect("route served from cache while Redis is down");
     assert!(r.stale, "a route from cache is marked stale");
-    redis.restart().await;
+    setup.redis.restart().await;
     churn.converges(&api, "after Redis came back empty").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_one_node_follows_a_user_on_another_in_order() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("cross-node");
-    let redis = Redis::start(&dir).await;
-    let sh = Shared::new("cross-node", redis.url(), SECRET);
-    let (_coord, url) = sh.coordinator("coord");
-    let _nodes: Vec<(Proc, String, String)> = (1..=2).map(|i| sh.node(&format!("node-{i}"))).collect();
-    let api = CoordinatorClient::new(&url).expect("url");
-    wait_for_nodes(&api, 2).await;
+    let setup = Setup::start("cross-node", 2, None).await;
+    let (url, api) = (setup.url.clone(), setup.api.clone());
     // Two users owned by different nodes.
     let ring = api.ring().await.expect("ring");
     let owner = |u: &str| ring["owners"][presence_model::vnode(u) as usize].as_u64();
@@ -312,14 +324,9 @@ async fn a_subscriber_on_one_node_follows_a_user_on_another_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_stopping_for_5s_under_churn_still_converges() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("kafka-restart");
-    let redis = Redis::start(&dir).await;
-    let mut tansu = Tansu::start(&dir).await;
-    let sh = Shared::with_kafka("kafka-restart", redis.url(), tansu.brokers(), SECRET);
-    let (_coord, url) = sh.coordinator("coord");
-    let _nodes: Vec<(Proc, String, String)> = (1..=2).map(|i| sh.node(&format!("node-{i}"))).collect();
-    let api = CoordinatorClient::new(&url).expect("url");
-    wait_for_nodes(&api, 2).await;
+    let mut tansu = Tansu::start(&procs::output_dir("kafka-restart-broker")).await;
+    let setup = Setup::start("kafka-restart", 2, Some(tansu.brokers())).await;
+    let (url, api) = (setup.url.clone(), setup.api.clone());
     let mut churn = Churn::new(&url, 16, 2).await;
     churn.run(40).await;
     churn.converges(&api, "before the broker stops").await;
@@ -336,13 +343,8 @@ async fn the_broker_stopping_for_5s_under_churn_still_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_node_without_anyone_going_offline() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("drain");
-    let redis = Redis::start(&dir).await;
-    let sh = Shared::new("drain", redis.url(), SECRET);
-    let (_coord, url) = sh.coordinator("coord");
-    let mut nodes: Vec<(Proc, String, String)> = (1..=3).map(|i| sh.node(&format!("node-{i}"))).collect();
-    let api = CoordinatorClient::new(&url).expect("url");
-    wait_for_nodes(&api, 3).await;
+    let mut setup = Setup::start("drain", 3, None).await;
+    let (url, api) = (setup.url.clone(), setup.api.clone());
     let mut churn = Churn::new(&url, 30, 1).await;
     for u in churn.users.clone() {
         churn.clients.push(Client::connect(&url, SECRET, &u, &[]).await);
@@ -356,8 +358,8 @@ async fn sigterm_drains_a_node_without_anyone_going_offline() {
         .collect();
     assert!(!on_node2.is_empty(), "some users on node-2");
 
-    nodes[1].0.terminate(Duration::from_secs(20)).await;
-    assert!(!nodes[1].0.is_running(), "node-2 exited after draining");
+    setup.nodes[1].0.terminate(Duration::from_secs(20)).await;
+    assert!(!setup.nodes[1].0.is_running(), "node-2 exited after draining");
     wait_for_nodes(&api, 2).await;
     churn.converges(&api, "after the drain").await;
     for c in churn.clients.iter().filter(|c| on_node2.contains(&c.user)) {

@@ -194,6 +194,18 @@ async fn route(connections: u32, seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects with `token` and reads up to `welcome`.
+async fn welcomed(url: &str, token: String) -> anyhow::Result<Connection> {
+    let mut c = Connection::connect(url, TokenPlacement::Header(token)).await?;
+    loop {
+        match c.next().await {
+            Some(Frame::Message(ServerMessage::Welcome { .. })) => return Ok(c),
+            Some(Frame::Message(_)) => {}
+            other => anyhow::bail!("no welcome: {other:?}"),
+        }
+    }
+}
+
 /// Opens `count` connections to `url`, `concurrency` at a time. With `auth`,
 /// each authenticates as its own user and waits for `welcome`.
 async fn open_many(url: &str, count: usize, auth: bool, concurrency: usize) -> anyhow::Result<Vec<Connection>> {
@@ -207,14 +219,7 @@ async fn open_many(url: &str, count: usize, auth: bool, concurrency: usize) -> a
             let Some(token) = token else {
                 return Connection::connect(&url, TokenPlacement::None).await.map_err(anyhow::Error::from);
             };
-            let mut c = Connection::connect(&url, TokenPlacement::Header(token)).await?;
-            loop {
-                match c.next().await {
-                    Some(Frame::Message(ServerMessage::Welcome { .. })) => return Ok(c),
-                    Some(Frame::Message(_)) => {}
-                    other => anyhow::bail!("no welcome: {other:?}"),
-                }
-            }
+            welcomed(&url, token).await
         }
     });
     let mut opens = opens.buffer_unordered(concurrency);
@@ -264,16 +269,7 @@ async fn connect_rate(count: usize, concurrency: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     let opens = futures_util::stream::iter(tokens).map(|token| {
         let url = url.clone();
-        async move {
-            let mut c = Connection::connect(&url, TokenPlacement::Header(token)).await?;
-            loop {
-                match c.next().await {
-                    Some(Frame::Message(ServerMessage::Welcome { .. })) => return Ok::<_, anyhow::Error>(c),
-                    Some(Frame::Message(_)) => {}
-                    other => anyhow::bail!("no welcome: {other:?}"),
-                }
-            }
-        }
+        async move { welcomed(&url, token).await }
     });
     let mut opens = opens.buffer_unordered(concurrency);
     let mut conns = Vec::with_capacity(count);

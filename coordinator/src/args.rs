@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use presence_runtime::backends::BackendConfig;
+use presence_runtime::backends::{BackendArgs, BackendConfig};
 use presence_runtime::config::{ConfigError, Problems};
 
 use crate::CoordinatorConfig;
@@ -20,21 +20,9 @@ pub struct Args {
     /// Unique coordinator ID (the leader-lease holder name); default random.
     #[arg(long, env = "COORDINATOR_ID")]
     pub coordinator_id: Option<String>,
-    /// Redis URL, or a comma-separated list of Redis Cluster nodes.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Key prefix in Redis.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "presence")]
-    pub redis_prefix: String,
-    /// Kafka bootstrap brokers (leave events for dead nodes go there).
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-    /// Topic of status events.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "user_status_events")]
-    pub kafka_topic: String,
-    /// Partitions of the topic when this coordinator creates it.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value = "16")]
-    pub kafka_partitions: String,
+    /// Redis and Kafka.
+    #[command(flatten)]
+    pub backends: BackendArgs,
     /// Control-loop interval, ms.
     #[arg(long, env = "TICK_MS", default_value = "500")]
     pub tick_ms: String,
@@ -85,28 +73,11 @@ impl Args {
         c.policy.min_load_gap = p
             .parse::<u64>("--rebalance-min-load-gap/REBALANCE_MIN_LOAD_GAP", &self.rebalance_min_load_gap)
             .unwrap_or(100);
-        let redis = p.require(
-            "--redis-url/REDIS_URL",
-            self.redis_url.as_deref(),
-            "the routing table lives there; `presence demo` runs without it",
-        );
-        let kafka = p.require(
-            "--kafka-brokers/KAFKA_BROKERS",
-            self.kafka_brokers.as_deref(),
-            "leave events of dead nodes go there",
-        );
-        let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
+        let backends = self.backends.check(&mut p, &c.id);
         p.finish()?;
         Ok(Settings {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
-            backends: BackendConfig {
-                redis_url: redis.map(str::to_string),
-                redis_prefix: Some(self.redis_prefix.clone()),
-                kafka_brokers: kafka.map(str::to_string),
-                kafka_topic: Some(self.kafka_topic.clone()),
-                kafka_partitions: partitions,
-                client_id: c.id.clone(),
-            },
+            backends,
             coordinator: c,
         })
     }
@@ -121,7 +92,8 @@ mod tests {
         let a = Args::try_parse_from(["coordinator", "--tick-ms", "x", "--rebalance-epsilon=-1", "--listen-addr", "?"])
             .expect("parses");
         // Only the flags given count, not what the test environment exports.
-        let a = Args { redis_url: None, kafka_brokers: None, coordinator_id: None, ..a };
+        let backends = BackendArgs { redis_url: None, kafka_brokers: None, ..a.backends.clone() };
+        let a = Args { backends, coordinator_id: None, ..a };
         let text = a.settings().err().expect("invalid").to_string();
         for needle in ["TICK_MS", "REBALANCE_EPSILON", "LISTEN_ADDR", "REDIS_URL", "KAFKA_BROKERS"] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");

@@ -9,20 +9,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() {
     presence_runtime::logging::init("info");
     let settings = Args::parse().settings().unwrap_or_else(|e| e.exit());
-    let backends = match presence_runtime::backends::connect(&settings.backends).await {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(69);
-        }
-    };
-    let listener = match presence_http::bind(settings.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", settings.listen);
-            std::process::exit(71);
-        }
-    };
+    let (backends, listener) = presence_runtime::backends::connect_and_bind(&settings.backends, settings.listen).await;
     tracing::info!(id = %settings.coordinator.id, addr = %settings.listen, "coordinator starting");
     let coord = Coordinator::new(settings.coordinator, backends.store, backends.bus);
     let stop = CancellationToken::new();

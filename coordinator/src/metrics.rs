@@ -1,6 +1,7 @@
 //! The coordinator's Prometheus metrics (one registry per coordinator).
 //! Labels are fixed sets: route names and status classes, never user IDs.
 
+use presence_http::metric::{counter, gauge};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Every metric the coordinator exports.
@@ -33,6 +34,17 @@ pub struct Metrics {
     pub dashboard_dropped: IntCounter,
 }
 
+/// Requests by route and status class (two labels).
+fn counter_vec2(r: &Registry) -> IntCounterVec {
+    let c = IntCounterVec::new(
+        Opts::new("presence_http_requests_total", "Coordinator HTTP requests by route and status class."),
+        &["route", "status"],
+    )
+    .unwrap_or_else(|e| panic!("metric: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -43,45 +55,27 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let r = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| {
-            // Fixed, distinct names on a fresh registry cannot collide.
-            let _ = r.register(c);
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            reg(Box::new(c.clone()));
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            reg(Box::new(g.clone()));
-            g
-        };
-        let requests = IntCounterVec::new(
-            Opts::new("presence_http_requests_total", "Coordinator HTTP requests by route and status class."),
-            &["route", "status"],
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        reg(Box::new(requests.clone()));
+        let requests = counter_vec2(&r);
         let route_seconds = Histogram::with_opts(
             HistogramOpts::new("presence_route_duration_seconds", "Time to answer /route (single and batch).")
                 .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
-        reg(Box::new(route_seconds.clone()));
+        let _ = r.register(Box::new(route_seconds.clone()));
         Self {
             requests,
             route_seconds,
-            leader: gauge("presence_coordinator_leader", "1 while this coordinator holds the leader lease."),
-            live_nodes: gauge("presence_live_nodes", "Live ws-nodes."),
-            epoch: gauge("presence_routing_epoch", "Current routing-table epoch."),
-            rebalances: counter("presence_rebalances_total", "Routing-table changes written by this coordinator."),
-            vnode_moves: counter("presence_vnode_moves_total", "Vnodes moved by this coordinator."),
-            dead_nodes: counter("presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
-            store_errors: counter("presence_store_errors_total", "Store operations that failed."),
-            bus_errors: counter("presence_bus_errors_total", "Leave events the bus refused."),
-            dashboard_clients: gauge("presence_dashboard_clients", "Open dashboard pages."),
+            leader: gauge(&r, "presence_coordinator_leader", "1 while this coordinator holds the leader lease."),
+            live_nodes: gauge(&r, "presence_live_nodes", "Live ws-nodes."),
+            epoch: gauge(&r, "presence_routing_epoch", "Current routing-table epoch."),
+            rebalances: counter(&r, "presence_rebalances_total", "Routing-table changes written by this coordinator."),
+            vnode_moves: counter(&r, "presence_vnode_moves_total", "Vnodes moved by this coordinator."),
+            dead_nodes: counter(&r, "presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
+            store_errors: counter(&r, "presence_store_errors_total", "Store operations that failed."),
+            bus_errors: counter(&r, "presence_bus_errors_total", "Leave events the bus refused."),
+            dashboard_clients: gauge(&r, "presence_dashboard_clients", "Open dashboard pages."),
             dashboard_dropped: counter(
+                &r,
                 "presence_dashboard_dropped_total",
                 "Dashboard feed entries dropped for slow pages.",
             ),

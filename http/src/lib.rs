@@ -140,6 +140,34 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
+/// Metric constructors that register on a registry. Names are fixed strings
+/// of this codebase, so a failure is a programming error caught by the first
+/// test that builds the metrics.
+pub mod metric {
+    use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+    /// A counter registered on `r`.
+    pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+        let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let _ = r.register(Box::new(c.clone()));
+        c
+    }
+
+    /// A gauge registered on `r`.
+    pub fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+        let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let _ = r.register(Box::new(g.clone()));
+        g
+    }
+
+    /// A counter with one label, registered on `r`.
+    pub fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let _ = r.register(Box::new(c.clone()));
+        c
+    }
+}
+
 /// Renders a Prometheus registry in the text exposition format.
 pub fn metrics_response(registry: &prometheus::Registry) -> Response {
     let mut out = String::new();

@@ -6,6 +6,72 @@ use presence_backend::{Bus, MemoryBus, MemoryStore, Store};
 use presence_kafka::{KafkaBus, KafkaConfig};
 use presence_redis::RedisConfig;
 
+/// The Redis and Kafka flags both services take (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendArgs {
+    /// Redis URL, or a comma-separated list of Redis Cluster nodes.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "presence")]
+    pub redis_prefix: String,
+    /// Kafka bootstrap brokers, host:port[,host:port].
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of status events.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "user_status_events")]
+    pub kafka_topic: String,
+    /// Partitions of the topic when it is created at start.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value = "16")]
+    pub kafka_partitions: String,
+}
+
+impl BackendArgs {
+    /// Checks the flags (recording problems in `p`); `client_id` names this process to Kafka.
+    pub fn check(&self, p: &mut crate::config::Problems, client_id: &str) -> BackendConfig {
+        let why = "the services share their state and events there; `presence demo` runs without it";
+        let redis = p.require("--redis-url/REDIS_URL", self.redis_url.as_deref(), why);
+        if let Some(r) = redis {
+            if !r.split(',').all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")) {
+                p.add("--redis-url/REDIS_URL", "every URL must start with redis:// or rediss://");
+            }
+        }
+        let kafka = p.require("--kafka-brokers/KAFKA_BROKERS", self.kafka_brokers.as_deref(), why);
+        let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
+        BackendConfig {
+            redis_url: redis.map(str::to_string),
+            redis_prefix: Some(self.redis_prefix.clone()),
+            kafka_brokers: kafka.map(str::to_string),
+            kafka_topic: Some(self.kafka_topic.clone()),
+            kafka_partitions: partitions,
+            client_id: client_id.to_string(),
+        }
+    }
+}
+
+/// Connects the backends and binds the listener for a service, or exits:
+/// 69 (`EX_UNAVAILABLE`) when a backend cannot be set up, 71 (`EX_OSERR`) when
+/// the address cannot be bound.
+pub async fn connect_and_bind(
+    config: &BackendConfig,
+    listen: std::net::SocketAddr,
+) -> (Backends, tokio::net::TcpListener) {
+    let backends = match connect(config).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(69);
+        }
+    };
+    match presence_http::bind(listen) {
+        Ok(l) => (backends, l),
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            std::process::exit(71);
+        }
+    }
+}
+
 /// Where the shared state and events live.
 #[derive(Debug, Clone, Default)]
 pub struct BackendConfig {

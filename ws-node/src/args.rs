@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use presence_model::auth::{parse_algorithm, ClaimChecks, Verifier};
 use presence_model::routing::parse_vnode_set;
-use presence_runtime::backends::BackendConfig;
+use presence_runtime::backends::{BackendArgs, BackendConfig};
 use presence_runtime::config::{ConfigError, Problems};
 
 use crate::NodeConfig;
@@ -32,21 +32,9 @@ pub struct Args {
     /// Vnodes pinned to this node, e.g. 0-1023,2048.
     #[arg(long, env = "ASSIGNED_VNODES")]
     pub assigned_vnodes: Option<String>,
-    /// Redis URL, or a comma-separated list of Redis Cluster nodes.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Key prefix in Redis.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "presence")]
-    pub redis_prefix: String,
-    /// Kafka bootstrap brokers, host:port[,host:port].
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-    /// Topic of status events.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "user_status_events")]
-    pub kafka_topic: String,
-    /// Partitions of the topic when this node creates it.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value = "16")]
-    pub kafka_partitions: String,
+    /// Redis and Kafka.
+    #[command(flatten)]
+    pub backends: BackendArgs,
     /// HS256 secret for client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -211,36 +199,14 @@ impl Args {
         node.outbound_queue = p.parse_min("--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, 1usize).unwrap_or(1);
         node.max_pending_writes =
             p.parse_min("--max-pending-writes/MAX_PENDING_WRITES", &self.max_pending_writes, 1usize).unwrap_or(1);
-        let redis = p.require(
-            "--redis-url/REDIS_URL",
-            self.redis_url.as_deref(),
-            "the routing table and presence live there; `presence demo` runs without it",
-        );
-        if let Some(r) = redis {
-            if !r.split(',').all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")) {
-                p.add("--redis-url/REDIS_URL", "every URL must start with redis:// or rediss://");
-            }
-        }
-        let kafka = p.require(
-            "--kafka-brokers/KAFKA_BROKERS",
-            self.kafka_brokers.as_deref(),
-            "events between nodes travel there",
-        );
-        let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
+        let backends = self.backends.check(&mut p, &node_id);
         let verifier = verifier(self, &mut p);
         p.finish()?;
         Ok(Settings {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000))),
             node,
             verifier: Arc::new(verifier.ok_or_else(|| ConfigError(vec!["JWT: no verifier".into()]))?),
-            backends: BackendConfig {
-                redis_url: redis.map(str::to_string),
-                redis_prefix: Some(self.redis_prefix.clone()),
-                kafka_brokers: kafka.map(str::to_string),
-                kafka_topic: Some(self.kafka_topic.clone()),
-                kafka_partitions: partitions,
-                client_id: node_id,
-            },
+            backends,
         })
     }
 }
@@ -258,8 +224,8 @@ mod tests {
         let mut a = Args::try_parse_from(v).expect("parses");
         let given = |flag: &str| extra.contains(&flag);
         for (flag, field) in [
-            ("--redis-url", &mut a.redis_url),
-            ("--kafka-brokers", &mut a.kafka_brokers),
+            ("--redis-url", &mut a.backends.redis_url),
+            ("--kafka-brokers", &mut a.backends.kafka_brokers),
             ("--jwt-secret", &mut a.jwt_secret),
             ("--jwt-public-key", &mut a.jwt_public_key),
             ("--jwt-jwks", &mut a.jwt_jwks),

@@ -1,7 +1,8 @@
 //! The node's Prometheus metrics. One registry per node (the demo runs
 //! several nodes in one process). Labels are bounded sets, never user IDs.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use presence_http::metric::{counter, counter_vec, gauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Every metric the node exports; see each field's help text.
 pub struct Metrics {
@@ -51,25 +52,6 @@ pub struct Metrics {
     pub bus_queue_depth: IntGauge,
     /// 1 while the bus answers.
     pub bus_up: IntGauge,
-}
-
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    // Registering fixed, distinct names on a fresh registry cannot collide.
-    let _ = r.register(Box::new(c.clone()));
-    c
-}
-
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    let _ = r.register(Box::new(g.clone()));
-    g
-}
-
-fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    let _ = r.register(Box::new(c.clone()));
-    c
 }
 
 impl Metrics {
