@@ -438,3 +438,85 @@ async fn demo_join_adds_nodes_and_the_ring_rebalances() {
     wait_for_nodes(&api, 2).await;
     let _ = demo.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_64_listing_every_problem_without_secrets() {
+    for (bin, args) in [
+        (
+            "ws-node",
+            vec![
+                "--capacity",
+                "zero",
+                "--listen-addr",
+                "nowhere",
+                "--jwt-secret",
+                "super-secret-value",
+                "--jwt-alg",
+                "RS256",
+            ],
+        ),
+        ("coordinator", vec!["--tick-ms", "x", "--redis-url", "redis://:super-secret-value@h:1", "--listen-addr", "?"]),
+    ] {
+        let out = std::process::Command::new(procs::bin(bin))
+            .args(&args)
+            .env_remove("REDIS_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env_remove("JWT_SECRET")
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(64), "{bin}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("LISTEN_ADDR") && err.contains("KAFKA_BROKERS"), "{bin}: {err}");
+        assert!(!err.contains("super-secret-value"), "{bin} leaked a secret: {err}");
+    }
+}
+
+/// The next event of `s` matching `pred`, within 15 s.
+async fn next(
+    s: &mut presence_client::Session,
+    what: &str,
+    pred: fn(&presence_client::Event) -> bool,
+) -> presence_client::Event {
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.next_event().await {
+                Some(e) if pred(&e) => return e,
+                Some(_) => {}
+                None => panic!("session ended waiting for {what}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {what} within 15 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_session_survives_kill_9_of_its_node() {
+    use presence_client::{ConnectOptions, Event, ReconnectReason, TokenSource};
+    let _serial = procs::serial().await;
+    let mut setup = Setup::start("sdk-kill", 3, None).await;
+    let sdk = presence_client::Client::new(&setup.url).expect("client");
+    let token = |u: &str| TokenSource::fixed(presence_model::auth::mint_hs256(SECRET.as_bytes(), u, 3600));
+    let mut a = sdk.connect("alice", ConnectOptions::new(token("alice"))).await.expect("session");
+    let first = loop {
+        if let Some(Event::Welcome { node_id, .. }) = a.next_event().await {
+            break node_id;
+        }
+    };
+    a.subscribe(&["bob"]).await.expect("subscribe");
+    next(&mut a, "bob's status", |e| matches!(e, Event::Status { connections: 0, .. })).await;
+
+    let i = setup.nodes.iter().position(|n| n.0.name == first).expect("alice's node");
+    setup.nodes[i].0.kill9();
+    next(&mut a, "reconnecting", |e| matches!(e, Event::Reconnecting { reason: ReconnectReason::Dropped { .. }, .. }))
+        .await;
+    let w = next(&mut a, "welcome on another node", |e| matches!(e, Event::Welcome { .. })).await;
+    assert!(matches!(w, Event::Welcome { ref node_id, .. } if *node_id != first), "{w:?}");
+    // Re-subscribed, and events after the reconnect arrive.
+    next(&mut a, "bob's status again", |e| matches!(e, Event::Status { connections: 0, .. })).await;
+    let mut b = sdk.connect("bob", ConnectOptions::new(token("bob"))).await.expect("session");
+    next(&mut b, "bob's welcome", |e| matches!(e, Event::Welcome { .. })).await;
+    next(&mut a, "bob online", |e| matches!(e, Event::Status { online: true, connections: 1, .. })).await;
+    b.close().await;
+    a.close().await;
+}
