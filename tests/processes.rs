@@ -232,6 +232,11 @@ async fn a_joining_node_moves_few_vnodes_and_nobody_flaps_offline() {
 
     // An unpinned node joins: it takes about a quarter of the vnodes, only from
     // the others, and the emptiest first, so with 60 users none has to move.
+    // (Load-aware needs the load: wait until the heartbeats have reported it.)
+    common::eventually("load reported", || async {
+        api.nodes().await.is_ok_and(|n| n.iter().map(|x| x.connections).sum::<u64>() == 61)
+    })
+    .await;
     let before = api.ring().await.expect("ring");
     setup.nodes.push(setup.sh.node("node-4"));
     wait_for_nodes(&api, 4).await;

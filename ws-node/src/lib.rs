@@ -285,7 +285,11 @@ async fn consume_events(
         match msg {
             Some(BusMessage::Event(e)) => {
                 node.metrics.events_received.inc();
-                node.hub.apply(&e.presence(), presence_model::time::now_ms(), None);
+                // This node applied its own writes before publishing them; the echo
+                // would only be dropped as stale (and count as such).
+                if e.node_id != node.config.node_id {
+                    node.hub.apply(&e.presence(), presence_model::time::now_ms(), None);
+                }
             }
             Some(BusMessage::Resync) => {
                 tracing::info!(node = %node.config.node_id, "bus asked for a resync");
