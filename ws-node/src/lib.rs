@@ -316,9 +316,13 @@ async fn watch_ownership(node: Arc<Node>, stop: CancellationToken) {
             if members.iter().any(|m| !now.contains(m)) {
                 tracing::info!(node = %node.config.node_id, epoch = t.epoch, "a node left the routing table; resyncing from the store");
                 let n = node.clone();
-                // After the leader's count-out in the same tick, and off this loop.
+                // Once after the leader's count-out, and once more when a draining
+                // node has certainly finished (handoff timeout + one TTL): its last
+                // events may still be on their way, or lost with a crash. Off this loop.
                 tokio::spawn(async move {
                     tokio::time::sleep(n.config.heartbeat_interval).await;
+                    n.resync_held().await;
+                    tokio::time::sleep(n.config.handoff_timeout + n.config.node_ttl).await;
                     n.resync_held().await;
                 });
             }
