@@ -116,6 +116,14 @@ impl RoutingTable {
         counts
     }
 
+    /// How many vnodes node `id` owns.
+    pub fn owned_by(&self, id: &str) -> usize {
+        match self.nodes.iter().position(|n| n.id == id) {
+            Some(i) => self.owners.iter().filter(|&&o| o as usize == i).count(),
+            None => 0,
+        }
+    }
+
     /// The node listing for `id`, if the table has it.
     pub fn node(&self, id: &str) -> Option<&TableNode> {
         self.nodes.iter().find(|n| n.id == id)
@@ -173,6 +181,7 @@ mod tests {
         let t = RoutingTable::from_owners(3, &owners, |id| format!("ws://{id}/socket"));
         t.validate().expect("valid");
         assert_eq!(t.counts(), vec![1000, 3096]);
+        assert_eq!((t.owned_by("a"), t.owned_by("b"), t.owned_by("nobody")), (1000, 3096, 0));
         assert_eq!(t.owner_of_vnode(5).map(|n| n.id.as_str()), Some("a"));
         assert_eq!(t.owner_of_vnode(4095).map(|n| n.url.as_str()), Some("ws://b/socket"));
         assert_eq!(RoutingTable::empty(0).owner("alice"), None);

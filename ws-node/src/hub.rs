@@ -146,8 +146,8 @@ impl Hub {
         self.shards.iter().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Adds a live connection of `user`; returns the estimated cluster-wide count.
-    pub fn connect(&self, user: &UserId, conn: Conn) -> u64 {
+    /// Adds a live connection of `user`.
+    pub fn connect(&self, user: &UserId, conn: Conn) {
         let mut s = self.shard(user);
         let e = s.entry(user.clone()).or_default();
         e.conns.push(conn);
@@ -155,7 +155,6 @@ impl Hub {
         // The newcomer's `welcome` carries an estimate, not what the others were
         // last sent: the next authoritative count must reach every connection.
         e.sent_count = None;
-        e.estimate()
     }
 
     /// The user's cluster-wide count as best known now (see [`Hub::connect`]).
@@ -274,15 +273,6 @@ impl Hub {
         }
     }
 
-    /// Users with live connections here and their local counts.
-    pub fn local_users(&self) -> Vec<(UserId, u32)> {
-        let mut out = Vec::new();
-        for s in self.each_shard() {
-            out.extend(s.iter().filter(|(_, e)| !e.conns.is_empty()).map(|(u, e)| (u.clone(), e.conns.len() as u32)));
-        }
-        out
-    }
-
     /// Users whose count this node must keep right in the store: those with
     /// connections here, and those it wrote a non-zero count for and owes a zero.
     pub fn owed_users(&self) -> Vec<UserId> {
@@ -385,7 +375,8 @@ mod tests {
         let h = hub();
         let (c1, mut r1) = Conn::new(1, 16);
         let (w, mut rw) = Conn::new(2, 16);
-        assert_eq!(h.connect(&uid("a"), c1), 1);
+        h.connect(&uid("a"), c1);
+        assert_eq!(h.estimate(&uid("a")), 1);
         assert!(h.watch(&uid("a"), w).is_none());
         assert!(h.apply(&p("a", 1, 10), 0, None));
         assert!(!h.apply(&p("a", 1, 10), 0, None), "duplicate dropped");
@@ -442,7 +433,8 @@ mod tests {
         h.set_written(&uid("a"), 1);
         // The store says 3 (two elsewhere); a second local connection makes 4.
         h.apply(&p("a", 3, 5), 0, None);
-        assert_eq!(h.connect(&uid("a"), c2), 4);
+        h.connect(&uid("a"), c2);
+        assert_eq!(h.estimate(&uid("a")), 4);
     }
 
     #[test]

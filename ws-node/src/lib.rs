@@ -212,12 +212,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.config.handoff_timeout + self.config.node_ttl;
         let mut table = self.table.subscribe();
         loop {
-            let owned = self.table.get().map_or(0, |t| {
-                t.owners
-                    .iter()
-                    .filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == self.config.node_id))
-                    .count()
-            });
+            let owned = self.table.get().map_or(0, |t| t.owned_by(&self.config.node_id));
             let (connections, _) = self.hub.totals();
             if owned == 0 && connections == 0 {
                 break;
@@ -327,11 +322,7 @@ async fn watch_ownership(node: Arc<Node>, stop: CancellationToken) {
                 });
             }
             members = now;
-            let owned = t
-                .owners
-                .iter()
-                .filter(|&&i| t.nodes.get(i as usize).is_some_and(|n| n.id == node.config.node_id))
-                .count();
+            let owned = t.owned_by(&node.config.node_id);
             node.metrics.vnodes_owned.set(owned as i64);
             let reason = if node.is_draining() { "drain" } else { "rebalance" };
             let told = node.hub.hand_off(&t, &node.config.node_id, reason);
