@@ -1,4 +1,4 @@
-//! The coordinator's HTTP API (SPEC section 4) and both servers' metrics.
+//! The coordinator's HTTP API (docs/protocol.md) and both servers' metrics.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Handoff (SPEC 5.2 `reconnect`): when a vnode moves, its users' connections
+//! Handoff (`reconnect` in docs/protocol.md): when a vnode moves, its users' connections
 //! are told where to go, and closed with 4011 after the handoff timeout.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Separate processes sharing a real Redis and a real Kafka-protocol broker
-//! (SPEC 5.3, issue 3): counts stay exact through churn, a node killed with
+//! (docs/architecture.md, "Exact counts"): counts stay exact through churn, a node killed with
 //! -9, a node joining, the leader coordinator dying, and Redis restarting empty.
 
 mod common;
@@ -120,7 +120,7 @@ impl Churn {
         let ids: Vec<&str> = self.users.iter().map(String::as_str).collect();
         let presence = api.status(&ids).await.map_err(|e| format!("presence: {e}"))?;
         for p in presence {
-            let want = truth[&p.user_id];
+            let want = truth[p.user_id.as_str()];
             if p.connections != want || p.online != (want > 0) {
                 return Err(format!("/presence {} = {} but truth is {want}", p.user_id, p.connections));
             }

@@ -1,4 +1,4 @@
-//! The WebSocket protocol's edges (SPEC section 5): token placement, auth
+//! The WebSocket protocol's edges (docs/protocol.md): token placement, auth
 //! failures, redirect, bad input and limits. After each, the node still serves.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The client SDK (SPEC 8) and `presence watch`, against real servers.
+//! The client SDK (client-sdk/README.md) and `presence watch`, against real servers.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! `presence-bench`: the measurements of SPEC section 11, each next to the
+//! `presence-bench`: the speed and size measurements (BENCHMARKS.md), each next to the
 //! bare stack it is built on, in the same run, so the ratio means something
 //! on a noisy machine. See BENCHMARKS.md for the figures and how to run them.
 //!
@@ -19,7 +19,7 @@ use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlac
 const SECRET: &str = "bench-secret";
 
 #[derive(Parser)]
-#[command(about = "Benchmarks of SPEC section 11 (see BENCHMARKS.md).")]
+#[command(about = "Speed and size benchmarks (see BENCHMARKS.md).")]
 struct Cli {
     #[command(subcommand)]
     what: What,

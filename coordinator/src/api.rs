@@ -1,32 +1,109 @@
-//! The coordinator's HTTP API (SPEC section 4). JSON in camelCase; errors as
-//! `{"error","code"}`. `/route` reads only the cached table.
+//! The coordinator's HTTP API (`docs/protocol.md`, "Coordinator HTTP API").
+//! JSON in camelCase; errors as `{"error","code"}`. `/route` reads only the
+//! cached table.
+//!
+//! [`handle`] is generic over the request body, so tests call it with a
+//! `Full<Bytes>` request and no socket. Handlers return
+//! `Result<Response, ApiError>`; [`ApiError`] is the one place that maps a
+//! failure to its status and code.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
-use presence_http::{error, json, metrics_response, not_found, query_param, read_body, Request, Response};
-use presence_model::api::{NodeView, PresenceView, Route};
+use presence_http::{json, metrics_response, query_param, read_body, BodyError, Response};
+use presence_model::api::{PresenceView, Route};
+use presence_model::user_id::{parse_list, ListError};
 use presence_model::wire::code;
-use presence_model::{RoutingTable, UserId};
+use presence_model::{RoutingTable, UserId, UserIdError};
 use serde::Deserialize;
 
-use crate::Coordinator;
+use crate::{views, Coordinator};
 
 /// Most user IDs in one batch request.
 pub const MAX_BATCH: usize = 1000;
 /// Largest request body accepted (a full batch of 128-byte IDs fits).
 const MAX_BODY: usize = 256 * 1024;
 
+/// A batch body as sent; the IDs are checked by [`parse_list`], not by serde,
+/// so an invalid ID and a malformed body get different codes.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Batch {
-    user_ids: Vec<UserId>,
+    user_ids: Vec<String>,
 }
 
+/// Why a request failed. Each variant has one status and one code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `userId` query parameter.
+    #[error("missing query parameter userId")]
+    MissingUserId,
+    /// The `userId` query parameter is not a valid user ID.
+    #[error("{0}")]
+    InvalidUserId(#[from] UserIdError),
+    /// A batch names an invalid user ID.
+    #[error("{0}")]
+    InvalidUserIdInList(#[from] ListError),
+    /// The body is not the expected JSON.
+    #[error("expected {{\"userIds\": [...]}}: {0}")]
+    BadBody(String),
+    /// The body could not be read or is too long.
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    /// A batch over [`MAX_BATCH`].
+    #[error("at most {MAX_BATCH} user IDs per request, got {0}")]
+    BatchTooLarge(usize),
+    /// No table has been written yet.
+    #[error("no routing table yet: no ws-node has registered")]
+    NoTable,
+    /// The user's vnode has no live owner.
+    #[error("no live node owns this user's vnode")]
+    NoOwner,
+    /// The store did not answer a presence read.
+    #[error("presence store is unreachable; retry shortly")]
+    StoreDown,
+    /// No such path.
+    #[error("no such route")]
+    NotFound,
+    /// The path exists, the method does not.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// The HTTP status and error code of this failure.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MissingUserId | Self::InvalidUserId(_) | Self::InvalidUserIdInList(_) => {
+                (StatusCode::BAD_REQUEST, code::INVALID_USER_ID)
+            }
+            Self::BadBody(_) | Self::Body(BodyError::Unreadable) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST),
+            Self::Body(BodyError::TooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, code::PAYLOAD_TOO_LARGE),
+            Self::BatchTooLarge(_) => (StatusCode::BAD_REQUEST, code::BATCH_TOO_LARGE),
+            Self::NoTable | Self::NoOwner | Self::StoreDown => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
+            Self::NotFound => (StatusCode::NOT_FOUND, code::NOT_FOUND),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        presence_http::error(status, code, &self.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
 /// Routes one request, counting it by route and status class.
-pub async fn handle(coord: Arc<Coordinator>, req: Request) -> Response {
-    let (route, res) = dispatch(&coord, req).await;
+pub async fn handle<B>(coord: Arc<Coordinator>, req: http::Request<B>) -> Response
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (route, result) = dispatch(&coord, req).await;
+    let res = result.unwrap_or_else(ApiError::into_response);
     let class = match res.status().as_u16() {
         200..=299 => "2xx",
         400..=499 => "4xx",
@@ -36,61 +113,56 @@ pub async fn handle(coord: Arc<Coordinator>, req: Request) -> Response {
     res
 }
 
-async fn dispatch(coord: &Arc<Coordinator>, req: Request) -> (&'static str, Response) {
-    let method = req.method().clone();
+async fn dispatch<B>(coord: &Arc<Coordinator>, req: http::Request<B>) -> (&'static str, ApiResult)
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let get = req.method() == Method::GET;
     match req.uri().path() {
-        "/" if method == Method::GET => {
-            ("dashboard", presence_http::with_type(StatusCode::OK, crate::dashboard::PAGE, "text/html; charset=utf-8"))
+        "/" if get => ("dashboard", Ok(crate::dashboard::page())),
+        "/dashboard/stream" if get => ("dashboard", Ok(crate::dashboard::stream(coord.clone()))),
+        "/route" => {
+            let started = Instant::now();
+            let res = route(coord, req).await;
+            coord.metrics.route_seconds.observe(started.elapsed().as_secs_f64());
+            ("route", res)
         }
-        "/dashboard/stream" if method == Method::GET => ("dashboard", crate::dashboard::stream(coord.clone())),
-        "/route" => ("route", timed(coord, route(coord, req, &method).await)),
-        "/presence" => ("presence", presence(coord, req, &method).await),
-        "/nodes" if method == Method::GET => ("nodes", nodes(coord)),
-        "/ring" if method == Method::GET => ("ring", ring(coord)),
-        "/healthz" if method == Method::GET => ("healthz", json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        "/readyz" if method == Method::GET => ("readyz", readyz(coord)),
-        "/metrics" if method == Method::GET => ("metrics", metrics_response(&coord.metrics.registry)),
+        "/presence" => ("presence", presence(coord, req).await),
+        "/nodes" if get => ("nodes", Ok(json(StatusCode::OK, &serde_json::json!({ "nodes": views::nodes(coord) })))),
+        "/ring" if get => ("ring", ring(coord)),
+        "/healthz" if get => ("healthz", Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))),
+        "/readyz" if get => ("readyz", Ok(readyz(coord))),
+        "/metrics" if get => ("metrics", Ok(metrics_response(&coord.metrics.registry))),
         "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/healthz" | "/readyz" | "/metrics" => {
-            ("other", presence_http::method_not_allowed())
+            ("other", Err(ApiError::MethodNotAllowed))
         }
-        _ => ("other", not_found()),
+        _ => ("other", Err(ApiError::NotFound)),
     }
 }
 
-fn timed(coord: &Coordinator, (started, res): (Instant, Response)) -> Response {
-    coord.metrics.route_seconds.observe(started.elapsed().as_secs_f64());
-    res
-}
-
-fn bad_request(code: &str, message: &str) -> Response {
-    error(StatusCode::BAD_REQUEST, code, message)
-}
-
-/// The `userId` query parameter, validated. The error is the ready 400
-/// response; its size only matters on this cold path.
-#[allow(clippy::result_large_err)]
-fn user_param(req: &Request) -> Result<UserId, Response> {
-    let raw = query_param(req.uri().query(), "userId")
-        .ok_or_else(|| bad_request(code::INVALID_USER_ID, "missing query parameter userId"))?;
-    UserId::parse(&raw).map_err(|e| bad_request(code::INVALID_USER_ID, &e.to_string()))
-}
-
-/// A JSON batch body, validated and bounded.
-#[allow(clippy::result_large_err)]
-async fn batch_body(req: Request) -> Result<Vec<UserId>, Response> {
-    let body = read_body(req, MAX_BODY).await?;
-    let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
-        let msg = e.to_string();
-        let code = if msg.starts_with("user ID") { code::INVALID_USER_ID } else { code::BAD_REQUEST };
-        bad_request(code, &format!("expected {{\"userIds\": [...]}}: {msg}"))
-    })?;
-    if batch.user_ids.len() > MAX_BATCH {
-        return Err(bad_request(
-            "batch_too_large",
-            &format!("at most {MAX_BATCH} user IDs per request, got {}", batch.user_ids.len()),
-        ));
+/// The users a `/route` or `/presence` request names: `?userId=` on GET, a
+/// JSON batch on POST. `true` with a single user.
+async fn users_of<B>(req: http::Request<B>) -> Result<(Vec<UserId>, bool), ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match *req.method() {
+        Method::GET => {
+            let raw = query_param(req.uri().query(), "userId").ok_or(ApiError::MissingUserId)?;
+            Ok((vec![UserId::parse(&raw)?], true))
+        }
+        Method::POST => {
+            let body = read_body(req.into_body(), MAX_BODY).await?;
+            let batch: Batch = serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+            if batch.user_ids.len() > MAX_BATCH {
+                return Err(ApiError::BatchTooLarge(batch.user_ids.len()));
+            }
+            Ok((parse_list(&batch.user_ids)?, false))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
     }
-    Ok(batch.user_ids)
 }
 
 fn route_of(table: &RoutingTable, user: &UserId, stale: bool) -> Route {
@@ -106,120 +178,48 @@ fn route_of(table: &RoutingTable, user: &UserId, stale: bool) -> Route {
     }
 }
 
-async fn route(coord: &Coordinator, req: Request, method: &Method) -> (Instant, Response) {
-    let started = Instant::now();
-    let users = match *method {
-        Method::GET => match user_param(&req) {
-            Ok(u) => vec![u],
-            Err(res) => return (started, res),
-        },
-        Method::POST => match batch_body(req).await {
-            Ok(us) => us,
-            Err(res) => return (started, res),
-        },
-        _ => return (started, presence_http::method_not_allowed()),
-    };
-    let Some(table) = coord.table.get() else {
-        return (
-            started,
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::UNAVAILABLE,
-                "no routing table yet: no ws-node has registered",
-            ),
-        );
-    };
+async fn route<B>(coord: &Coordinator, req: http::Request<B>) -> ApiResult
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (users, single) = users_of(req).await?;
+    let table = coord.table.get().ok_or(ApiError::NoTable)?;
     let stale = coord.table.is_stale();
-    if *method == Method::GET {
+    if single {
         let r = route_of(&table, &users[0], stale);
         if r.node_id.is_none() {
-            return (
-                started,
-                error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "no live node owns this user's vnode"),
-            );
+            return Err(ApiError::NoOwner);
         }
-        return (started, json(StatusCode::OK, &r));
+        return Ok(json(StatusCode::OK, &r));
     }
     let routes: Vec<Route> = users.iter().map(|u| route_of(&table, u, stale)).collect();
-    (started, json(StatusCode::OK, &serde_json::json!({ "routes": routes })))
+    Ok(json(StatusCode::OK, &serde_json::json!({ "routes": routes })))
 }
 
-async fn presence(coord: &Coordinator, req: Request, method: &Method) -> Response {
-    let (users, single) = match *method {
-        Method::GET => match user_param(&req) {
-            Ok(u) => (vec![u], true),
-            Err(res) => return res,
-        },
-        Method::POST => match batch_body(req).await {
-            Ok(us) => (us, false),
-            Err(res) => return res,
-        },
-        _ => return presence_http::method_not_allowed(),
-    };
-    match coord.store.presence(&users).await {
-        Ok(states) => {
-            let now = presence_model::time::now_ms();
-            let views: Vec<PresenceView> = states.iter().map(|p| PresenceView::of(p, now)).collect();
-            if single {
-                json(StatusCode::OK, &views[0])
-            } else {
-                json(StatusCode::OK, &serde_json::json!({ "users": views }))
-            }
-        }
-        Err(e) => {
-            coord.metrics.store_errors.inc();
-            tracing::warn!(error = %e, "presence read failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "presence store is unreachable; retry shortly")
-        }
-    }
-}
-
-/// Live nodes with the vnodes each owns in the current table.
-pub fn node_views(coord: &Coordinator) -> Vec<NodeView> {
-    let table = coord.table.get();
-    let counts: std::collections::HashMap<&str, usize> =
-        table.as_ref().map(|t| t.nodes.iter().map(|n| n.id.as_str()).zip(t.counts()).collect()).unwrap_or_default();
+async fn presence<B>(coord: &Coordinator, req: http::Request<B>) -> ApiResult
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (users, single) = users_of(req).await?;
+    let states = coord.store.presence(&users).await.map_err(|e| {
+        coord.metrics.store_errors.inc();
+        tracing::warn!(error = %e, "presence read failed");
+        ApiError::StoreDown
+    })?;
     let now = presence_model::time::now_ms();
-    coord
-        .nodes()
-        .iter()
-        .map(|n| NodeView {
-            id: n.id.clone(),
-            url: n.url.clone(),
-            capacity: n.capacity,
-            connections: n.connections,
-            users: n.users,
-            vnodes: counts.get(n.id.as_str()).copied().unwrap_or(0),
-            pinned: n.pinned.len(),
-            draining: n.draining,
-            last_heartbeat: n.heartbeat_ms,
-            heartbeat_age_ms: now.saturating_sub(n.heartbeat_ms),
-        })
-        .collect()
+    let views: Vec<PresenceView> = states.iter().map(|p| PresenceView::of(p, now)).collect();
+    Ok(match (single, views.as_slice()) {
+        (true, [one]) => json(StatusCode::OK, one),
+        _ => json(StatusCode::OK, &serde_json::json!({ "users": views })),
+    })
 }
 
-fn nodes(coord: &Coordinator) -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "nodes": node_views(coord) }))
-}
-
-fn ring(coord: &Coordinator) -> Response {
-    let Some(t) = coord.table.get() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, "no routing table yet");
-    };
-    let counts = t.counts();
-    let nodes: Vec<serde_json::Value> = t
-        .nodes
-        .iter()
-        .zip(&counts)
-        .map(|(n, c)| serde_json::json!({ "id": n.id, "url": n.url, "vnodes": c }))
-        .collect();
-    // Owners as indices into `nodes` (null where unowned): 4096 small numbers instead of 4096 strings.
-    let owners: Vec<Option<u16>> =
-        t.owners.iter().map(|&i| if (i as usize) < t.nodes.len() { Some(i) } else { None }).collect();
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "epoch": t.epoch, "stale": coord.table.is_stale(), "nodes": nodes, "owners": owners }),
-    )
+fn ring(coord: &Coordinator) -> ApiResult {
+    let t = coord.table.get().ok_or(ApiError::NoTable)?;
+    let owners = views::owners_json(&t);
+    Ok(json(StatusCode::OK, &views::ring(&t, coord.table.is_stale(), &owners)))
 }
 
 fn readyz(coord: &Coordinator) -> Response {
@@ -230,15 +230,84 @@ fn readyz(coord: &Coordinator) -> Response {
     } else {
         None
     };
-    let body = serde_json::json!({
-        "ready": reason.is_none(),
-        "reason": reason,
-        "coordinatorId": coord.config.id,
-        "leader": coord.is_leader(),
-        "epoch": coord.table.epoch(),
-        "tableStale": coord.table.is_stale(),
-        "store": coord.store.kind(),
-        "storeReachable": coord.store_ok(),
-    });
-    json(if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+    presence_http::readiness(
+        reason,
+        serde_json::json!({
+            "coordinatorId": coord.config.id,
+            "leader": coord.is_leader(),
+            "epoch": coord.table.epoch(),
+            "tableStale": coord.table.is_stale(),
+            "store": coord.store.kind(),
+            "storeReachable": coord.store_ok(),
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use presence_backend::{MemoryBus, MemoryStore, Store};
+
+    use crate::CoordinatorConfig;
+
+    fn coordinator() -> (Arc<Coordinator>, MemoryStore) {
+        let store = MemoryStore::new();
+        let c = Coordinator::new(CoordinatorConfig::default(), Arc::new(store.clone()), Arc::new(MemoryBus::default()));
+        (c, store)
+    }
+
+    async fn call(c: &Arc<Coordinator>, method: Method, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let res = handle(c.clone(), req).await;
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn errors_have_one_status_and_code_each() {
+        let (c, _) = coordinator();
+        let cases = [
+            (Method::GET, "/route", "", 400, code::INVALID_USER_ID),
+            (Method::GET, "/route?userId=", "", 400, code::INVALID_USER_ID),
+            (Method::GET, "/route?userId=alice", "", 503, code::UNAVAILABLE),
+            (Method::POST, "/presence", "{", 400, code::BAD_REQUEST),
+            (Method::POST, "/presence", r#"{"userIds":["ok",""]}"#, 400, code::INVALID_USER_ID),
+            (Method::POST, "/route", r#"{"userIds":[1]}"#, 400, code::BAD_REQUEST),
+            (Method::DELETE, "/route", "", 405, code::METHOD_NOT_ALLOWED),
+            (Method::POST, "/nodes", "", 405, code::METHOD_NOT_ALLOWED),
+            (Method::GET, "/nope", "", 404, code::NOT_FOUND),
+        ];
+        for (method, uri, body, status, code) in cases {
+            let (s, v) = call(&c, method.clone(), uri, body).await;
+            assert_eq!((s.as_u16(), v["code"].as_str()), (status, Some(code)), "{method} {uri} {body}: {v}");
+        }
+        let big = serde_json::json!({ "userIds": vec!["u"; MAX_BATCH + 1] }).to_string();
+        let (s, v) = call(&c, Method::POST, "/route", &big).await;
+        assert_eq!((s.as_u16(), v["code"].as_str()), (400, Some(code::BATCH_TOO_LARGE)));
+        let huge = format!(r#"{{"userIds":["{}"]}}"#, "x".repeat(MAX_BODY));
+        let (s, v) = call(&c, Method::POST, "/route", &huge).await;
+        assert_eq!((s.as_u16(), v["code"].as_str()), (413, Some(code::PAYLOAD_TOO_LARGE)));
+    }
+
+    #[tokio::test]
+    async fn presence_single_and_batch() {
+        let (c, store) = coordinator();
+        let alice = UserId::parse("alice").expect("valid");
+        let update = presence_backend::CountUpdate { user_id: alice, connections: 2 };
+        store.set_counts("n1", &[update], 5).await.expect("write");
+        let (s, v) = call(&c, Method::GET, "/presence?userId=alice", "").await;
+        assert_eq!((s, v["online"].as_bool(), v["connections"].as_u64()), (StatusCode::OK, Some(true), Some(2)));
+        let (s, v) = call(&c, Method::POST, "/presence", r#"{"userIds":["alice","bob"]}"#).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["users"][1]["online"], false);
+        let (_, v) = call(&c, Method::POST, "/presence", r#"{"userIds":[]}"#).await;
+        assert_eq!(v["users"], serde_json::json!([]));
+    }
 }

@@ -10,6 +10,12 @@ use presence_runtime::config::{ConfigError, Problems};
 
 use crate::CoordinatorConfig;
 
+/// A default as clap shows and applies it, read from [`CoordinatorConfig`]:
+/// the one place every default lives.
+fn default_of<T: ToString>(field: impl Fn(&CoordinatorConfig) -> T) -> String {
+    field(&CoordinatorConfig::default()).to_string()
+}
+
 /// The presence coordinator.
 #[derive(Debug, Parser)]
 #[command(name = "coordinator", version, about = "Presence coordinator: routing, vnode assignment, presence API.")]
@@ -24,19 +30,19 @@ pub struct Args {
     #[command(flatten)]
     pub backends: BackendArgs,
     /// Control-loop interval, ms.
-    #[arg(long, env = "TICK_MS", default_value = "500")]
+    #[arg(long, env = "TICK_MS", default_value_t = default_of(|c| c.tick.as_millis()))]
     pub tick_ms: String,
     /// Leader lease TTL, ms.
-    #[arg(long, env = "LEASE_TTL_MS", default_value = "5000")]
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = default_of(|c| c.lease_ttl.as_millis()))]
     pub lease_ttl_ms: String,
     /// Load-balancing hysteresis: act above (1 + epsilon) x fair share.
-    #[arg(long, env = "REBALANCE_EPSILON", default_value = "0.1")]
+    #[arg(long, env = "REBALANCE_EPSILON", default_value_t = default_of(|c| c.policy.epsilon))]
     pub rebalance_epsilon: String,
     /// Load balancing acts only when a node carries at least this many connections above its share.
-    #[arg(long, env = "REBALANCE_MIN_LOAD_GAP", default_value = "100")]
+    #[arg(long, env = "REBALANCE_MIN_LOAD_GAP", default_value_t = default_of(|c| c.policy.min_load_gap))]
     pub rebalance_min_load_gap: String,
     /// Most vnodes moved per control tick by balancing.
-    #[arg(long, env = "REBALANCE_MAX_MOVES", default_value = "512")]
+    #[arg(long, env = "REBALANCE_MAX_MOVES", default_value_t = default_of(|c| c.policy.max_moves))]
     pub rebalance_max_moves: String,
 }
 
@@ -59,33 +65,46 @@ impl Args {
         if let Some(id) = &self.coordinator_id {
             c.id = id.clone();
         }
-        c.tick = Duration::from_millis(p.parse_min("--tick-ms/TICK_MS", &self.tick_ms, 10u64).unwrap_or(500));
-        c.lease_ttl = Duration::from_millis(
-            p.parse_min("--lease-ttl-ms/LEASE_TTL_MS", &self.lease_ttl_ms, 100u64).unwrap_or(5000),
-        );
+        // A value that does not parse is reported; the default stays in its place until `finish` fails.
+        if let Some(ms) = p.parse_min("--tick-ms/TICK_MS", &self.tick_ms, 10u64) {
+            c.tick = Duration::from_millis(ms);
+        }
+        if let Some(ms) = p.parse_min("--lease-ttl-ms/LEASE_TTL_MS", &self.lease_ttl_ms, 100u64) {
+            c.lease_ttl = Duration::from_millis(ms);
+        }
         if c.lease_ttl <= c.tick {
             p.add("--lease-ttl-ms/LEASE_TTL_MS", "must be longer than the tick");
         }
-        c.policy.epsilon =
-            p.parse_min("--rebalance-epsilon/REBALANCE_EPSILON", &self.rebalance_epsilon, 0.0f64).unwrap_or(0.1);
-        c.policy.max_moves =
-            p.parse_min("--rebalance-max-moves/REBALANCE_MAX_MOVES", &self.rebalance_max_moves, 1usize).unwrap_or(512);
-        c.policy.min_load_gap = p
-            .parse::<u64>("--rebalance-min-load-gap/REBALANCE_MIN_LOAD_GAP", &self.rebalance_min_load_gap)
-            .unwrap_or(100);
+        if let Some(e) = p.parse_min("--rebalance-epsilon/REBALANCE_EPSILON", &self.rebalance_epsilon, 0.0f64) {
+            c.policy.epsilon = e;
+        }
+        if let Some(m) = p.parse_min("--rebalance-max-moves/REBALANCE_MAX_MOVES", &self.rebalance_max_moves, 1usize) {
+            c.policy.max_moves = m;
+        }
+        if let Some(g) = p.parse::<u64>("--rebalance-min-load-gap/REBALANCE_MIN_LOAD_GAP", &self.rebalance_min_load_gap)
+        {
+            c.policy.min_load_gap = g;
+        }
         let backends = self.backends.check(&mut p, &c.id);
         p.finish()?;
-        Ok(Settings {
-            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
-            backends,
-            coordinator: c,
-        })
+        let listen = listen.ok_or_else(|| ConfigError(vec!["--listen-addr/LISTEN_ADDR: unreadable".into()]))?;
+        Ok(Settings { listen, backends, coordinator: c })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_come_from_the_config_type() {
+        let a = Args::try_parse_from(["coordinator"]).expect("parses");
+        let d = CoordinatorConfig::default();
+        assert_eq!(a.tick_ms, d.tick.as_millis().to_string());
+        assert_eq!(a.lease_ttl_ms, d.lease_ttl.as_millis().to_string());
+        assert_eq!(a.rebalance_epsilon.parse::<f64>().ok(), Some(d.policy.epsilon));
+        assert_eq!(a.rebalance_max_moves, d.policy.max_moves.to_string());
+    }
 
     #[test]
     fn every_problem_at_once() {

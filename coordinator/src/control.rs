@@ -11,8 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use presence_backend::StoreError;
-use presence_model::event::EVENT_VERSION;
-use presence_model::{EventKind, NodeRecord, RoutingTable, StatusEvent, VNODES};
+use presence_model::{EventReason, NodeRecord, RoutingTable, StatusEvent, VNODES};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -137,18 +136,8 @@ async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(),
         coord.metrics.dead_nodes.inc();
         tracing::warn!(node = %dead, users = changes.len(), "node is dead; counted its connections out");
         for c in changes {
-            let event = StatusEvent {
-                v: EVENT_VERSION,
-                kind: EventKind::Leave,
-                user_id: c.presence.user_id.clone(),
-                node_id: dead.clone(),
-                connection_id: None,
-                connections: c.presence.connections,
-                seq: c.presence.seq,
-                epoch: coord.table.epoch(),
-                ts: now,
-                reason: Some("node_dead".into()),
-            };
+            let event =
+                StatusEvent::from_change(&c, &dead, None, coord.table.epoch(), now, Some(EventReason::NodeDead));
             if let Err(e) = coord.bus.publish(event).await {
                 coord.metrics.bus_errors.inc();
                 tracing::warn!(error = %e, "leave event not published; subscribers catch up at their next resync");

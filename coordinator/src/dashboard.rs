@@ -1,4 +1,4 @@
-//! The live dashboard (SPEC section 9): `GET /` serves one embedded HTML page;
+//! The live dashboard (`docs/operations.md`, "Dashboard"): `GET /` serves one embedded HTML page;
 //! `GET /dashboard/stream` feeds it with Server-Sent Events:
 //!
 //! * `snapshot` (at once, then every second): live nodes with their load, totals;
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use presence_backend::BusMessage;
 use presence_http::{sse, sse_event, Response};
 use presence_model::RoutingTable;
@@ -23,10 +24,15 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::Coordinator;
+use crate::{views, Coordinator};
 
 /// The page, embedded at build time.
 pub const PAGE: &str = include_str!("dashboard.html");
+
+/// `GET /`: the page.
+pub fn page() -> Response {
+    presence_http::with_type(StatusCode::OK, PAGE, "text/html; charset=utf-8")
+}
 
 /// Feed entries a browser may have queued before entries are dropped for it.
 const CLIENT_QUEUE: usize = 256;
@@ -47,10 +53,10 @@ impl Default for Dashboard {
     }
 }
 
-fn ring_json(t: &RoutingTable) -> serde_json::Value {
-    let owners: Vec<i32> =
-        t.owners.iter().map(|&i| if (i as usize) < t.nodes.len() { i32::from(i) } else { -1 }).collect();
-    serde_json::json!({ "epoch": t.epoch, "nodes": t.nodes.iter().map(|n| &n.id).collect::<Vec<_>>(), "owners": owners })
+fn ring_event(coord: &Coordinator, t: &RoutingTable) -> Bytes {
+    let owners = views::owners_json(t);
+    let ring = serde_json::to_value(views::ring(t, coord.table.is_stale(), &owners)).unwrap_or_default();
+    sse_event("ring", &ring)
 }
 
 /// What changed between two tables: vnodes moved and each node's gain or loss.
@@ -70,21 +76,6 @@ fn diff(old: &RoutingTable, new: &RoutingTable) -> serde_json::Value {
         }
     }
     serde_json::json!({ "epoch": new.epoch, "moved": moved, "delta": delta, "ts": presence_model::time::now_ms() })
-}
-
-fn snapshot(coord: &Coordinator) -> serde_json::Value {
-    let nodes = crate::api::node_views(coord);
-    let connections: u64 = nodes.iter().map(|n| n.connections).sum();
-    let users: u64 = nodes.iter().map(|n| n.users).sum();
-    serde_json::json!({
-        "epoch": coord.table.epoch(),
-        "stale": coord.table.is_stale(),
-        "leader": coord.is_leader(),
-        "coordinatorId": coord.config.id,
-        "nodes": nodes,
-        "connections": connections,
-        "users": users,
-    })
 }
 
 /// Feeds the broadcast from the bus and the table until `stop`.
@@ -126,7 +117,7 @@ pub async fn run(coord: Arc<Coordinator>, stop: CancellationToken) {
                     }
                 }
                 if let Some(t) = &now {
-                    let _ = coord.dashboard.feed.send(sse_event("ring", &ring_json(t)));
+                    let _ = coord.dashboard.feed.send(ring_event(&coord, t));
                 }
                 last = now;
             }
@@ -140,9 +131,9 @@ pub fn stream(coord: Arc<Coordinator>) -> Response {
     let mut feed = coord.dashboard.feed.subscribe();
     coord.metrics.dashboard_clients.inc();
     tokio::spawn(async move {
-        let mut first = vec![sse_event("snapshot", &snapshot(&coord))];
+        let mut first = vec![sse_event("snapshot", &views::snapshot(&coord))];
         if let Some(t) = coord.table.get() {
-            first.push(sse_event("ring", &ring_json(&t)));
+            first.push(ring_event(&coord, &t));
         }
         let recent: Vec<serde_json::Value> =
             coord.dashboard.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
@@ -158,7 +149,7 @@ pub fn stream(coord: Arc<Coordinator>) -> Response {
         loop {
             let item = tokio::select! {
                 _ = tx.closed() => break,
-                _ = tick.tick() => sse_event("snapshot", &snapshot(&coord)),
+                _ = tick.tick() => sse_event("snapshot", &views::snapshot(&coord)),
                 m = feed.recv() => match m {
                     Ok(b) => b,
                     Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -3,7 +3,9 @@
 //!
 //! * [`args`]: the `coordinator` command line and its checks.
 //! * [`config`]: what a coordinator is told at start.
-//! * [`api`]: the HTTP API of SPEC section 4, served from the cached table.
+//! * [`api`]: the HTTP API (`docs/protocol.md`), served from the cached table.
+//! * [`views`]: the node list, the ring and the dashboard snapshot, rendered
+//!   for the API and the dashboard alike.
 //! * [`control`]: the leader's loop: membership, rebalancing, dead nodes.
 //! * [`dashboard`]: the live dashboard page and its event stream.
 //! * [`rebalance`]: the pure vnode assignment policy.
@@ -20,6 +22,7 @@ pub mod control;
 pub mod dashboard;
 pub mod metrics;
 pub mod rebalance;
+pub mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

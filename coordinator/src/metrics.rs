@@ -1,8 +1,8 @@
 //! The coordinator's Prometheus metrics (one registry per coordinator).
 //! Labels are fixed sets: route names and status classes, never user IDs.
 
-use presence_http::metric::{counter, gauge};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use presence_http::metric::{counter, counter_vec, gauge, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Every metric the coordinator exports.
 pub struct Metrics {
@@ -34,17 +34,6 @@ pub struct Metrics {
     pub dashboard_dropped: IntCounter,
 }
 
-/// Requests by route and status class (two labels).
-fn counter_vec2(r: &Registry) -> IntCounterVec {
-    let c = IntCounterVec::new(
-        Opts::new("presence_http_requests_total", "Coordinator HTTP requests by route and status class."),
-        &["route", "status"],
-    )
-    .unwrap_or_else(|e| panic!("metric: {e}"));
-    let _ = r.register(Box::new(c.clone()));
-    c
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -55,16 +44,19 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let r = Registry::new();
-        let requests = counter_vec2(&r);
-        let route_seconds = Histogram::with_opts(
-            HistogramOpts::new("presence_route_duration_seconds", "Time to answer /route (single and batch).")
-                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
-        )
-        .unwrap_or_else(|e| panic!("metric: {e}"));
-        let _ = r.register(Box::new(route_seconds.clone()));
         Self {
-            requests,
-            route_seconds,
+            requests: counter_vec(
+                &r,
+                "presence_http_requests_total",
+                "Coordinator HTTP requests by route and status class.",
+                &["route", "status"],
+            ),
+            route_seconds: histogram(
+                &r,
+                "presence_route_duration_seconds",
+                "Time to answer /route (single and batch).",
+                &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+            ),
             leader: gauge(&r, "presence_coordinator_leader", "1 while this coordinator holds the leader lease."),
             live_nodes: gauge(&r, "presence_live_nodes", "Live ws-nodes."),
             epoch: gauge(&r, "presence_routing_epoch", "Current routing-table epoch."),

@@ -1,4 +1,4 @@
-//! The vnode assignment policy (SPEC section 3): a pure function from the
+//! The vnode assignment policy (`docs/architecture.md`, "Vnode assignment"): a pure function from the
 //! current table, the live nodes and the measured load to the next table.
 //!
 //! One round, in order:

@@ -4,7 +4,9 @@
 //!   upgrades, graceful shutdown on a cancellation token.
 //! * [`Response`] helpers: JSON bodies and `{"error","code"}` errors.
 //! * [`query_param`]: percent-decoded query parameters.
-//! * [`metrics_response`]: a Prometheus registry as text.
+//! * [`read_body`]: a bounded request body, from any body type.
+//! * [`readiness`]: the `/readyz` answer both servers give.
+//! * [`metrics_response`]: a Prometheus registry as text; [`metric`]: constructors.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +18,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use presence_model::wire::code;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -105,7 +108,7 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
         Ok(bytes) => with_type(status, bytes, "application/json"),
         Err(e) => {
             tracing::error!(error = %e, "response serialisation failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "response could not be serialised")
+            error(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, "response could not be serialised")
         }
     }
 }
@@ -127,12 +130,23 @@ pub fn with_type(status: StatusCode, body: impl Into<Bytes>, content_type: &'sta
 
 /// 404 with a JSON error.
 pub fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+    error(StatusCode::NOT_FOUND, code::NOT_FOUND, "no such route")
 }
 
 /// 405 with a JSON error.
 pub fn method_not_allowed() -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    error(StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}
+
+/// `/readyz`: 200 with `{"ready": true, ...details}` when `not_ready` is
+/// `None`, else 503 with `{"ready": false, "reason": ..., ...details}`.
+/// `details` is a JSON object of what the server wants an operator to see.
+pub fn readiness(not_ready: Option<&str>, details: serde_json::Value) -> Response {
+    let mut body = serde_json::json!({ "ready": not_ready.is_none(), "reason": not_ready });
+    if let (Some(out), serde_json::Value::Object(extra)) = (body.as_object_mut(), details) {
+        out.extend(extra);
+    }
+    json(if not_ready.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }
 
 /// The first value of query parameter `name`, percent-decoded.
@@ -144,27 +158,34 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// of this codebase, so a failure is a programming error caught by the first
 /// test that builds the metrics.
 pub mod metric {
-    use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+    use prometheus::core::Collector;
+    use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+    /// Registers `m` on `r` and hands it back.
+    fn registered<M: Collector + Clone + 'static>(r: &Registry, name: &str, m: prometheus::Result<M>) -> M {
+        let m = m.unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let _ = r.register(Box::new(m.clone()));
+        m
+    }
 
     /// A counter registered on `r`.
     pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-        let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-        let _ = r.register(Box::new(c.clone()));
-        c
+        registered(r, name, IntCounter::new(name, help))
     }
 
     /// A gauge registered on `r`.
     pub fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-        let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-        let _ = r.register(Box::new(g.clone()));
-        g
+        registered(r, name, IntGauge::new(name, help))
     }
 
-    /// A counter with one label, registered on `r`.
-    pub fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-        let c = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-        let _ = r.register(Box::new(c.clone()));
-        c
+    /// A counter with these labels (any number), registered on `r`.
+    pub fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        registered(r, name, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    /// A histogram with these bucket bounds (seconds), registered on `r`.
+    pub fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        registered(r, name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
     }
 }
 
@@ -173,7 +194,7 @@ pub fn metrics_response(registry: &prometheus::Registry) -> Response {
     let mut out = String::new();
     match prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
         Ok(()) => with_type(StatusCode::OK, out, "text/plain; version=0.0.4"),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, &e.to_string()),
     }
 }
 
@@ -202,22 +223,50 @@ pub fn sse_event(event: &str, data: &serde_json::Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-/// Reads a request body up to `limit` bytes.
-pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, Response> {
+/// Why a request body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The body is longer than the limit.
+    #[error("body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The client stopped sending or sent something that is not HTTP.
+    #[error("could not read the request body")]
+    Unreadable,
+}
+
+/// Reads a request body up to `limit` bytes. Generic over the body type, so
+/// handlers run on hyper's `Incoming` in the servers and on a plain
+/// `Full<Bytes>` in tests without a socket.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::{BodyExt, Limited};
-    match Limited::new(req.into_body(), limit).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) => Err(if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &format!("body exceeds {limit} bytes"))
-        } else {
-            error(StatusCode::BAD_REQUEST, "bad_request", "could not read the request body")
-        }),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(_) => Err(BodyError::Unreadable),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_bounded() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(read_body(body.clone(), 10).await, Ok(Bytes::from_static(b"0123456789")));
+        assert_eq!(read_body(body, 9).await, Err(BodyError::TooLarge(9)));
+    }
+
+    #[test]
+    fn readiness_merges_details() {
+        let res = readiness(Some("store unreachable"), serde_json::json!({"epoch": 3}));
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(readiness(None, serde_json::json!({})).status(), StatusCode::OK);
+    }
 
     #[test]
     fn query_params_are_decoded() {

@@ -1,4 +1,4 @@
-//! The Kafka event bus (SPEC section 6): every presence change as a JSON
+//! The Kafka event bus (`kafka/README.md`): every presence change as a JSON
 //! event on topic `user_status_events`, key = user ID, read by every node
 //! from every partition.
 //!

@@ -1,9 +1,9 @@
-//! The JSON bodies of the coordinator's HTTP API (SPEC section 4), shared by
+//! The JSON bodies of the coordinator's HTTP API (`docs/protocol.md`), shared by
 //! the coordinator that writes them and the SDK that reads them.
 
 use serde::{Deserialize, Serialize};
 
-use crate::Presence;
+use crate::{Presence, UserId};
 
 /// One route, as `/route` answers it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub struct Route {
 #[serde(rename_all = "camelCase")]
 pub struct PresenceView {
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// `connections > 0`.
     pub online: bool,
     /// Live connections in the cluster.
@@ -42,7 +42,7 @@ impl PresenceView {
     /// The view of a stored presence at `now_ms`.
     pub fn of(p: &Presence, now_ms: u64) -> Self {
         Self {
-            user_id: p.user_id.to_string(),
+            user_id: p.user_id.clone(),
             online: p.online(),
             connections: p.connections,
             last_seen: p.reported_last_seen(now_ms),

@@ -1,4 +1,4 @@
-//! JWT verification for ws-nodes (SPEC section 5.1), and minting of
+//! JWT verification for ws-nodes (`docs/protocol.md`, "Authentication"), and minting of
 //! development tokens for the demo and the CLI.
 //!
 //! HS256 with a shared secret is the default; RS256, ES256 and EdDSA verify

@@ -1,9 +1,10 @@
 //! The join/leave event that carries every presence change between nodes
-//! (SPEC section 6). Key on the bus: the user ID. Value: this JSON.
+//! (`docs/protocol.md`, "Events on the bus"). Key on the bus: the user ID.
+//! Value: this JSON.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Presence, UserId};
+use crate::{Presence, PresenceChange, UserId};
 
 /// Schema version written in `v`.
 pub const EVENT_VERSION: u32 = 1;
@@ -16,6 +17,19 @@ pub enum EventKind {
     Join,
     /// A connection went (count went down).
     Leave,
+}
+
+/// Why a change happened, when it is not an ordinary connect or disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventReason {
+    /// The leader counted out a node whose registration expired.
+    NodeDead,
+    /// A node rewrote its counts (first start, a store that lost its data).
+    Resync,
+    /// A reason this version does not know (written by a newer version).
+    #[serde(other)]
+    Other,
 }
 
 /// One presence change of one user.
@@ -41,12 +55,36 @@ pub struct StatusEvent {
     pub epoch: u64,
     /// Time of the change, ms since the Unix epoch.
     pub ts: u64,
-    /// Why, when it is not an ordinary connect or disconnect (`node_dead`, `handoff`, `resync`).
+    /// Why, when it is not an ordinary connect or disconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<EventReason>,
 }
 
 impl StatusEvent {
+    /// The event announcing `change`, written by `node_id` (the node that
+    /// counted, or the dead node a coordinator counted out) at `ts`.
+    pub fn from_change(
+        change: &PresenceChange,
+        node_id: &str,
+        connection_id: Option<String>,
+        epoch: u64,
+        ts: u64,
+        reason: Option<EventReason>,
+    ) -> Self {
+        Self {
+            v: EVENT_VERSION,
+            kind: if change.presence.connections > change.previous { EventKind::Join } else { EventKind::Leave },
+            user_id: change.presence.user_id.clone(),
+            node_id: node_id.to_string(),
+            connection_id,
+            connections: change.presence.connections,
+            seq: change.presence.seq,
+            epoch,
+            ts,
+            reason,
+        }
+    }
+
     /// The presence this event reports. `lastSeen` is the event time when the
     /// user went offline, and unknown (the reader keeps its own) otherwise.
     pub fn presence(&self) -> Presence {
@@ -96,6 +134,8 @@ mod tests {
         let leave = r#"{"v":1,"type":"leave","userId":"bob","nodeId":"n","connectionId":null,"connections":0,"seq":2,"epoch":1,"ts":5,"reason":"node_dead"}"#;
         let parsed = StatusEvent::from_slice(leave.as_bytes()).expect("parse");
         assert_eq!(parsed.kind, EventKind::Leave);
-        assert_eq!(parsed.reason.as_deref(), Some("node_dead"));
+        assert_eq!(parsed.reason, Some(EventReason::NodeDead));
+        let newer = leave.replace("node_dead", "solar_flare");
+        assert_eq!(StatusEvent::from_slice(newer.as_bytes()).expect("parse").reason, Some(EventReason::Other));
     }
 }

@@ -22,7 +22,7 @@ pub mod user_id;
 pub mod vnode;
 pub mod wire;
 
-pub use event::{EventKind, StatusEvent};
+pub use event::{EventKind, EventReason, StatusEvent};
 pub use node::NodeRecord;
 pub use presence::{Presence, PresenceChange};
 pub use routing::{RoutingTable, TableNode};

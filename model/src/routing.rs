@@ -23,6 +23,10 @@ pub struct TableNode {
 /// The vnode → node map with its epoch. The epoch grows by one at every change,
 /// so readers can tell a newer table from an older one and writers can
 /// compare-and-set on it.
+///
+/// On the wire (the store, `/ring`, the dashboard) `owners` is one entry per
+/// vnode: the index of its owner in `nodes`, or `null` where no node owns it.
+/// That is the only encoding anything outside this type sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingTable {
@@ -30,8 +34,27 @@ pub struct RoutingTable {
     pub epoch: u64,
     /// The nodes that own at least one vnode (or may, after the next change).
     pub nodes: Vec<TableNode>,
-    /// For each vnode, the index in `nodes` of its owner, or [`NO_OWNER`].
+    /// For each vnode, the index in `nodes` of its owner, or [`NO_OWNER`]
+    /// (serialised as `null`).
+    #[serde(with = "owner_indices")]
     pub owners: Vec<u16>,
+}
+
+/// `owners` as JSON: `null` for [`NO_OWNER`]. Tables written before this
+/// encoding used the number 65535, which still reads as "no owner".
+mod owner_indices {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::NO_OWNER;
+
+    pub fn serialize<S: Serializer>(owners: &[u16], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(owners.iter().map(|&o| (o != NO_OWNER).then_some(o)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+        let raw = Vec::<Option<u16>>::deserialize(d)?;
+        Ok(raw.into_iter().map(|o| o.unwrap_or(NO_OWNER)).collect())
+    }
 }
 
 /// A routing table that does not hold together.
@@ -185,6 +208,20 @@ mod tests {
         assert_eq!(t.owner_of_vnode(5).map(|n| n.id.as_str()), Some("a"));
         assert_eq!(t.owner_of_vnode(4095).map(|n| n.url.as_str()), Some("ws://b/socket"));
         assert_eq!(RoutingTable::empty(0).owner("alice"), None);
+    }
+
+    #[test]
+    fn unowned_vnodes_are_null_on_the_wire() {
+        let owners: Vec<Option<&str>> = (0..VNODES).map(|v| (v == 1).then_some("a")).collect();
+        let t = RoutingTable::from_owners(2, &owners, |id| format!("ws://{id}/socket"));
+        let v = serde_json::to_value(&t).expect("json");
+        assert_eq!(v["owners"][0], serde_json::Value::Null);
+        assert_eq!(v["owners"][1], 0);
+        assert_eq!(serde_json::from_value::<RoutingTable>(v).expect("back"), t);
+        // The encoding written before `null`: 65535 means no owner.
+        let mut legacy = serde_json::to_value(&t).expect("json");
+        legacy["owners"][0] = serde_json::json!(65535);
+        assert_eq!(serde_json::from_value::<RoutingTable>(legacy).expect("legacy"), t);
     }
 
     #[test]

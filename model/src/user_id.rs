@@ -63,6 +63,24 @@ pub fn validate(s: &str) -> Result<(), UserIdError> {
     Ok(())
 }
 
+/// Which entry of a list of user IDs is invalid, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user ID {index} of the list: {error}")]
+pub struct ListError {
+    /// Position in the list (0-based).
+    pub index: usize,
+    /// What is wrong with it.
+    pub error: UserIdError,
+}
+
+/// Checks every ID of a list (a batch body, a `subscribe`); the first invalid one is the error.
+pub fn parse_list<S: AsRef<str>>(ids: &[S]) -> Result<Vec<UserId>, ListError> {
+    ids.iter()
+        .enumerate()
+        .map(|(index, s)| UserId::parse(s.as_ref()).map_err(|error| ListError { index, error }))
+        .collect()
+}
+
 impl<'de> Deserialize<'de> for UserId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;

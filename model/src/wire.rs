@@ -1,9 +1,12 @@
-//! The WebSocket protocol between clients and ws-nodes (SPEC section 5.2):
-//! JSON text frames tagged by `type`, camelCase fields, and the close codes.
+//! The WebSocket protocol between clients and ws-nodes (`docs/protocol.md`):
+//! JSON text frames tagged by `type`, camelCase fields, the close codes, and
+//! every error code either server (or the SDK) puts in an `error` message or
+//! an HTTP JSON error. No other crate spells a code or a close number.
 
 use serde::{Deserialize, Serialize};
 
-use crate::UserId;
+use crate::api::PresenceView;
+use crate::{Presence, UserId};
 
 /// Close codes the node uses, and what each means to a client.
 pub mod close {
@@ -57,6 +60,40 @@ pub mod code {
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     /// Something failed inside the server; details are in its log.
     pub const INTERNAL: &str = "internal";
+    /// `GET /socket` without a WebSocket upgrade.
+    pub const UPGRADE_REQUIRED: &str = "upgrade_required";
+    /// A batch request names more user IDs than allowed.
+    pub const BATCH_TOO_LARGE: &str = "batch_too_large";
+    /// An HTTP request body exceeds its limit.
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The SDK stopped retrying (its attempt limit was reached). Never sent by a server.
+    pub const GAVE_UP: &str = "gave_up";
+    /// An HTTP error whose body was not a JSON error. Never sent by a server.
+    pub const UNKNOWN: &str = "unknown";
+}
+
+/// Why a `reconnect` was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffReason {
+    /// The coordinator moved the user's vnode to another node.
+    Rebalance,
+    /// The node is leaving on purpose (SIGTERM).
+    Drain,
+    /// A reason this version does not know (sent by a newer server).
+    #[serde(other)]
+    Other,
+}
+
+impl HandoffReason {
+    /// The wire name (`rebalance`, `drain`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rebalance => "rebalance",
+            Self::Drain => "drain",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// A message from the server to a client.
@@ -112,8 +149,8 @@ pub enum ServerMessage {
         url: String,
         /// The routing epoch of the move.
         epoch: u64,
-        /// Why: `rebalance` or `drain`.
-        reason: String,
+        /// Why the user moves.
+        reason: HandoffReason,
     },
     /// Answer to `ping`.
     Pong,
@@ -131,6 +168,12 @@ impl ServerMessage {
     /// An `error` message.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         Self::Error { code: code.to_string(), message: message.into() }
+    }
+
+    /// The `status` message for `p` as seen at `now_ms` (the same view as `/presence`).
+    pub fn status(p: &Presence, now_ms: u64) -> Self {
+        let PresenceView { user_id, online, connections, last_seen } = PresenceView::of(p, now_ms);
+        Self::Status { user_id, online, connections, last_seen }
     }
 
     /// Serialises to the JSON text of a frame.
@@ -209,6 +252,26 @@ impl ParseError {
 
 const KNOWN_TYPES: [&str; 4] = ["auth", "subscribe", "unsubscribe", "ping"];
 
+/// A client message as sent, before its user IDs are checked: the shape is
+/// serde's job, the IDs are [`crate::user_id::parse_list`]'s, so the two kinds
+/// of mistake get their own codes without reading serde's error text.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum RawClientMessage {
+    Auth {
+        token: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Subscribe {
+        user_ids: Vec<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Unsubscribe {
+        user_ids: Vec<String>,
+    },
+    Ping,
+}
+
 /// Parses a client text frame, telling malformed JSON, unknown types, invalid
 /// user IDs and bad fields apart so that each gets its own error code.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
@@ -221,13 +284,14 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
     if !KNOWN_TYPES.contains(&kind.as_str()) {
         return Err(ParseError::UnknownType(kind));
     }
-    serde_json::from_value(value).map_err(|e| {
-        let detail = e.to_string();
-        if detail.starts_with("user ID") {
-            ParseError::InvalidUserId(detail)
-        } else {
-            ParseError::BadRequest { kind, detail }
-        }
+    let raw: RawClientMessage =
+        serde_json::from_value(value).map_err(|e| ParseError::BadRequest { kind, detail: e.to_string() })?;
+    let ids = |raw: Vec<String>| crate::user_id::parse_list(&raw).map_err(|e| ParseError::InvalidUserId(e.to_string()));
+    Ok(match raw {
+        RawClientMessage::Auth { token } => ClientMessage::Auth { token },
+        RawClientMessage::Subscribe { user_ids } => ClientMessage::Subscribe { user_ids: ids(user_ids)? },
+        RawClientMessage::Unsubscribe { user_ids } => ClientMessage::Unsubscribe { user_ids: ids(user_ids)? },
+        RawClientMessage::Ping => ClientMessage::Ping,
     })
 }
 
@@ -257,6 +321,12 @@ mod tests {
         };
         assert_eq!(s.to_json(), r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null}"#);
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
+        let r = ServerMessage::Reconnect { url: "ws://n".into(), epoch: 1, reason: HandoffReason::Drain };
+        assert_eq!(r.to_json(), r#"{"type":"reconnect","url":"ws://n","epoch":1,"reason":"drain"}"#);
+        let newer: ServerMessage =
+            serde_json::from_str(r#"{"type":"reconnect","url":"ws://n","epoch":1,"reason":"moon_phase"}"#)
+                .expect("an unknown reason still parses");
+        assert!(matches!(newer, ServerMessage::Reconnect { reason: HandoffReason::Other, .. }));
         let back: ServerMessage = serde_json::from_str(&m.to_json()).expect("round trip");
         assert_eq!(back, m);
     }
@@ -275,6 +345,11 @@ mod tests {
             parse_client(r#"{"type":"subscribe","userIds":[""]}"#).map_err(|e| e.code()),
             Err(code::INVALID_USER_ID)
         );
+        let long = format!(r#"{{"type":"unsubscribe","userIds":["ok","{}"]}}"#, "x".repeat(200));
+        let e = parse_client(&long).expect_err("too long");
+        assert_eq!(e.code(), code::INVALID_USER_ID);
+        assert!(e.to_string().contains("user ID 1"), "{e}");
+        assert_eq!(parse_client(r#"{"type":"subscribe","userIds":[5]}"#).map_err(|e| e.code()), Err(code::BAD_REQUEST));
         assert_eq!(parse_client(r#"{"type":"subscribe"}"#).map_err(|e| e.code()), Err(code::BAD_REQUEST));
         assert_eq!(parse_client(r#"{"type":"auth","token":5}"#).map_err(|e| e.code()), Err(code::BAD_REQUEST));
     }

@@ -1,4 +1,4 @@
-//! What a ws-node is told at start. Defaults follow SPEC section 5.
+//! What a ws-node is told at start. Each default is documented in `docs/operations.md`.
 
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ impl NodeConfig {
     }
 
     /// The tungstenite settings for client connections: small, explicit buffers
-    /// (SPEC section 11) and the frame limit.
+    /// (`docs/operations.md`, "Sizing") and the frame limit.
     pub fn websocket(&self) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_bytes)

@@ -85,13 +85,13 @@ impl Metrics {
                 &r,
                 "presence_auth_failures_total",
                 "Authentication failures by reason.",
-                "reason",
+                &["reason"],
             ),
             client_errors: counter_vec(
                 &r,
                 "presence_client_errors_total",
                 "Error messages sent to clients, by code.",
-                "code",
+                &["code"],
             ),
             slow_consumers: counter(
                 &r,

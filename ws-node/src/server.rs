@@ -30,8 +30,7 @@ pub async fn handle(node: Arc<Node>, req: Request) -> Response {
 }
 
 fn readyz(node: &Node) -> Response {
-    let table = node.table.get();
-    let reason = if table.is_none() {
+    let reason = if node.table.get().is_none() {
         Some("no routing table yet")
     } else if !node.store_ok() {
         Some("store unreachable")
@@ -40,19 +39,19 @@ fn readyz(node: &Node) -> Response {
     } else {
         None
     };
-    let body = serde_json::json!({
-        "ready": reason.is_none(),
-        "reason": reason,
-        "nodeId": node.config.node_id,
-        "epoch": node.table.epoch(),
-        "tableStale": node.table.is_stale(),
-        "store": node.store.kind(),
-        "storeReachable": node.store_ok(),
-        "bus": node.bus.kind(),
-        "busReachable": node.bus.stats().healthy,
-        "pendingWrites": node.pending.len(),
-    });
-    json(if reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+    presence_http::readiness(
+        reason,
+        serde_json::json!({
+            "nodeId": node.config.node_id,
+            "epoch": node.table.epoch(),
+            "tableStale": node.table.is_stale(),
+            "store": node.store.kind(),
+            "storeReachable": node.store_ok(),
+            "bus": node.bus.kind(),
+            "busReachable": node.bus.stats().healthy,
+            "pendingWrites": node.pending.len(),
+        }),
+    )
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -84,7 +83,7 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
     let Some(key) = key.filter(|_| is_ws) else {
         let mut res = error(
             StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            code::UPGRADE_REQUIRED,
             "GET /socket expects a WebSocket upgrade (version 13)",
         );
         res.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
@@ -109,8 +108,7 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
     };
     let accept = derive_accept_key(key.as_bytes());
     let ws_config = node.config.websocket();
-    let tracker = node.sessions.clone();
-    tracker.spawn(async move {
+    node.clone().spawn_session(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;

@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::hub::{status_message, Conn, Outbound};
+use crate::conn::{Conn, Outbound};
+use crate::handoff::{self, Deadline};
 use crate::Node;
 
 /// How long to wait for the client's close reply before dropping the socket.
@@ -81,7 +82,7 @@ where
     }
     let conn_uuid = uuid::Uuid::new_v4().to_string();
     let (conn, rx) = Conn::new(node.next_conn_id(), node.config.outbound_queue);
-    node.hub.connect(&user, conn.clone());
+    node.counts.connect(&user, conn.clone());
     let written = node.pending.mark_and_wait(&user, Some(&conn_uuid));
     node.metrics.connects.inc();
     node.metrics.connections.inc();
@@ -98,20 +99,16 @@ where
         connection_id: conn_uuid.clone(),
         node_id: node.config.node_id.clone(),
         epoch: table.epoch,
-        connections: node.hub.estimate(&user),
+        connections: node.counts.estimate(&user),
     };
-    let mut session = Session { node: node.clone(), conn, subs: HashSet::new(), handoff_at: None };
-    // The table may have moved between the ownership check and `connect`: if
-    // so, this connection missed the hub's handoff and is told here.
+    let mut session = Session { node: node.clone(), conn, subs: HashSet::new(), handoff: Deadline::default() };
+    // The table may have moved between the ownership check and `connect`.
     if let Some(t) = node.table.get() {
-        if let Some(owner) = t.owner(user.as_str()).filter(|o| o.id != node.config.node_id) {
-            let m = ServerMessage::Reconnect { url: owner.url.clone(), epoch: t.epoch, reason: "rebalance".into() };
-            session.conn.push(Outbound::Handoff(m.to_json().into()), &node.metrics);
-        }
+        handoff::tell_if_moved(&t, &user, &node.config.node_id, &session.conn, &node.metrics);
     }
     let end = if send(&mut ws, &welcome).await { session.serve(&mut ws, rx).await } else { None };
     let watched: Vec<UserId> = session.subs.drain().collect();
-    node.hub.disconnect(&user, session.conn.id(), &watched);
+    node.counts.disconnect(&user, session.conn.id(), &watched);
     node.pending.mark(&user, Some(&conn_uuid));
     node.metrics.disconnects.inc();
     node.metrics.connections.dec();
@@ -120,7 +117,7 @@ where
     }
 }
 
-/// Waits for the `auth` message (SPEC 5.1).
+/// Waits for the `auth` message (`docs/protocol.md`, "Authentication").
 async fn authenticate<S>(node: &Node, ws: &mut S) -> Result<UserId, Ending>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
@@ -185,7 +182,7 @@ struct Session {
     /// Users this connection watches.
     subs: HashSet<UserId>,
     /// When a handed-off connection is closed with 4011.
-    handoff_at: Option<Instant>,
+    handoff: Deadline,
 }
 
 impl Session {
@@ -199,16 +196,9 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut last_heard = Instant::now();
-        let closing = self.node.close_sessions.clone();
+        let closing = self.node.closing();
         let conn = self.conn.clone();
         loop {
-            let handoff_at = self.handoff_at;
-            let handoff = async move {
-                match handoff_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = closing.cancelled() => {
                     return Some(Ending::new(close::GOING_AWAY, "node shutting down"));
@@ -218,13 +208,13 @@ impl Session {
                     let m = ServerMessage::error(code::SLOW_CONSUMER, "outbound queue overflowed; reconnect and read faster");
                     return Some(Ending::after(m, close::LIMIT, "slow consumer"));
                 }
-                _ = handoff => return Some(Ending::new(close::HANDOFF, "handoff")),
+                _ = self.handoff.passed() => return Some(Ending::new(close::HANDOFF, "handoff")),
                 out = rx.recv() => {
                     let Some(out) = out else { return Some(Ending::new(close::GOING_AWAY, "node shutting down")) };
                     let text = match out {
                         Outbound::Text(t) => t,
                         Outbound::Handoff(t) => {
-                            self.handoff_at.get_or_insert(Instant::now() + cfg.handoff_timeout);
+                            self.handoff.arm(cfg.handoff_timeout);
                             t
                         }
                     };
@@ -285,7 +275,7 @@ impl Session {
             Ok(ClientMessage::Unsubscribe { user_ids }) => {
                 for u in user_ids {
                     if self.subs.remove(&u) {
-                        self.node.hub.unwatch(&u, self.conn.id());
+                        self.node.counts.unwatch(&u, self.conn.id());
                     }
                 }
                 None
@@ -322,9 +312,9 @@ impl Session {
         let mut unknown = Vec::new();
         for u in fresh {
             self.subs.insert(u.clone());
-            match self.node.hub.watch(&u, self.conn.clone()) {
+            match self.node.counts.watch(&u, self.conn.clone()) {
                 Some(p) => {
-                    let _ = ws.feed(Message::Text(status_message(&p, now).to_json().into())).await;
+                    let _ = ws.feed(Message::Text(ServerMessage::status(&p, now).to_json().into())).await;
                 }
                 None => unknown.push(u),
             }
@@ -333,10 +323,10 @@ impl Session {
             match self.node.store.presence(chunk).await {
                 Ok(states) => {
                     for p in states {
-                        // Newer than what the hub holds: other watchers hear it too.
-                        self.node.hub.apply(&p, now, Some(self.conn.id()));
-                        let current = self.node.hub.watch(&p.user_id, self.conn.clone()).unwrap_or(p);
-                        let _ = ws.feed(Message::Text(status_message(&current, now).to_json().into())).await;
+                        // Newer than what is held: other watchers hear it too.
+                        self.node.counts.apply(&p, now, Some(self.conn.id()));
+                        let current = self.node.counts.watch(&p.user_id, self.conn.clone()).unwrap_or(p);
+                        let _ = ws.feed(Message::Text(ServerMessage::status(&current, now).to_json().into())).await;
                     }
                 }
                 Err(e) => {

@@ -1,0 +1,382 @@
+//! The node's per-user bookkeeping, in one place: for each user it serves
+//! or watches, its live connections here, the connections watching it, the
+//! newest cluster-wide state known, and the count this node last wrote to
+//! the store.
+//!
+//! Every state change arrives as a [`Presence`] stamped with the store's
+//! per-user sequence number, from the node's own writes
+//! ([`Counts::record_writes`]) or from the bus ([`Counts::apply`]), and is
+//! applied only if it is newer than what is held; applying it hands the
+//! entry to [`crate::fanout::deliver`], which pushes `count` to the user's
+//! connections and `status` to its watchers. So duplicates, replays and
+//! reordering between the two paths are harmless.
+//!
+//! The store writer talks to this module twice per batch and no more: once to
+//! read the local counts it writes ([`Counts::local_counts`]) and once with
+//! the store's answers ([`Counts::record_writes`]).
+//!
+//! The map is sharded by vnode behind `std::sync::Mutex`es: every critical
+//! section is a few map operations and `try_send`s, never an `.await`, so a
+//! sync lock is cheaper than an async one and cannot be held across a yield.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use presence_backend::CountUpdate;
+use presence_model::{Presence, PresenceChange, RoutingTable, TableNode, UserId, Vnode, VNODES};
+
+use crate::conn::Conn;
+use crate::fanout;
+use crate::metrics::Metrics;
+
+const SHARDS: usize = 64;
+
+/// One user as this node knows it.
+#[derive(Default)]
+pub(crate) struct Entry {
+    /// This node's live connections of the user.
+    pub(crate) conns: Vec<Conn>,
+    /// Connections on this node subscribed to the user's status, by connection number.
+    pub(crate) watchers: HashMap<u64, Conn>,
+    /// Newest cluster-wide state known (`None`: nothing known yet).
+    pub(crate) state: Option<Presence>,
+    /// The count this node last wrote to the store for the user.
+    written: u32,
+    /// The last `count` value pushed to all of the user's connections
+    /// (`None` after a connection joined with only an estimate).
+    pub(crate) sent_count: Option<u64>,
+    /// A `reconnect` went out to the user's connections for the current move.
+    handed_off: bool,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.conns.is_empty() && self.watchers.is_empty() && self.written == 0
+    }
+
+    /// Connections the user has in the cluster, as best known right now:
+    /// the last store-confirmed total corrected by this node's unwritten changes.
+    fn estimate(&self) -> u64 {
+        let known = self.state.as_ref().map_or(0, |s| s.connections);
+        (known + self.conns.len() as u64).saturating_sub(u64::from(self.written))
+    }
+}
+
+/// Connections of users whose vnode moved, and where they go.
+pub struct Moved {
+    /// The new owner.
+    pub owner: TableNode,
+    /// The connections to tell.
+    pub conns: Vec<Conn>,
+}
+
+/// See the module docs.
+pub struct Counts {
+    shards: Box<[Mutex<HashMap<UserId, Entry>>]>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl Counts {
+    /// Empty bookkeeping reporting to `metrics`.
+    pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), metrics }
+    }
+
+    fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, Entry>> {
+        let m = &self.shards[user.vnode() as usize % SHARDS];
+        // A panic while holding the lock left plain data behind; keep serving.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn each_shard(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<UserId, Entry>>> {
+        self.shards.iter().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds a live connection of `user`.
+    pub fn connect(&self, user: &UserId, conn: Conn) {
+        let mut s = self.shard(user);
+        let e = s.entry(user.clone()).or_default();
+        e.conns.push(conn);
+        e.handed_off = false;
+        // The newcomer's `welcome` carries an estimate, not what the others were
+        // last sent: the next authoritative count must reach every connection.
+        e.sent_count = None;
+    }
+
+    /// The user's cluster-wide count as best known now (see [`Counts::connect`]).
+    pub fn estimate(&self, user: &UserId) -> u64 {
+        self.shard(user).get(user).map_or(0, Entry::estimate)
+    }
+
+    /// Removes a connection of `user`, and its subscriptions.
+    pub fn disconnect(&self, user: &UserId, conn_id: u64, watched: &[UserId]) {
+        {
+            let mut s = self.shard(user);
+            if let Some(e) = s.get_mut(user) {
+                e.conns.retain(|c| c.id() != conn_id);
+                // The entry stays while `written` is non-zero: the writer still owes the store a 0.
+                if e.is_empty() {
+                    s.remove(user);
+                }
+            }
+        }
+        for w in watched {
+            self.unwatch(w, conn_id);
+        }
+    }
+
+    /// Subscribes `conn` to `user`. Returns the known state, if any.
+    pub fn watch(&self, user: &UserId, conn: Conn) -> Option<Presence> {
+        let mut s = self.shard(user);
+        let e = s.entry(user.clone()).or_default();
+        e.watchers.insert(conn.id(), conn);
+        e.state.clone()
+    }
+
+    /// Unsubscribes connection `conn_id` from `user`.
+    pub fn unwatch(&self, user: &UserId, conn_id: u64) {
+        let mut s = self.shard(user);
+        if let Some(e) = s.get_mut(user) {
+            e.watchers.remove(&conn_id);
+            if e.is_empty() {
+                s.remove(user);
+            }
+        }
+    }
+
+    /// Applies a state if it is newer than the known one and delivers it (to
+    /// every watcher but `quiet`, which the caller answers itself). Returns
+    /// whether it was newer.
+    pub fn apply(&self, p: &Presence, now_ms: u64, quiet: Option<u64>) -> bool {
+        let mut s = self.shard(&p.user_id);
+        let Some(e) = s.get_mut(&p.user_id) else {
+            // Nobody here cares about this user.
+            return false;
+        };
+        self.apply_to(e, p, now_ms, quiet)
+    }
+
+    fn apply_to(&self, e: &mut Entry, p: &Presence, now_ms: u64, quiet: Option<u64>) -> bool {
+        if e.state.as_ref().is_some_and(|cur| cur.seq >= p.seq) {
+            self.metrics.events_stale.inc();
+            return false;
+        }
+        let mut next = p.clone();
+        if next.last_seen.is_none() {
+            next.last_seen = e.state.as_ref().and_then(|c| c.last_seen);
+        }
+        e.state = Some(next);
+        fanout::deliver(e, now_ms, quiet, &self.metrics);
+        true
+    }
+
+    /// The node's live connections of each user: what the writer writes.
+    pub fn local_counts(&self, users: &[UserId]) -> Vec<CountUpdate> {
+        users
+            .iter()
+            .map(|u| CountUpdate {
+                user_id: u.clone(),
+                connections: self.shard(u).get(u).map_or(0, |e| e.conns.len() as u32),
+            })
+            .collect()
+    }
+
+    /// Records what the store answered for a batch the writer wrote: for each
+    /// update, the new state (applied and delivered) or `None` where the
+    /// store already had that count. In the second case the known total
+    /// stands, so connections that joined with only an estimate are sent it.
+    pub fn record_writes(&self, written: &[CountUpdate], answers: &[Option<PresenceChange>], now_ms: u64) {
+        for (update, answer) in written.iter().zip(answers) {
+            let mut s = self.shard(&update.user_id);
+            let Some(e) = s.get_mut(&update.user_id) else { continue };
+            match answer {
+                Some(change) => {
+                    self.apply_to(e, &change.presence, now_ms, None);
+                }
+                None => fanout::reconfirm(e, &self.metrics),
+            }
+            e.written = update.connections;
+            if e.is_empty() {
+                s.remove(&update.user_id);
+            }
+        }
+    }
+
+    /// Users whose count this node must keep right in the store: those with
+    /// connections here, and those it wrote a non-zero count for and owes a zero.
+    pub fn owed_users(&self) -> Vec<UserId> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            out.extend(s.iter().filter(|(_, e)| !e.conns.is_empty() || e.written > 0).map(|(u, _)| u.clone()));
+        }
+        out
+    }
+
+    /// Every user held (served or watched): what a resync re-reads.
+    pub fn all_users(&self) -> Vec<UserId> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            out.extend(s.keys().cloned());
+        }
+        out
+    }
+
+    /// (connections, users) served here.
+    pub fn totals(&self) -> (u64, u64) {
+        let (mut c, mut u) = (0, 0);
+        for s in self.each_shard() {
+            for e in s.values().filter(|e| !e.conns.is_empty()) {
+                c += e.conns.len() as u64;
+                u += 1;
+            }
+        }
+        (c, u)
+    }
+
+    /// Connections per vnode, for the heartbeat's load report.
+    pub fn vnode_load(&self) -> Vec<(Vnode, u32)> {
+        let mut load = vec![0u32; VNODES];
+        for s in self.each_shard() {
+            for (u, e) in s.iter() {
+                load[u.vnode() as usize] += e.conns.len() as u32;
+            }
+        }
+        load.into_iter().enumerate().filter(|(_, l)| *l > 0).map(|(v, l)| (v as Vnode, l)).collect()
+    }
+
+    /// The connections of every user whose vnode `table` gives to a node
+    /// other than `self_id`, each user once per move (a later `connect`
+    /// re-arms it). The caller tells them outside the locks.
+    pub fn take_moved(&self, table: &RoutingTable, self_id: &str) -> Vec<Moved> {
+        let mut out = Vec::new();
+        for mut s in self.each_shard() {
+            for (u, e) in s.iter_mut() {
+                if e.conns.is_empty() || e.handed_off {
+                    continue;
+                }
+                let Some(owner) = table.owner_of_vnode(u.vnode()).filter(|o| o.id != self_id) else { continue };
+                e.handed_off = true;
+                out.push(Moved { owner: owner.clone(), conns: e.conns.clone() });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::conn::Outbound;
+
+    pub(crate) fn uid(s: &str) -> UserId {
+        UserId::parse(s).expect("valid")
+    }
+
+    pub(crate) fn counts() -> Counts {
+        Counts::new(Arc::new(Metrics::new()))
+    }
+
+    fn p(u: &str, connections: u64, seq: u64) -> Presence {
+        Presence { user_id: uid(u), connections, seq, last_seen: None }
+    }
+
+    pub(crate) fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Outbound::Text(t) | Outbound::Handoff(t) => out.push(t.to_string()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn newer_states_push_count_and_status_once() {
+        let h = counts();
+        let (c1, mut r1) = Conn::new(1, 16);
+        let (w, mut rw) = Conn::new(2, 16);
+        h.connect(&uid("a"), c1);
+        assert_eq!(h.estimate(&uid("a")), 1);
+        assert!(h.watch(&uid("a"), w).is_none());
+        assert!(h.apply(&p("a", 1, 10), 0, None));
+        assert!(!h.apply(&p("a", 1, 10), 0, None), "duplicate dropped");
+        assert!(!h.apply(&p("a", 5, 9), 0, None), "stale dropped");
+        assert!(h.apply(&p("a", 1, 11), 0, None), "newer, same count");
+        assert_eq!(drain(&mut r1), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
+        assert_eq!(drain(&mut rw).len(), 2);
+    }
+
+    #[test]
+    fn a_new_connection_hears_the_next_count_even_if_unchanged() {
+        let h = counts();
+        let (c1, mut r1) = Conn::new(1, 16);
+        h.connect(&uid("a"), c1);
+        h.apply(&p("a", 1, 1), 0, None);
+        let (c2, mut r2) = Conn::new(2, 16);
+        h.connect(&uid("a"), c2);
+        // Same total as last pushed (another connection left elsewhere meanwhile).
+        h.apply(&p("a", 1, 2), 0, None);
+        assert_eq!(drain(&mut r1).len(), 2);
+        assert_eq!(drain(&mut r2), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
+    }
+
+    #[test]
+    fn an_unchanged_write_resends_the_known_total_after_an_estimate() {
+        let h = counts();
+        let (c1, mut r1) = Conn::new(1, 16);
+        h.connect(&uid("a"), c1);
+        h.apply(&p("a", 2, 1), 0, None);
+        assert_eq!(drain(&mut r1).len(), 1);
+        let (c2, mut r2) = Conn::new(2, 16);
+        h.connect(&uid("a"), c2);
+        let written = h.local_counts(&[uid("a")]);
+        assert_eq!(written[0].connections, 2);
+        h.record_writes(&written, &[None], 0);
+        assert_eq!(drain(&mut r2), vec![r#"{"type":"count","userId":"a","connections":2}"#]);
+    }
+
+    #[test]
+    fn entry_outlives_connections_until_zero_is_written() {
+        let h = counts();
+        let (c, _rx) = Conn::new(1, 4);
+        h.connect(&uid("a"), c);
+        h.record_writes(&h.local_counts(&[uid("a")]), &[None], 0);
+        h.disconnect(&uid("a"), 1, &[]);
+        assert_eq!(h.all_users().len(), 1);
+        assert_eq!(h.owed_users().len(), 1, "a zero is owed");
+        h.record_writes(&h.local_counts(&[uid("a")]), &[None], 0);
+        assert!(h.all_users().is_empty());
+    }
+
+    #[test]
+    fn estimate_adds_unwritten_local_changes() {
+        let h = counts();
+        let (c1, _r1) = Conn::new(1, 4);
+        let (c2, _r2) = Conn::new(2, 4);
+        h.connect(&uid("a"), c1);
+        h.record_writes(&h.local_counts(&[uid("a")]), &[None], 0);
+        // The store says 3 (two elsewhere); a second local connection makes 4.
+        h.apply(&p("a", 3, 5), 0, None);
+        h.connect(&uid("a"), c2);
+        assert_eq!(h.estimate(&uid("a")), 4);
+    }
+
+    #[test]
+    fn moved_users_are_taken_once_per_move() {
+        let h = counts();
+        let (c, _rx) = Conn::new(1, 4);
+        h.connect(&uid("alice"), c.clone());
+        let owners: Vec<Option<&str>> = vec![Some("other"); VNODES];
+        let t = RoutingTable::from_owners(9, &owners, |id| format!("ws://{id}/socket"));
+        let moved = h.take_moved(&t, "me");
+        assert_eq!((moved.len(), moved[0].owner.id.as_str(), moved[0].conns.len()), (1, "other", 1));
+        assert!(h.take_moved(&t, "me").is_empty());
+        // A new connection of the user re-arms the move.
+        h.connect(&uid("alice"), c);
+        assert_eq!(h.take_moved(&t, "me")[0].conns.len(), 2);
+    }
+}

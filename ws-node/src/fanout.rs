@@ -1,0 +1,211 @@
+//! Getting every state change to the connections that care about it.
+//!
+//! * [`deliver`]: a newer state of a user, pushed as `count` to the user's
+//!   connections (when the number changed) and as `status` to its watchers;
+//!   [`Counts`] calls it with the entry it just updated.
+//! * [`Fanout::run`]: the bus consumer. Events from other nodes are applied
+//!   through [`Counts::apply`] (only newer `seq`s count); a `Resync` from the
+//!   bus re-reads every held user from the store.
+//! * [`Fanout::watch_departures`]: when a node leaves the routing table
+//!   (it died or drained), its last events may be lost with it or still on
+//!   their way, so held users are re-read from the store: once after the
+//!   leader's count-out, and once more when a draining node has certainly
+//!   finished. These re-reads are tasks of the node's tracker and stop at
+//!   shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_backend::{BusMessage, BusSubscription, Store, TableCache};
+use presence_model::wire::ServerMessage;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::Outbound;
+use crate::counts::{Counts, Entry};
+use crate::metrics::Metrics;
+
+fn text(m: &ServerMessage) -> Utf8Bytes {
+    Utf8Bytes::from(m.to_json())
+}
+
+/// Pushes the entry's state: `count` to the user's connections when the
+/// number differs from what they were last sent, `status` to every watcher
+/// but `quiet`.
+pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, metrics: &Metrics) {
+    let Some(state) = &e.state else { return };
+    if !e.conns.is_empty() && e.sent_count != Some(state.connections) {
+        e.sent_count = Some(state.connections);
+        let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
+        for c in &e.conns {
+            c.push(Outbound::Text(t.clone()), metrics);
+        }
+    }
+    if e.watchers.keys().any(|&id| Some(id) != quiet) {
+        let t = text(&ServerMessage::status(state, now_ms));
+        for (_, c) in e.watchers.iter().filter(|(&id, _)| Some(id) != quiet) {
+            c.push(Outbound::Text(t.clone()), metrics);
+        }
+    }
+}
+
+/// The store confirmed this node's count without a change, so the known
+/// total stands: if a connection joined with only an estimate since the last
+/// `count`, send everyone the known total.
+pub(crate) fn reconfirm(e: &mut Entry, metrics: &Metrics) {
+    let (Some(state), None) = (&e.state, e.sent_count) else { return };
+    if e.conns.is_empty() {
+        return;
+    }
+    e.sent_count = Some(state.connections);
+    let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
+    for c in &e.conns {
+        c.push(Outbound::Text(t.clone()), metrics);
+    }
+}
+
+/// Bus consumption and re-reads from the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Fanout {
+    /// Where states are applied.
+    pub counts: Arc<Counts>,
+    /// Where re-reads go.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// This node's ID: its own events are skipped (already applied).
+    pub node_id: String,
+}
+
+impl Fanout {
+    /// Re-reads every held user's state from the store (after missed events).
+    pub async fn resync_held(&self) {
+        let users = self.counts.all_users();
+        self.metrics.resyncs.inc();
+        for chunk in users.chunks(1000) {
+            match self.store.presence(chunk).await {
+                Ok(states) => {
+                    let now = presence_model::time::now_ms();
+                    for p in &states {
+                        self.counts.apply(p, now, None);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(node = %self.node_id, error = %e, "resync from store failed; the next one retries");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Consumes the bus until `stop` or the bus closes.
+    pub async fn run(self, mut events: Box<dyn BusSubscription>, stop: CancellationToken) {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = events.next() => m,
+            };
+            match msg {
+                Some(BusMessage::Event(e)) => {
+                    self.metrics.events_received.inc();
+                    // This node applied its own writes before publishing them; the echo
+                    // would only be dropped as stale (and count as such).
+                    if e.node_id != self.node_id {
+                        self.counts.apply(&e.presence(), presence_model::time::now_ms(), None);
+                    }
+                }
+                Some(BusMessage::Resync) => {
+                    tracing::info!(node = %self.node_id, "bus asked for a resync");
+                    self.resync_held().await;
+                }
+                None => {
+                    tracing::warn!(node = %self.node_id, "bus closed; no more remote events");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Watches the table for nodes leaving it, until `stop`; on each departure
+    /// schedules the two re-reads of the module docs on `tracker`. `first`
+    /// is after the leader's count-out (one heartbeat), `last` after a
+    /// draining node has certainly finished (handoff timeout + node TTL).
+    pub async fn watch_departures(
+        self,
+        table: TableCache,
+        tracker: TaskTracker,
+        first: Duration,
+        last: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut rx = table.subscribe();
+        let mut members: Vec<String> = Vec::new();
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(t) = current {
+                let now: Vec<String> = t.nodes.iter().map(|n| n.id.clone()).collect();
+                if members.iter().any(|m| !now.contains(m)) {
+                    tracing::info!(node = %self.node_id, epoch = t.epoch, "a node left the routing table; resyncing from the store");
+                    let (fanout, stop) = (self.clone(), stop.clone());
+                    tracker.spawn(async move {
+                        for wait in [first, last] {
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(wait) => fanout.resync_held().await,
+                            }
+                        }
+                    });
+                }
+                members = now;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = rx.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::Conn;
+    use crate::counts::tests::{counts, drain, uid};
+    use presence_backend::{Bus, MemoryBus, MemoryStore};
+    use presence_model::{Presence, StatusEvent};
+
+    #[tokio::test]
+    async fn events_of_other_nodes_reach_watchers_and_own_echoes_are_skipped() {
+        let counts = Arc::new(counts());
+        let bus = MemoryBus::default();
+        let fanout = Fanout {
+            counts: counts.clone(),
+            store: Arc::new(MemoryStore::new()),
+            metrics: Arc::new(Metrics::new()),
+            node_id: "me".into(),
+        };
+        let (w, mut rx) = Conn::new(7, 16);
+        counts.watch(&uid("bob"), w);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(fanout.clone().run(bus.subscribe(), stop.clone()));
+        // The own echo is newer: applied, it would reach the watcher too.
+        for (node, seq) in [("other", 5), ("me", 6)] {
+            let change = presence_model::PresenceChange {
+                presence: Presence { user_id: uid("bob"), connections: 1, seq, last_seen: None },
+                previous: 0,
+            };
+            bus.publish(StatusEvent::from_change(&change, node, None, 1, 9, None)).await.expect("published");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while fanout.metrics.events_received.get() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains(r#""online":true"#), "{got:?}");
+        stop.cancel();
+        task.await.expect("consumer ends");
+    }
+}
