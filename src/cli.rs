@@ -175,23 +175,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if target.json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
-                println!("{:<12} {:<32} {:>6} {:>6} {:>6} {:>8}", "NODE", "URL", "VNODES", "CONNS", "USERS", "HB AGE");
-                for n in nodes {
-                    println!(
-                        "{:<12} {:<32} {:>6} {:>6} {:>6} {:>6}ms{}",
-                        n.id,
-                        n.url,
-                        n.vnodes,
-                        n.connections,
-                        n.users,
-                        n.heartbeat_age_ms,
-                        if n.draining { "  draining" } else { "" }
-                    );
-                }
+                print!("{}", nodes_table(&nodes));
             }
             Ok(())
         }
     }
+}
+
+/// `presence nodes` as a table whose columns fit the longest ID and URL.
+pub fn nodes_table(nodes: &[presence_model::api::NodeView]) -> String {
+    use std::fmt::Write;
+    let id = nodes.iter().map(|n| n.id.chars().count()).max().unwrap_or(0).max("NODE".len());
+    let url = nodes.iter().map(|n| n.url.chars().count()).max().unwrap_or(0).max("URL".len());
+    let mut s = String::new();
+    let _ =
+        writeln!(s, "{:<id$}  {:<url$}  {:>6} {:>6} {:>6} {:>8}", "NODE", "URL", "VNODES", "CONNS", "USERS", "HB AGE");
+    for n in nodes {
+        let _ = writeln!(
+            s,
+            "{:<id$}  {:<url$}  {:>6} {:>6} {:>6} {:>6}ms{}",
+            n.id,
+            n.url,
+            n.vnodes,
+            n.connections,
+            n.users,
+            n.heartbeat_age_ms,
+            if n.draining { "  draining" } else { "" }
+        );
+    }
+    s
 }
 
 async fn watch(
@@ -375,15 +387,11 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
     };
     let mut s = String::new();
     let _ = writeln!(s, "\npresence demo: 1 coordinator + {} ws-nodes, {backends}\n", cluster.nodes.len());
-    let _ = writeln!(
-        s,
-        "\npresence demo: 1 coordinator + {} ws-nodes, embedded in-memory store and bus\n",
-        cluster.nodes.len()
-    );
-    let _ = writeln!(s, "  coordinator  {c}");
-    let _ = writeln!(s, "  dashboard    {c}/");
+    let width = cluster.nodes.iter().map(|n| n.node.config.node_id.len()).max().unwrap_or(0).max("coordinator".len());
+    let _ = writeln!(s, "  {:<width$}  {c}", "coordinator");
+    let _ = writeln!(s, "  {:<width$}  {c}/", "dashboard");
     for n in &cluster.nodes {
-        let _ = writeln!(s, "  {:<11}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
+        let _ = writeln!(s, "  {:<width$}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
     }
     let _ = writeln!(s, "\nInspect the cluster (another terminal):");
     let _ = writeln!(s, "  alias presence='{exe}'");
@@ -412,4 +420,40 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
     }
     let _ = writeln!(s, "Stop with Ctrl-C.");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_model::api::NodeView;
+
+    fn node(id: &str, url: &str) -> NodeView {
+        NodeView {
+            id: id.into(),
+            url: url.into(),
+            capacity: 1,
+            connections: 12,
+            users: 3,
+            vnodes: 1365,
+            pinned: 0,
+            draining: false,
+            last_heartbeat: 0,
+            heartbeat_age_ms: 250,
+        }
+    }
+
+    #[test]
+    fn node_columns_line_up_whatever_the_id_length() {
+        let nodes = [
+            node("n1", "ws://127.0.0.1:9001/socket"),
+            node("presence-ws-node-7d9f8b6c5-x2kqz", "ws://10.12.3.4:9000/socket"),
+        ];
+        let table = nodes_table(&nodes);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let col = |l: &str| l.find("ws://").or_else(|| l.find("URL")).expect("url column");
+        assert!(lines.iter().all(|l| col(l) == col(lines[0])), "{table}");
+        let vn = |l: &str| l.find("1365").or_else(|| l.find("VNODES").map(|i| i + 2)).expect("vnodes column");
+        assert!(lines.iter().all(|l| vn(l) == vn(lines[0])), "{table}");
+    }
 }

@@ -233,3 +233,17 @@ async fn presence_watch_prints_the_count_as_it_changes() {
     let _ = demo.kill().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn the_demo_banner_has_one_header_that_names_the_backends() {
+    let c = cluster(2).await;
+    for (store, bus, says) in
+        [("memory", "memory", "embedded in-memory store and bus"), ("redis", "kafka", "store: redis, bus: kafka")]
+    {
+        let banner = presence::cli::banner(&c, SECRET, store, bus);
+        assert_eq!(banner.matches("presence demo:").count(), 1, "{banner}");
+        assert!(banner.contains(says), "{banner}");
+        assert_eq!(banner.contains("embedded"), store == "memory", "{banner}");
+    }
+    c.shutdown().await;
+}

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use presence_model::wire::{ClientMessage, ServerMessage};
+use presence_model::wire::{code, ClientMessage, ServerMessage};
 use presence_model::UserId;
 use tokio::sync::mpsc;
 
@@ -325,7 +325,7 @@ impl Driver {
         };
         let mut conn = match Connection::connect(&url, TokenPlacement::Header(token)).await {
             Ok(c) => c,
-            Err(Error::Api { code, .. }) if code == "token_expired" => return Err(Failure::Expired),
+            Err(Error::Api { code, .. }) if code == code::TOKEN_EXPIRED => return Err(Failure::Expired),
             Err(e) => return Err(Failure::Other(e.to_string())),
         };
         let mut redirect = None;
@@ -341,7 +341,7 @@ impl Driver {
                     break;
                 }
                 Ok(Some(Frame::Message(ServerMessage::Redirect { url, .. }))) => redirect = Some(url),
-                Ok(Some(Frame::Message(ServerMessage::Error { code, .. }))) if code == "token_expired" => {
+                Ok(Some(Frame::Message(ServerMessage::Error { code, .. }))) if code == code::TOKEN_EXPIRED => {
                     expired_said = true
                 }
                 Ok(Some(Frame::Message(_) | Frame::Unparsed(_))) => {}
@@ -399,35 +399,14 @@ impl Driver {
                     if self.options.backoff.max_attempts.is_some_and(|m| failures >= m) {
                         let _ = self
                             .emit(Event::Error {
-                                code: "gave_up".into(),
+                                code: code::GAVE_UP.into(),
                                 message: format!("after {failures} attempts: {cause}"),
                             })
                             .await;
                         return None;
                     }
-                    let delay = self.options.backoff.delay(failures);
-                    if !self
-                        .emit(Event::Reconnecting {
-                            reason: ReconnectReason::Dropped { cause },
-                            attempt: failures,
-                            delay,
-                        })
-                        .await
-                    {
+                    if !self.back_off(cause, failures, self.options.backoff.delay(failures)).await {
                         return None;
-                    }
-                    // Commands still count while waiting (a close ends the session).
-                    let sleep = tokio::time::sleep(delay);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            cmd = self.commands.recv() => match cmd {
-                                None | Some(Command::Close) => return None,
-                                Some(Command::Subscribe(ids)) => self.subs.extend(ids),
-                                Some(Command::Unsubscribe(ids)) => ids.iter().for_each(|u| { self.subs.remove(u); }),
-                            },
-                        }
                     }
                     continue;
                 }
@@ -501,12 +480,32 @@ impl Driver {
 
     /// After a drop: announce it, wait the first backoff step, then establish again.
     async fn reconnect_after(&mut self, cause: String) -> Option<Connection> {
-        let delay = self.options.backoff.delay(1);
-        if !self.emit(Event::Reconnecting { reason: ReconnectReason::Dropped { cause }, attempt: 0, delay }).await {
+        if !self.back_off(cause, 0, self.options.backoff.delay(1)).await {
             return None;
         }
-        tokio::time::sleep(delay).await;
         self.establish(None).await
+    }
+
+    /// Announces a `Reconnecting` (attempt `attempt`, after `delay`) and waits
+    /// the delay out. Commands still count while waiting: subscriptions are
+    /// remembered for the next connection, and a close ends the session
+    /// (`false`, as when nobody reads the events any more).
+    async fn back_off(&mut self, cause: String, attempt: u32, delay: Duration) -> bool {
+        if !self.emit(Event::Reconnecting { reason: ReconnectReason::Dropped { cause }, attempt, delay }).await {
+            return false;
+        }
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Close) => return false,
+                    Some(Command::Subscribe(ids)) => self.subs.extend(ids),
+                    Some(Command::Unsubscribe(ids)) => ids.iter().for_each(|u| { self.subs.remove(u); }),
+                },
+            }
+        }
     }
 }
 

@@ -59,7 +59,11 @@ impl Error {
         }
         match serde_json::from_slice::<Body>(body) {
             Ok(b) => Self::Api { status, code: b.code, message: b.error },
-            Err(_) => Self::Api { status, code: "unknown".into(), message: String::from_utf8_lossy(body).into_owned() },
+            Err(_) => Self::Api {
+                status,
+                code: presence_model::wire::code::UNKNOWN.into(),
+                message: String::from_utf8_lossy(body).into_owned(),
+            },
         }
     }
 }

@@ -23,3 +23,8 @@ pub use error::Error;
 pub use presence_model::api::{NodeView, PresenceView, Route};
 pub use presence_model::wire::{ClientMessage, ServerMessage};
 pub use presence_model::UserId;
+
+/// The README's examples, compiled as doctests so that the quick start cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -13,16 +13,16 @@ pub struct BackendArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Key prefix in Redis.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "presence")]
+    #[arg(long, env = "REDIS_PREFIX", default_value_t = RedisConfig::new(Vec::new()).prefix)]
     pub redis_prefix: String,
     /// Kafka bootstrap brokers, host:port[,host:port].
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Topic of status events.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "user_status_events")]
+    #[arg(long, env = "KAFKA_TOPIC", default_value_t = KafkaConfig::new("").topic)]
     pub kafka_topic: String,
     /// Partitions of the topic when it is created at start.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value = "16")]
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = KafkaConfig::new("").partitions.to_string())]
     pub kafka_partitions: String,
 }
 

@@ -13,6 +13,12 @@ use presence_runtime::config::{ConfigError, Problems};
 
 use crate::NodeConfig;
 
+/// A default as clap shows and applies it, read from [`NodeConfig::new`]:
+/// the one place every node default lives.
+fn default_of<T: ToString>(field: impl Fn(&NodeConfig) -> T) -> String {
+    field(&NodeConfig::new("", "")).to_string()
+}
+
 /// A presence WebSocket node.
 #[derive(Debug, Parser)]
 #[command(name = "ws-node", version, about = "Presence WebSocket node: JWT auth, connection counts, status fan-out.")]
@@ -27,7 +33,7 @@ pub struct Args {
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,
     /// Relative capacity: a node with 2 gets twice the vnodes.
-    #[arg(long, env = "CAPACITY", default_value = "1")]
+    #[arg(long, env = "CAPACITY", default_value_t = default_of(|c| c.capacity))]
     pub capacity: String,
     /// Vnodes pinned to this node, e.g. 0-1023,2048.
     #[arg(long, env = "ASSIGNED_VNODES")]
@@ -54,28 +60,28 @@ pub struct Args {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Leeway for exp and nbf, seconds.
-    #[arg(long, env = "JWT_LEEWAY_SECS", default_value = "30")]
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = presence_model::auth::DEFAULT_LEEWAY_SECS.to_string())]
     pub jwt_leeway_secs: String,
     /// Heartbeat interval, ms.
-    #[arg(long, env = "HEARTBEAT_MS", default_value = "1000")]
+    #[arg(long, env = "HEARTBEAT_MS", default_value_t = default_of(|c| c.heartbeat_interval.as_millis()))]
     pub heartbeat_ms: String,
     /// Registration TTL: a node silent this long is dead, ms.
-    #[arg(long, env = "NODE_TTL_MS", default_value = "5000")]
+    #[arg(long, env = "NODE_TTL_MS", default_value_t = default_of(|c| c.node_ttl.as_millis()))]
     pub node_ttl_ms: String,
     /// How long a handed-off connection stays open after `reconnect`, ms.
-    #[arg(long, env = "HANDOFF_TIMEOUT_MS", default_value = "10000")]
+    #[arg(long, env = "HANDOFF_TIMEOUT_MS", default_value_t = default_of(|c| c.handoff_timeout.as_millis()))]
     pub handoff_timeout_ms: String,
     /// How long a client may take to authenticate after the upgrade, ms.
-    #[arg(long, env = "AUTH_TIMEOUT_MS", default_value = "5000")]
+    #[arg(long, env = "AUTH_TIMEOUT_MS", default_value_t = default_of(|c| c.auth_timeout.as_millis()))]
     pub auth_timeout_ms: String,
     /// Subscriptions allowed per connection.
-    #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value = "1000")]
+    #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value_t = default_of(|c| c.max_subscriptions))]
     pub max_subscriptions: String,
     /// Outbound messages queued per connection before a slow client is dropped.
-    #[arg(long, env = "OUTBOUND_QUEUE", default_value = "64")]
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = default_of(|c| c.outbound_queue))]
     pub outbound_queue: String,
     /// Users whose count may wait for Redis before a full resync is scheduled instead.
-    #[arg(long, env = "MAX_PENDING_WRITES", default_value = "100000")]
+    #[arg(long, env = "MAX_PENDING_WRITES", default_value_t = default_of(|c| c.max_pending_writes))]
     pub max_pending_writes: String,
 }
 
@@ -91,8 +97,22 @@ pub struct Settings {
     pub backends: BackendConfig,
 }
 
-fn ms(p: &mut Problems, name: &str, v: &str) -> Duration {
-    Duration::from_millis(p.parse_min::<u64>(name, v, 1).unwrap_or(1))
+/// Reads a millisecond flag into `slot`; a bad value is reported and the default stays.
+fn ms(p: &mut Problems, name: &str, v: &str, slot: &mut Duration) {
+    if let Some(ms) = p.parse_min::<u64>(name, v, 1) {
+        *slot = Duration::from_millis(ms);
+    }
+}
+
+/// Reads a count flag (at least 1) into `slot`; a bad value is reported and the default stays.
+fn count<T>(p: &mut Problems, name: &str, v: &str, slot: &mut T)
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    if let Some(n) = p.parse_min(name, v, T::from(1)) {
+        *slot = n;
+    }
 }
 
 fn hostname() -> String {
@@ -160,7 +180,7 @@ impl Args {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let mut p = Problems::new();
         let listen = p.parse::<SocketAddr>("--listen-addr/LISTEN_ADDR", &self.listen_addr);
-        let port = listen.map_or(9000, |l| l.port());
+        let port = listen.map_or(0, |l| l.port());
         let public_url = match &self.public_url {
             Some(u) if u.starts_with("ws://") || u.starts_with("wss://") => {
                 if u.trim_end_matches('/').ends_with("/socket") {
@@ -180,30 +200,34 @@ impl Args {
             p.add("--node-id/NODE_ID", format!("{node_id:?} must be 1-128 characters without spaces"));
         }
         let mut node = NodeConfig::new(node_id.clone(), public_url);
-        node.capacity = p.parse_min("--capacity/CAPACITY", &self.capacity, 1u32).unwrap_or(1);
+        count(&mut p, "--capacity/CAPACITY", &self.capacity, &mut node.capacity);
         if let Some(v) = &self.assigned_vnodes {
             match parse_vnode_set(v) {
                 Ok(set) => node.pinned = set,
                 Err(e) => p.add("--assigned-vnodes/ASSIGNED_VNODES", e),
             }
         }
-        node.heartbeat_interval = ms(&mut p, "--heartbeat-ms/HEARTBEAT_MS", &self.heartbeat_ms);
-        node.node_ttl = ms(&mut p, "--node-ttl-ms/NODE_TTL_MS", &self.node_ttl_ms);
+        ms(&mut p, "--heartbeat-ms/HEARTBEAT_MS", &self.heartbeat_ms, &mut node.heartbeat_interval);
+        ms(&mut p, "--node-ttl-ms/NODE_TTL_MS", &self.node_ttl_ms, &mut node.node_ttl);
         if node.node_ttl <= node.heartbeat_interval {
             p.add("--node-ttl-ms/NODE_TTL_MS", "must be longer than the heartbeat interval");
         }
-        node.handoff_timeout = ms(&mut p, "--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms);
-        node.auth_timeout = ms(&mut p, "--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms);
-        node.max_subscriptions =
-            p.parse_min("--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, 1usize).unwrap_or(1);
-        node.outbound_queue = p.parse_min("--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, 1usize).unwrap_or(1);
-        node.max_pending_writes =
-            p.parse_min("--max-pending-writes/MAX_PENDING_WRITES", &self.max_pending_writes, 1usize).unwrap_or(1);
+        ms(&mut p, "--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms, &mut node.handoff_timeout);
+        ms(&mut p, "--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms, &mut node.auth_timeout);
+        count(&mut p, "--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, &mut node.max_subscriptions);
+        count(&mut p, "--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, &mut node.outbound_queue);
+        count(
+            &mut p,
+            "--max-pending-writes/MAX_PENDING_WRITES",
+            &self.max_pending_writes,
+            &mut node.max_pending_writes,
+        );
         let backends = self.backends.check(&mut p, &node_id);
         let verifier = verifier(self, &mut p);
         p.finish()?;
+        let listen = listen.ok_or_else(|| ConfigError(vec!["--listen-addr/LISTEN_ADDR: unreadable".into()]))?;
         Ok(Settings {
-            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000))),
+            listen,
             node,
             verifier: Arc::new(verifier.ok_or_else(|| ConfigError(vec!["JWT: no verifier".into()]))?),
             backends,
@@ -267,6 +291,16 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(!text.contains("s3cr3t-value"), "secret leaked:\n{text}");
+    }
+
+    #[test]
+    fn defaults_come_from_the_config_type() {
+        let a = args(&[]);
+        let d = NodeConfig::new("", "");
+        assert_eq!(a.heartbeat_ms, d.heartbeat_interval.as_millis().to_string());
+        assert_eq!(a.node_ttl_ms, d.node_ttl.as_millis().to_string());
+        assert_eq!(a.outbound_queue, d.outbound_queue.to_string());
+        assert_eq!(a.max_pending_writes, d.max_pending_writes.to_string());
     }
 
     #[test]

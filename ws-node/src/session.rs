@@ -384,3 +384,71 @@ where
     let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     tracing::debug!(node = %node.config.node_id, code = end.code, reason = end.reason, "closed connection");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use presence_backend::{MemoryBus, MemoryStore, Store};
+    use presence_model::auth::{ClaimChecks, Verifier};
+    use presence_model::{RoutingTable, VNODES};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    use super::*;
+    use crate::NodeConfig;
+
+    /// A node on embedded backends that owns every vnode.
+    async fn node() -> Arc<Node> {
+        let store = MemoryStore::new();
+        let owners = vec![Some("n1"); VNODES];
+        let table = RoutingTable::from_owners(1, &owners, |_| "ws://n1/socket".into());
+        store.swap_table(None, &table).await.expect("table");
+        let verifier = Verifier::hs256(b"test-secret", &ClaimChecks::default()).expect("verifier");
+        let config = NodeConfig::new("n1", "ws://n1/socket");
+        Node::start(config, Arc::new(verifier), Arc::new(store), Arc::new(MemoryBus::default())).await
+    }
+
+    async fn next_json<S>(ws: &mut S) -> serde_json::Value
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a frame in time");
+            match frame.expect("open").expect("frame") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("json"),
+                Message::Close(c) => return serde_json::json!({"close": c.map(|c| u16::from(c.code))}),
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_runs_over_an_in_memory_stream() {
+        let node = node().await;
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let alice = UserId::parse("alice").expect("valid");
+        let task = tokio::spawn(run(node.clone(), server, Some(alice)));
+
+        let welcome = next_json(&mut client).await;
+        assert_eq!((welcome["type"].as_str(), welcome["connections"].as_u64()), (Some("welcome"), Some(1)));
+        let count = next_json(&mut client).await;
+        assert_eq!((count["type"].as_str(), count["connections"].as_u64()), (Some("count"), Some(1)));
+
+        client.send(Message::Text(r#"{"type":"subscribe","userIds":["bob"]}"#.into())).await.expect("send");
+        let status = next_json(&mut client).await;
+        assert_eq!((status["userId"].as_str(), status["online"].as_bool()), (Some("bob"), Some(false)));
+        client.send(Message::Text("{nope".into())).await.expect("send");
+        assert_eq!(next_json(&mut client).await["code"], code::MALFORMED);
+        client.send(Message::Text(r#"{"type":"ping"}"#.into())).await.expect("send");
+        assert_eq!(next_json(&mut client).await["type"], "pong");
+
+        client.close(None).await.expect("close");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("session ends").expect("no panic");
+        assert_eq!(node.counts.totals(), (0, 0), "the connection is gone from the counts");
+        node.shutdown().await;
+    }
+}
