@@ -135,15 +135,7 @@ impl Node {
             metrics: metrics.clone(),
             node_id: config.node_id.clone(),
         };
-        let membership = Arc::new(Membership::new(
-            config.clone(),
-            store.clone(),
-            counts.clone(),
-            pending.clone(),
-            fanout.clone(),
-            table.clone(),
-            metrics.clone(),
-        ));
+        let membership = Arc::new(Membership::new(config.clone(), fanout.clone(), pending.clone(), table.clone()));
         let node = Arc::new(Node {
             verifier,
             store,

@@ -11,14 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use presence_backend::{Store, TableCache};
+use presence_backend::TableCache;
 use presence_model::NodeRecord;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::counts::Counts;
 use crate::fanout::Fanout;
-use crate::metrics::Metrics;
 use crate::writer::PendingWrites;
 use crate::NodeConfig;
 
@@ -26,18 +24,13 @@ use crate::NodeConfig;
 pub struct Membership {
     /// Identity, URL, capacity, pins and timings.
     config: NodeConfig,
-    /// Where the registration lives.
-    store: Arc<dyn Store>,
-    /// The load the heartbeat reports.
-    counts: Arc<Counts>,
+    /// The store (where the registration lives), the counts (the load the
+    /// heartbeat reports), metrics, and the re-read after a store outage.
+    fanout: Fanout,
     /// Asked for a full rewrite when the store forgot this node.
     pending: Arc<PendingWrites>,
-    /// Re-reads held users when the store comes back.
-    fanout: Fanout,
     /// The routing table (drain waits for it to give this node nothing).
     table: TableCache,
-    /// Metrics.
-    metrics: Arc<Metrics>,
     /// The node is leaving on purpose: its vnodes should move away.
     draining: AtomicBool,
     /// The last heartbeat reached the store.
@@ -46,26 +39,8 @@ pub struct Membership {
 
 impl Membership {
     /// Membership of the node `config` describes.
-    pub fn new(
-        config: NodeConfig,
-        store: Arc<dyn Store>,
-        counts: Arc<Counts>,
-        pending: Arc<PendingWrites>,
-        fanout: Fanout,
-        table: TableCache,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            config,
-            store,
-            counts,
-            pending,
-            fanout,
-            table,
-            metrics,
-            draining: AtomicBool::new(false),
-            store_ok: AtomicBool::new(false),
-        }
+    pub fn new(config: NodeConfig, fanout: Fanout, pending: Arc<PendingWrites>, table: TableCache) -> Self {
+        Self { config, fanout, pending, table, draining: AtomicBool::new(false), store_ok: AtomicBool::new(false) }
     }
 
     /// Whether the node is draining.
@@ -80,16 +55,16 @@ impl Membership {
 
     /// The heartbeat record for now (and the load gauges).
     pub fn record(&self) -> NodeRecord {
-        let (connections, users) = self.counts.totals();
-        self.metrics.connections.set(connections as i64);
-        self.metrics.users.set(users as i64);
+        let (connections, users) = self.fanout.counts.totals();
+        self.fanout.metrics.connections.set(connections as i64);
+        self.fanout.metrics.users.set(users as i64);
         NodeRecord {
             id: self.config.node_id.clone(),
             url: self.config.public_url.clone(),
             capacity: self.config.capacity,
             connections,
             users,
-            vnode_load: self.counts.vnode_load(),
+            vnode_load: self.fanout.counts.vnode_load(),
             pinned: self.config.pinned.clone(),
             draining: self.is_draining(),
             heartbeat_ms: presence_model::time::now_ms(),
@@ -98,7 +73,7 @@ impl Membership {
 
     /// One heartbeat: register/renew, and react to store recovery or amnesia.
     pub async fn heartbeat(&self) {
-        match self.store.heartbeat(&self.record(), self.config.node_ttl).await {
+        match self.fanout.store.heartbeat(&self.record(), self.config.node_ttl).await {
             Ok(fresh) => {
                 let was_ok = self.store_ok.swap(true, Ordering::Relaxed);
                 if fresh {
@@ -114,7 +89,7 @@ impl Membership {
                 if self.store_ok.swap(false, Ordering::Relaxed) {
                     tracing::warn!(node = %self.config.node_id, error = %e, "store unreachable; serving from cache and counting locally");
                 }
-                self.metrics.store_errors.inc();
+                self.fanout.metrics.store_errors.inc();
             }
         }
     }
@@ -142,7 +117,7 @@ impl Membership {
         let mut table = self.table.subscribe();
         loop {
             let owned = self.table.get().map_or(0, |t| t.owned_by(&self.config.node_id));
-            let (connections, _) = self.counts.totals();
+            let (connections, _) = self.fanout.counts.totals();
             if owned == 0 && connections == 0 {
                 break;
             }
@@ -156,7 +131,7 @@ impl Membership {
 
     /// Removes the registration (clean shutdown); it would expire anyway.
     pub async fn deregister(&self) {
-        if let Err(e) = self.store.deregister(&self.config.node_id).await {
+        if let Err(e) = self.fanout.store.deregister(&self.config.node_id).await {
             tracing::warn!(node = %self.config.node_id, error = %e, "deregister failed; the registration expires by itself");
         }
     }
