@@ -251,11 +251,12 @@ async fn watch(
                     format!("{user}: {connections} {} (connected to {node_id})", plural(*connections))
                 }
                 Event::Count { connections } => format!("{user}: {connections} {}", plural(*connections)),
-                Event::Status { user_id, online, connections, .. } => {
+                Event::Status { user_id, online, connections, reason, .. } => {
                     format!(
-                        "{user_id}: {} ({connections} {})",
+                        "{user_id}: {} ({connections} {}){}",
                         if *online { "online" } else { "offline" },
-                        plural(*connections)
+                        plural(*connections),
+                        reason.map(|r| format!(", {}", r.as_str())).unwrap_or_default()
                     )
                 }
                 Event::Reconnecting { reason: ReconnectReason::Handoff { url }, .. } => format!("moving to {url}"),
@@ -284,8 +285,9 @@ fn event_json(e: &presence_client::Event) -> serde_json::Value {
             "type": "welcome", "nodeId": node_id, "connectionId": connection_id, "epoch": epoch, "connections": connections
         }),
         Event::Count { connections } => serde_json::json!({"type": "count", "connections": connections}),
-        Event::Status { user_id, online, connections, last_seen } => serde_json::json!({
-            "type": "status", "userId": user_id, "online": online, "connections": connections, "lastSeen": last_seen
+        Event::Status { user_id, online, connections, last_seen, reason } => serde_json::json!({
+            "type": "status", "userId": user_id, "online": online, "connections": connections, "lastSeen": last_seen,
+            "reason": reason
         }),
         Event::Reconnecting { reason, attempt, delay } => {
             let (why, detail) = match reason {

@@ -4,21 +4,26 @@
 
 use std::time::Duration;
 
-use presence_model::{NodeRecord, RoutingTable, UserId, VNODES};
+use presence_model::{EventReason, NodeRecord, RoutingTable, UserId, VNODES};
 
-use crate::store::{CountUpdate, Store};
+use crate::store::{CountUpdate, Registration, Store, StoreError};
 
 fn uid(s: &str) -> UserId {
     UserId::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
 fn upd(s: &str, c: u32) -> CountUpdate {
-    CountUpdate { user_id: uid(s), connections: c }
+    CountUpdate::new(uid(s), c)
 }
 
 fn record(id: &str) -> NodeRecord {
+    run(id, "run-1")
+}
+
+fn run(id: &str, run_id: &str) -> NodeRecord {
     NodeRecord {
         id: id.into(),
+        run_id: run_id.into(),
         url: format!("ws://{id}/socket"),
         capacity: 1,
         connections: 0,
@@ -34,11 +39,36 @@ fn record(id: &str) -> NodeRecord {
 pub async fn run_all(store: &dyn Store, tag: &str) {
     store.ping().await.expect("store answers");
     counts_sum_over_nodes_and_seq_grows(store, tag).await;
+    offline_reasons_are_kept(store, tag).await;
     user_ids_with_any_characters(store, tag).await;
+    // The lease-holding checks share the store's one lease: one at a time.
     purge_counts_a_node_out(store, tag).await;
-    table_compare_and_set_with_notice(store).await;
+    table_compare_and_set_with_notice(store, tag).await;
     lease_is_exclusive_until_expiry(store, tag).await;
     membership_expires_and_reports_fresh_registrations(store, tag).await;
+    a_restart_under_the_same_id_is_reported(store, tag).await;
+}
+
+/// Takes the store's leader lease for `holder` (waiting out another suite's).
+async fn lead(st: &dyn Store, holder: &str, ttl: Duration) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !st.acquire_lease(holder, ttl).await.expect("up") {
+        assert!(tokio::time::Instant::now() < deadline, "lease never free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn offline_reasons_are_kept(st: &dyn Store, tag: &str) {
+    let (u, a) = (format!("{tag}-why"), format!("{tag}-why-node"));
+    st.set_counts(&a, &[upd(&u, 1)], 1).await.expect("up");
+    let gone = CountUpdate { reason: Some(EventReason::Timeout), ..upd(&u, 0) };
+    let c = st.set_counts(&a, &[gone], 2).await.expect("up")[0].clone().expect("changed");
+    assert_eq!(c.presence.reason, Some(EventReason::Timeout));
+    assert_eq!(st.presence(&[uid(&u)]).await.expect("up")[0].reason, Some(EventReason::Timeout));
+    let back = st.set_counts(&a, &[upd(&u, 1)], 3).await.expect("up")[0].clone().expect("changed");
+    assert_eq!(back.presence.reason, None, "no offline reason while online");
+    assert_eq!(st.presence(&[uid(&u)]).await.expect("up")[0].reason, None);
+    st.set_counts(&a, &[upd(&u, 0)], 4).await.expect("up");
 }
 
 async fn counts_sum_over_nodes_and_seq_grows(st: &dyn Store, tag: &str) {
@@ -55,8 +85,8 @@ async fn counts_sum_over_nodes_and_seq_grows(st: &dyn Store, tag: &str) {
     assert_eq!(c3.presence.connections, 1);
     assert_eq!(c3.presence.last_seen, Some(13));
     assert!(c3.presence.seq > c2.presence.seq);
-    assert!(st.node_users(&a).await.expect("up").is_empty());
-    assert_eq!(st.node_users(&b).await.expect("up"), vec![uid(&u)]);
+    assert!(st.node_counts(&a).await.expect("up").is_empty());
+    assert_eq!(st.node_counts(&b).await.expect("up"), vec![(uid(&u), 1)]);
     let read = st.presence(&[uid(&u), uid(&format!("{tag}-never"))]).await.expect("up");
     assert_eq!((read[0].connections, read[0].seq, read[0].last_seen), (1, c3.presence.seq, Some(13)));
     assert_eq!((read[1].connections, read[1].seq, read[1].last_seen), (0, 0, None));
@@ -76,8 +106,7 @@ async fn counts_sum_over_nodes_and_seq_grows(st: &dyn Store, tag: &str) {
         assert_eq!(r.presence.user_id, u.user_id);
         assert_eq!(r.presence.connections, u64::from(u.connections));
     }
-    let zeros: Vec<CountUpdate> =
-        batch.iter().map(|u| CountUpdate { user_id: u.user_id.clone(), connections: 0 }).collect();
+    let zeros: Vec<CountUpdate> = batch.iter().map(|u| CountUpdate::new(u.user_id.clone(), 0)).collect();
     st.set_counts(&a, &zeros, 21).await.expect("up");
     st.set_counts(&b, &[upd(&u, 0)], 22).await.expect("up");
 }
@@ -104,35 +133,55 @@ async fn purge_counts_a_node_out(st: &dyn Store, tag: &str) {
     let listed = st.nodes_with_presence().await.expect("up");
     assert!(listed.contains(&dead) && listed.contains(&live), "{listed:?}");
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let mut changes = st.purge_node(&dead, 50).await.expect("up");
+    let (leader, other) = (format!("{tag}-purger"), format!("{tag}-usurper"));
+    lead(st, &leader, Duration::from_secs(30)).await;
+    assert!(
+        matches!(st.purge_node(&dead, 50, &other).await, Err(StoreError::NotLeader(_))),
+        "a count-out by a coordinator that does not hold the lease is refused"
+    );
+    assert_eq!(st.node_counts(&dead).await.expect("up").len(), 2, "and changed nothing");
+    let mut changes = st.purge_node(&dead, 50, &leader).await.expect("up");
     changes.sort_by(|a, b| a.presence.user_id.cmp(&b.presence.user_id));
     assert_eq!(changes.len(), 2);
     assert_eq!((changes[0].presence.connections, changes[0].previous), (0, 1));
     assert_eq!((changes[1].presence.connections, changes[1].previous), (1, 4));
     assert_eq!(changes[0].presence.last_seen, Some(50));
+    assert_eq!(changes[0].presence.reason, Some(EventReason::NodeLost));
     assert!(!st.nodes_with_presence().await.expect("up").contains(&dead));
-    assert!(st.purge_node(&dead, 60).await.expect("up").is_empty(), "purge is idempotent");
-    // Counting out a node that is alive after all: its next heartbeat says so.
-    assert!(!st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"));
-    st.purge_node(&live, 65).await.expect("up");
-    assert!(st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"), "fresh after a count-out");
-    assert!(!st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"), "only once");
+    assert!(st.purge_node(&dead, 60, &leader).await.expect("up").is_empty(), "purge is idempotent");
+    // A registered node is not counted out, whatever the caller thinks.
+    assert!(st.purge_node(&live, 61, &leader).await.expect("up").is_empty());
+    assert_eq!(st.node_counts(&live).await.expect("up"), vec![(uid(&y), 1)]);
+    // Counting out a node that is alive after all (its key expired meanwhile): its next heartbeat says so.
+    st.heartbeat(&record(&live), Duration::from_millis(50)).await.expect("up");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    st.purge_node(&live, 65, &leader).await.expect("up");
+    assert_eq!(st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"), Registration::Fresh);
+    assert_eq!(st.heartbeat(&record(&live), Duration::from_secs(30)).await.expect("up"), Registration::Renewed);
     st.set_counts(&live, &[upd(&y, 1)], 66).await.expect("up");
     st.set_counts(&live, &[upd(&y, 0)], 70).await.expect("up");
     st.deregister(&live).await.expect("up");
-    st.purge_node(&live, 80).await.expect("up");
+    st.purge_node(&live, 80, &leader).await.expect("up");
+    st.release_lease(&leader).await.expect("up");
 }
 
-async fn table_compare_and_set_with_notice(st: &dyn Store) {
+async fn table_compare_and_set_with_notice(st: &dyn Store, tag: &str) {
     let mut notices = st.table_notices();
-    let base = st.table_epoch().await.expect("up");
+    let base = st.table_version().await.expect("up").map(|v| v.epoch);
     let next = base.unwrap_or(0) + 1;
     let owners: Vec<Option<&str>> = (0..VNODES).map(|v| Some(if v % 2 == 0 { "even" } else { "odd" })).collect();
-    let t = RoutingTable::from_owners(next, &owners, |id| format!("ws://{id}/socket"));
-    assert!(!st.swap_table(Some(next + 100), &t).await.expect("up"), "wrong expected epoch refused");
-    assert!(st.swap_table(base, &t).await.expect("up"));
-    assert!(!st.swap_table(base, &t).await.expect("up"), "second CAS on the old epoch refused");
-    assert_eq!(st.table_epoch().await.expect("up"), Some(next));
+    let t = RoutingTable::from_owners(next, &owners, |id| format!("ws://{id}/socket")).in_generation(tag);
+    assert!(!st.swap_table(Some(next + 100), &t, None).await.expect("up"), "wrong expected epoch refused");
+    let leader = format!("{tag}-table-leader");
+    lead(st, &leader, Duration::from_secs(30)).await;
+    assert!(
+        matches!(st.swap_table(base, &t, Some("someone-else")).await, Err(StoreError::NotLeader(_))),
+        "a table write by a coordinator that does not hold the lease is refused"
+    );
+    assert!(st.swap_table(base, &t, Some(&leader)).await.expect("up"));
+    st.release_lease(&leader).await.expect("up");
+    assert!(!st.swap_table(base, &t, None).await.expect("up"), "second CAS on the old epoch refused");
+    assert_eq!(st.table_version().await.expect("up"), Some(t.version()));
     assert_eq!(st.load_table().await.expect("up"), Some(t));
     tokio::time::timeout(Duration::from_secs(5), notices.wait_for(|&e| e == next))
         .await
@@ -165,14 +214,34 @@ async fn lease_is_exclusive_until_expiry(st: &dyn Store, tag: &str) {
 async fn membership_expires_and_reports_fresh_registrations(st: &dyn Store, tag: &str) {
     let id = format!("{tag}-member");
     let rec = record(&id);
-    assert!(st.heartbeat(&rec, Duration::from_millis(300)).await.expect("up"), "first registration is fresh");
-    assert!(!st.heartbeat(&rec, Duration::from_millis(300)).await.expect("up"));
+    let ttl = Duration::from_millis(300);
+    assert_eq!(st.heartbeat(&rec, ttl).await.expect("up"), Registration::Fresh, "first registration is fresh");
+    assert_eq!(st.heartbeat(&rec, ttl).await.expect("up"), Registration::Renewed);
     let live = st.live_nodes().await.expect("up");
     assert_eq!(live.iter().find(|n| n.id == id), Some(&rec));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!st.live_nodes().await.expect("up").iter().any(|n| n.id == id));
-    assert!(st.heartbeat(&rec, Duration::from_millis(300)).await.expect("up"), "fresh again after expiry");
+    assert_eq!(st.heartbeat(&rec, ttl).await.expect("up"), Registration::Fresh, "fresh again after expiry");
     st.deregister(&id).await.expect("up");
     assert!(!st.live_nodes().await.expect("up").iter().any(|n| n.id == id));
-    st.purge_node(&id, 1).await.expect("up");
+}
+
+async fn a_restart_under_the_same_id_is_reported(st: &dyn Store, tag: &str) {
+    let id = format!("{tag}-restarting");
+    let ttl = Duration::from_secs(30);
+    assert_eq!(st.heartbeat(&run(&id, "first"), ttl).await.expect("up"), Registration::Fresh);
+    st.set_counts(&id, &[upd(&format!("{tag}-r1"), 2), upd(&format!("{tag}-r2"), 1)], 1).await.expect("up");
+    // Killed and started again at once: the registration of the first run is still alive.
+    assert_eq!(st.heartbeat(&run(&id, "second"), ttl).await.expect("up"), Registration::Restarted);
+    assert_eq!(st.heartbeat(&run(&id, "second"), ttl).await.expect("up"), Registration::Renewed);
+    let mut left = st.node_counts(&id).await.expect("up");
+    left.sort();
+    assert_eq!(
+        left,
+        vec![(uid(&format!("{tag}-r1")), 2), (uid(&format!("{tag}-r2")), 1)],
+        "what the new run must zero"
+    );
+    let zeros: Vec<CountUpdate> = left.into_iter().map(|(u, _)| CountUpdate::new(u, 0)).collect();
+    st.set_counts(&id, &zeros, 2).await.expect("up");
+    st.deregister(&id).await.expect("up");
 }

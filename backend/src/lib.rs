@@ -20,5 +20,5 @@ pub mod table_cache;
 
 pub use bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
 pub use memory::{MemoryBus, MemoryStore};
-pub use store::{CountUpdate, Store, StoreError};
+pub use store::{CountUpdate, Registration, Store, StoreError};
 pub use table_cache::TableCache;

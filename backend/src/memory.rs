@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, StatusEvent, UserId};
+use presence_model::{
+    EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, StatusEvent, TableVersion, UserId,
+};
 use tokio::sync::{broadcast, watch};
 
 use crate::bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
-use crate::store::{next_seq, CountUpdate, Store, StoreError};
+use crate::store::{next_seq, CountUpdate, Registration, Store, StoreError};
 
 /// One user's record.
 #[derive(Debug, Default)]
@@ -28,6 +30,8 @@ struct UserRecord {
     seq: u64,
     /// Last disconnect time.
     last_seen: Option<u64>,
+    /// Why the user went offline (while the total is 0).
+    reason: Option<EventReason>,
 }
 
 impl UserRecord {
@@ -45,6 +49,21 @@ struct State {
     lease: Option<(String, Instant)>,
     /// Nodes counted out since their last heartbeat.
     purged: HashSet<String>,
+}
+
+impl State {
+    /// Whether `holder` holds an unexpired lease.
+    fn holds_lease(&self, holder: &str) -> bool {
+        self.lease.as_ref().is_some_and(|(h, exp)| h == holder && *exp > Instant::now())
+    }
+
+    fn require_lease(&self, holder: &str) -> Result<(), StoreError> {
+        if self.holds_lease(holder) {
+            Ok(())
+        } else {
+            Err(StoreError::NotLeader(holder.to_string()))
+        }
+    }
 }
 
 /// The embedded store. Clone it to share one store between components.
@@ -124,6 +143,7 @@ fn set_count(state: &mut State, node_id: &str, u: &CountUpdate, now_ms: u64) -> 
     if u.connections < old {
         rec.last_seen = Some(now_ms);
     }
+    rec.reason = if rec.total() == 0 { u.reason } else { None };
     rec.seq = next_seq(rec.seq, presence_model::time::now_us());
     let change = PresenceChange {
         presence: Presence {
@@ -131,6 +151,7 @@ fn set_count(state: &mut State, node_id: &str, u: &CountUpdate, now_ms: u64) -> 
             connections: rec.total(),
             seq: rec.seq,
             last_seen: rec.last_seen,
+            reason: rec.reason,
         },
         previous,
     };
@@ -160,13 +181,21 @@ impl Store for MemoryStore {
         Ok(self.up()?.table.clone())
     }
 
-    async fn table_epoch(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.up()?.table.as_ref().map(|t| t.epoch))
+    async fn table_version(&self) -> Result<Option<TableVersion>, StoreError> {
+        Ok(self.up()?.table.as_ref().map(RoutingTable::version))
     }
 
-    async fn swap_table(&self, expected: Option<u64>, table: &RoutingTable) -> Result<bool, StoreError> {
+    async fn swap_table(
+        &self,
+        expected: Option<u64>,
+        table: &RoutingTable,
+        leader: Option<&str>,
+    ) -> Result<bool, StoreError> {
         {
             let mut s = self.up()?;
+            if let Some(holder) = leader {
+                s.require_lease(holder)?;
+            }
             if s.table.as_ref().map(|t| t.epoch) != expected {
                 return Ok(false);
             }
@@ -180,13 +209,18 @@ impl Store for MemoryStore {
         self.inner.notices.subscribe()
     }
 
-    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError> {
+    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<Registration, StoreError> {
         let mut s = self.up()?;
         let now = Instant::now();
         let purged = s.purged.remove(&node.id);
-        let fresh = purged || s.nodes.get(&node.id).is_none_or(|(_, exp)| *exp <= now);
+        let live = s.nodes.get(&node.id).filter(|(_, exp)| *exp > now).map(|(r, _)| r.run_id.clone());
+        let outcome = match live {
+            Some(run) if run != node.run_id => Registration::Restarted,
+            Some(_) if !purged => Registration::Renewed,
+            _ => Registration::Fresh,
+        };
         s.nodes.insert(node.id.clone(), (node.clone(), now + ttl));
-        Ok(fresh)
+        Ok(outcome)
     }
 
     async fn deregister(&self, node_id: &str) -> Result<(), StoreError> {
@@ -213,21 +247,35 @@ impl Store for MemoryStore {
         Ok(updates.iter().map(|u| set_count(&mut s, node_id, u, now_ms)).collect())
     }
 
-    async fn node_users(&self, node_id: &str) -> Result<Vec<UserId>, StoreError> {
+    async fn node_counts(&self, node_id: &str) -> Result<Vec<(UserId, u32)>, StoreError> {
         let s = self.up()?;
-        Ok(s.node_users.get(node_id).map(|set| set.iter().cloned().collect()).unwrap_or_default())
+        let Some(users) = s.node_users.get(node_id) else { return Ok(Vec::new()) };
+        Ok(users
+            .iter()
+            .filter_map(|u| {
+                let rec = s.users.get(u)?;
+                rec.per_node.iter().find(|(n, _)| n == node_id).map(|(_, c)| (u.clone(), *c))
+            })
+            .collect())
     }
 
     async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.up()?.node_users.keys().cloned().collect())
     }
 
-    async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError> {
+    async fn purge_node(&self, node_id: &str, now_ms: u64, leader: &str) -> Result<Vec<PresenceChange>, StoreError> {
         let mut s = self.up()?;
+        s.require_lease(leader)?;
+        if s.nodes.get(node_id).is_some_and(|(_, exp)| *exp > Instant::now()) {
+            return Ok(Vec::new());
+        }
         let users: Vec<UserId> = s.node_users.get(node_id).map(|u| u.iter().cloned().collect()).unwrap_or_default();
         let changes = users
             .into_iter()
-            .filter_map(|user_id| set_count(&mut s, node_id, &CountUpdate { user_id, connections: 0 }, now_ms))
+            .filter_map(|user_id| {
+                let zero = CountUpdate { user_id, connections: 0, reason: Some(EventReason::NodeLost) };
+                set_count(&mut s, node_id, &zero, now_ms)
+            })
             .collect();
         s.purged.insert(node_id.to_string());
         Ok(changes)
@@ -238,7 +286,13 @@ impl Store for MemoryStore {
         Ok(users
             .iter()
             .map(|u| match s.users.get(u) {
-                Some(r) => Presence { user_id: u.clone(), connections: r.total(), seq: r.seq, last_seen: r.last_seen },
+                Some(r) => Presence {
+                    user_id: u.clone(),
+                    connections: r.total(),
+                    seq: r.seq,
+                    last_seen: r.last_seen,
+                    reason: r.reason,
+                },
                 None => Presence::unknown(u.clone()),
             })
             .collect())
@@ -349,7 +403,7 @@ mod tests {
     }
 
     fn upd(s: &str, c: u32) -> CountUpdate {
-        CountUpdate { user_id: uid(s), connections: c }
+        CountUpdate::new(uid(s), c)
     }
 
     #[tokio::test]
@@ -392,6 +446,7 @@ mod tests {
                 epoch: 1,
                 ts: 0,
                 reason: None,
+                run_id: None,
             })
             .await
             .expect("publish");

@@ -8,7 +8,10 @@
 //!   number and the last disconnect time. A node always writes its *absolute*
 //!   count for a user (never a delta), so a retried or replayed write is
 //!   harmless, and the cluster-wide count is the sum over nodes;
-//! * the leader lease of the coordinators.
+//! * the leader lease of the coordinators. Table writes and count-outs by
+//!   the leader name the lease holder and are refused once it no longer
+//!   holds the lease (fencing: a leader that was paused cannot act after
+//!   another took over).
 //!
 //! Sequence numbers are `max(previous + 1, store clock in µs)`: they only grow
 //! for a user, even when the store loses its data and starts again.
@@ -16,7 +19,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, UserId};
+use presence_model::{EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, TableVersion, UserId};
 use tokio::sync::watch;
 
 /// A store operation failed; the caller keeps its state and retries.
@@ -28,6 +31,9 @@ pub enum StoreError {
     /// The store answered with data this version cannot read.
     #[error("store holds unreadable data: {0}")]
     Corrupt(String),
+    /// A leader's write was refused: the caller no longer holds the lease.
+    #[error("refused: {0} does not hold the leader lease")]
+    NotLeader(String),
 }
 
 /// One node's absolute connection count for one user.
@@ -37,6 +43,39 @@ pub struct CountUpdate {
     pub user_id: UserId,
     /// The node's live connections of that user (0 removes the node's entry).
     pub connections: u32,
+    /// Why the count went down, if it did: kept with the record when the
+    /// user's total reaches 0, so `/presence` and subscribe snapshots can
+    /// say why the user is offline.
+    pub reason: Option<EventReason>,
+}
+
+impl CountUpdate {
+    /// `user_id` has `connections` here; no reason given.
+    pub fn new(user_id: UserId, connections: u32) -> Self {
+        Self { user_id, connections, reason: None }
+    }
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// The node was registered under the same run: nothing to do.
+    Renewed,
+    /// The node was not registered (first start, expiry, a store that lost
+    /// its data) or was counted out since its last heartbeat: it must write
+    /// back all its counts.
+    Fresh,
+    /// Another run of the same node ID held the registration (a restart
+    /// faster than the TTL): the old run's counts must be counted out, and
+    /// this run's written back.
+    Restarted,
+}
+
+impl Registration {
+    /// Whether the node must rewrite every count it holds or the store holds for it.
+    pub fn must_rewrite(self) -> bool {
+        self != Self::Renewed
+    }
 }
 
 /// The cluster's shared state. See the module docs for the rules.
@@ -51,21 +90,26 @@ pub trait Store: Send + Sync + 'static {
     /// The current routing table, if one was ever written.
     async fn load_table(&self) -> Result<Option<RoutingTable>, StoreError>;
 
-    /// The current table's epoch only: the cheap periodic check of readers.
-    async fn table_epoch(&self) -> Result<Option<u64>, StoreError>;
+    /// The current table's version only: the cheap periodic check of readers.
+    async fn table_version(&self) -> Result<Option<TableVersion>, StoreError>;
 
     /// Writes `table` if the stored epoch is `expected` (`None`: no table yet),
-    /// then notifies readers. Returns whether it was written.
-    async fn swap_table(&self, expected: Option<u64>, table: &RoutingTable) -> Result<bool, StoreError>;
+    /// then notifies readers. Returns whether it was written. With a
+    /// `leader`, the write is refused ([`StoreError::NotLeader`]) unless that
+    /// holder holds the lease, atomically with the write.
+    async fn swap_table(
+        &self,
+        expected: Option<u64>,
+        table: &RoutingTable,
+        leader: Option<&str>,
+    ) -> Result<bool, StoreError>;
 
     /// Epochs announced by writers. Best effort: readers also poll [`Store::table_epoch`].
     fn table_notices(&self) -> watch::Receiver<u64>;
 
-    /// Registers or renews a node with a TTL. Returns `true` when the node must
-    /// write back all its counts: it was not registered before (first start,
-    /// expiry, a store that lost its data) or it was counted out by
-    /// [`Store::purge_node`] since its last heartbeat.
-    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError>;
+    /// Registers or renews a node (identified by `node.id`, this process by
+    /// `node.run_id`) with a TTL; see [`Registration`] for what it reports.
+    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<Registration, StoreError>;
 
     /// Removes a node's registration (clean shutdown).
     async fn deregister(&self, node_id: &str) -> Result<(), StoreError>;
@@ -85,17 +129,20 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<Vec<Option<PresenceChange>>, StoreError>;
 
-    /// Users for whom `node_id` has a non-zero count.
-    async fn node_users(&self, node_id: &str) -> Result<Vec<UserId>, StoreError>;
+    /// Users for whom `node_id` has a non-zero count, with that count.
+    async fn node_counts(&self, node_id: &str) -> Result<Vec<(UserId, u32)>, StoreError>;
 
     /// Nodes that hold any presence entry (live or not), so the leader can find dead ones.
     async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Counts a node out: removes its entries from every user it had and
-    /// returns the changes (one per user whose total changed). Afterwards the
-    /// node's next heartbeat reports fresh, so a node counted out by mistake
-    /// (alive after all) rewrites its counts.
-    async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError>;
+    /// Counts a dead node out on behalf of the lease holder `leader`:
+    /// removes its entries from every user it had (reason `node_lost`) and
+    /// returns the changes (one per user whose total changed). Refused with
+    /// [`StoreError::NotLeader`] when `leader` does not hold the lease (checked
+    /// before it starts and between batches), and a no-op (no changes) while
+    /// the node is registered. Afterwards the node's next heartbeat reports
+    /// [`Registration::Fresh`], so a node counted out by mistake rewrites its counts.
+    async fn purge_node(&self, node_id: &str, now_ms: u64, leader: &str) -> Result<Vec<PresenceChange>, StoreError>;
 
     /// Presence of each user, in order (unknown users come back with 0 connections and seq 0).
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, StoreError>;

@@ -2,15 +2,18 @@
 //!
 //! Lookups (`/route`, every WebSocket auth) read the cache, never the store.
 //! A refresh task follows the store's notices and, in case a notice is lost,
-//! checks the epoch every `poll` interval; it loads the full table only when
-//! the epoch grew. While the store is unreachable the cache keeps serving the
-//! last table and reports itself stale.
+//! checks the table's version (epoch and generation) every `poll` interval;
+//! it loads the full table only when the version changed. Within a
+//! generation the cache only moves forward; a table of another generation
+//! (written from scratch after the store lost its data) replaces the cached
+//! one whatever its epoch. While the store is unreachable the cache keeps
+//! serving the last table and reports itself stale.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use presence_model::RoutingTable;
+use presence_model::{RoutingTable, TableVersion};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -62,10 +65,17 @@ impl TableCache {
         self.inner.table.subscribe()
     }
 
-    /// Installs `table` if it is newer than the cached one. Returns whether it was.
+    /// The cached table's version, if any.
+    pub fn version(&self) -> Option<TableVersion> {
+        self.inner.table.borrow().as_ref().map(|t| t.version())
+    }
+
+    /// Installs `table` if it is newer than the cached one: a later epoch of
+    /// the same generation, or any table of another generation. Returns
+    /// whether it was installed.
     pub fn offer(&self, table: RoutingTable) -> bool {
         self.inner.table.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|c| c.epoch >= table.epoch) {
+            if cur.as_ref().is_some_and(|c| c.generation == table.generation && c.epoch >= table.epoch) {
                 return false;
             }
             *cur = Some(Arc::new(table));
@@ -73,30 +83,17 @@ impl TableCache {
         })
     }
 
-    /// Installs `table` even if its epoch is not newer: for a store that lost
-    /// its data and restarted its epochs lower.
-    pub fn replace(&self, table: RoutingTable) {
-        self.inner.table.send_replace(Some(Arc::new(table)));
-    }
-
-    /// Checks the store once; loads the table if the epoch moved.
+    /// Checks the store once; loads the table if its version changed.
     pub async fn refresh(&self, store: &dyn Store) -> Result<bool, StoreError> {
         let result = async {
-            let Some(epoch) = store.table_epoch().await? else { return Ok(false) };
-            if epoch == self.epoch() {
+            let Some(version) = store.table_version().await? else { return Ok(false) };
+            if Some(&version) == self.version().as_ref() {
                 return Ok(false);
             }
             match store.load_table().await? {
                 Some(t) => {
                     t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    // A lower epoch than ours means the store was reset and someone
-                    // rewrote the table: follow the store.
-                    if t.epoch < self.epoch() {
-                        self.replace(t);
-                        Ok(true)
-                    } else {
-                        Ok(self.offer(t))
-                    }
+                    Ok(self.offer(t))
                 }
                 None => Ok(false),
             }
@@ -151,7 +148,7 @@ mod tests {
             shutdown.clone(),
         ));
         let mut rx = cache.subscribe();
-        store.swap_table(None, &RoutingTable::empty(1)).await.expect("up");
+        store.swap_table(None, &RoutingTable::empty(1), None).await.expect("up");
         rx.wait_for(|t| t.as_ref().is_some_and(|t| t.epoch == 1)).await.expect("table");
         store.set_down(true);
         assert!(cache.refresh(&store).await.is_err());
@@ -164,5 +161,25 @@ mod tests {
         assert!(!cache.offer(RoutingTable::empty(0)));
         shutdown.cancel();
         task.await.expect("task");
+    }
+
+    #[tokio::test]
+    async fn a_new_generation_replaces_the_cache_even_at_the_same_epoch() {
+        let store = MemoryStore::new();
+        let cache = TableCache::new();
+        let owners = vec![Some("a"); presence_model::VNODES];
+        let first = RoutingTable::from_owners(2, &owners, |id| format!("ws://{id}")).in_generation("g1");
+        store.swap_table(None, &first, None).await.expect("up");
+        assert!(cache.refresh(&store).await.expect("up"));
+        // The store loses everything; a coordinator that cached nothing starts
+        // over and reaches the same epoch with other owners.
+        store.wipe();
+        let owners = vec![Some("b"); presence_model::VNODES];
+        let second = RoutingTable::from_owners(2, &owners, |id| format!("ws://{id}")).in_generation("g2");
+        store.swap_table(None, &second, None).await.expect("up");
+        assert!(cache.refresh(&store).await.expect("up"), "same epoch, other generation: adopted");
+        assert_eq!(cache.get().and_then(|t| t.owner("x").map(|n| n.id.clone())).as_deref(), Some("b"));
+        // Within a generation, only forward.
+        assert!(!cache.offer(RoutingTable::from_owners(1, &owners, |id| id.to_string()).in_generation("g2")));
     }
 }

@@ -134,6 +134,8 @@ pub enum Event {
         connections: u64,
         /// Last disconnect (ms), now while online, `None` if never seen.
         last_seen: Option<u64>,
+        /// Why the user went offline, when the server knows (`None` while online).
+        reason: Option<presence_model::EventReason>,
     },
     /// The client is moving or reconnecting.
     Reconnecting {
@@ -172,12 +174,27 @@ pub struct ConnectOptions {
     /// reading the socket; a reader that falls far behind is dropped by the
     /// server (slow consumer) and the session reconnects.
     pub event_buffer: usize,
+    /// Liveness: after this long without a frame from the node, the session
+    /// sends a `ping`...
+    pub ping_interval: Duration,
+    /// ...and when nothing at all arrives for this long after that, it takes
+    /// the node for gone (frozen, paused, cut off) and reconnects through the
+    /// coordinator. Bounds how long a user can sit on a node that stopped
+    /// answering.
+    pub ping_timeout: Duration,
 }
 
 impl ConnectOptions {
     /// Defaults with this token source.
     pub fn new(token: TokenSource) -> Self {
-        Self { token, backoff: Backoff::default(), url: None, event_buffer: 1024 }
+        Self {
+            token,
+            backoff: Backoff::default(),
+            url: None,
+            event_buffer: 1024,
+            ping_interval: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -418,8 +435,24 @@ impl Driver {
     async fn run(mut self) {
         let first = self.options.url.clone();
         let Some(mut conn) = self.establish(first).await else { return };
+        let mut heard = tokio::time::Instant::now();
+        let mut pinged = false;
         loop {
+            // Liveness: a ping after `ping_interval` of silence, a reconnect after `ping_timeout` more.
+            let check =
+                heard + self.options.ping_interval + if pinged { self.options.ping_timeout } else { Duration::ZERO };
             tokio::select! {
+                _ = tokio::time::sleep_until(check) => {
+                    if !pinged {
+                        pinged = true;
+                        let _ = conn.send(&ClientMessage::Ping).await;
+                        continue;
+                    }
+                    let silent = heard.elapsed();
+                    let Some(new) = self.reconnect_after(format!("no answer from the node for {} ms", silent.as_millis())).await else { return };
+                    conn = new;
+                    (heard, pinged) = (tokio::time::Instant::now(), false);
+                }
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Close) => {
                         conn.close().await;
@@ -439,18 +472,20 @@ impl Driver {
                     }
                 },
                 frame = conn.next() => {
+                    (heard, pinged) = (tokio::time::Instant::now(), false);
                     let event = match frame {
                         Some(Frame::Message(ServerMessage::Count { connections, .. })) => Event::Count { connections },
-                        Some(Frame::Message(ServerMessage::Status { user_id, online, connections, last_seen })) => {
-                            Event::Status { user_id: user_id.to_string(), online, connections, last_seen }
+                        Some(Frame::Message(ServerMessage::Status { user_id, online, connections, last_seen, reason })) => {
+                            Event::Status { user_id: user_id.to_string(), online, connections, last_seen, reason }
                         }
                         Some(Frame::Message(ServerMessage::Error { code, message })) => Event::Error { code, message },
                         Some(Frame::Message(ServerMessage::Reconnect { url, .. })) => {
                             if !self.emit(Event::Reconnecting { reason: ReconnectReason::Handoff { url: url.clone() }, attempt: 0, delay: Duration::ZERO }).await {
                                 return;
                             }
-                            // The new connection first; only then let the old one go.
-                            let Some(new) = self.establish(Some(url)).await else {
+                            // The new connection first; only then let the old one go. No URL
+                            // (the node was fenced): the coordinator knows the new owner.
+                            let Some(new) = self.establish(Some(url).filter(|u| !u.is_empty())).await else {
                                 conn.close().await;
                                 return;
                             };

@@ -234,6 +234,7 @@ fn readyz(coord: &Coordinator) -> Response {
         reason,
         serde_json::json!({
             "coordinatorId": coord.config.id,
+            "leaseHolder": coord.holder,
             "leader": coord.is_leader(),
             "epoch": coord.table.epoch(),
             "tableStale": coord.table.is_stale(),
@@ -300,7 +301,7 @@ mod tests {
     async fn presence_single_and_batch() {
         let (c, store) = coordinator();
         let alice = UserId::parse("alice").expect("valid");
-        let update = presence_backend::CountUpdate { user_id: alice, connections: 2 };
+        let update = presence_backend::CountUpdate::new(alice, 2);
         store.set_counts("n1", &[update], 5).await.expect("write");
         let (s, v) = call(&c, Method::GET, "/presence?userId=alice", "").await;
         assert_eq!((s, v["online"].as_bool(), v["connections"].as_u64()), (StatusCode::OK, Some(true), Some(2)));

@@ -7,7 +7,8 @@ use crate::rebalance::Policy;
 /// A coordinator's settings.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// Unique ID, the holder name of the leader lease.
+    /// The coordinator's name (`COORDINATOR_ID`), in logs and `/readyz`. Two
+    /// replicas may share it: the lease holder name adds a per-process run ID.
     pub id: String,
     /// How often the control loop runs (membership, rebalance, dead nodes).
     pub tick: std::time::Duration,

@@ -1,10 +1,15 @@
 //! The control loop. Every coordinator refreshes its view of the live nodes;
 //! the leader (lease holder) also:
 //!
-//! * writes the table back when the store lost it (same owners, epoch + 1);
+//! * writes the table back when the store lost it (same owners, epoch + 1,
+//!   a new generation so that every reader adopts it);
 //! * runs one rebalance round and writes the result by compare-and-set;
 //! * counts out nodes whose registration expired: their presence entries are
-//!   removed and a `leave` event (reason `node_dead`) goes out per user.
+//!   removed and a `leave` event (reason `node_lost`) goes out per user.
+//!
+//! Every write of the leader names its lease holder; the store refuses it
+//! once another coordinator holds the lease (a leader paused past its lease
+//! cannot act when it resumes). A refusal ends the leader's work at once.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -45,19 +50,38 @@ pub async fn run(coord: Arc<Coordinator>, shutdown: CancellationToken) {
 pub async fn step(coord: &Coordinator) -> Result<(), StoreError> {
     let nodes = coord.store.live_nodes().await?;
     coord.set_nodes(nodes.clone());
-    let leader = coord.store.acquire_lease(&coord.config.id, coord.config.lease_ttl).await?;
-    if leader != coord.is_leader() {
-        tracing::info!(coordinator = %coord.config.id, leader, "leadership changed");
-    }
-    coord.leader.store(leader, Ordering::Relaxed);
-    coord.metrics.leader.set(i64::from(leader));
+    let leader = coord.store.acquire_lease(&coord.holder, coord.config.lease_ttl).await?;
+    set_leader(coord, leader);
     if !leader {
         return Ok(());
     }
-    rebalance_round(coord, &nodes).await?;
-    count_out_dead(coord, &nodes).await?;
+    let work = async {
+        rebalance_round(coord, &nodes).await?;
+        count_out_dead(coord, &nodes).await
+    };
+    match work.await {
+        Err(StoreError::NotLeader(_)) => {
+            coord.metrics.fenced_writes.inc();
+            tracing::warn!(coordinator = %coord.holder, "the store refused a write: another coordinator holds the lease");
+            set_leader(coord, false);
+        }
+        other => other?,
+    }
     coord.metrics.epoch.set(coord.table.epoch() as i64);
     Ok(())
+}
+
+fn set_leader(coord: &Coordinator, leader: bool) {
+    if leader != coord.is_leader() {
+        tracing::info!(coordinator = %coord.holder, leader, "leadership changed");
+    }
+    coord.leader.store(leader, Ordering::Relaxed);
+    coord.metrics.leader.set(i64::from(leader));
+}
+
+/// A generation name for a table lineage that starts here.
+fn new_generation() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(), StoreError> {
@@ -65,21 +89,23 @@ async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<()
     if let Some(t) = &stored {
         t.validate().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     }
-    // The store lost the table (restart without persistence): write ours back, same owners.
+    // The store lost the table (restart without persistence): write ours back,
+    // same owners, in a new generation (another coordinator may write back an
+    // older copy; readers must adopt whatever the store now holds).
     let current = match (stored, coord.table.get()) {
         (None, Some(cached)) if cached.epoch > 0 => {
-            let mut back = (*cached).clone();
+            let mut back = (*cached).clone().in_generation(new_generation());
             back.epoch += 1;
-            if coord.store.swap_table(None, &back).await? {
+            if coord.store.swap_table(None, &back, Some(&coord.holder)).await? {
                 tracing::warn!(epoch = back.epoch, "store had no routing table; wrote the cached one back");
-                coord.table.replace(back.clone());
+                coord.table.offer(back);
             }
             return Ok(());
         }
         (stored, _) => stored,
     };
     let expected = current.as_ref().map(|t| t.epoch);
-    let current = current.unwrap_or_else(|| RoutingTable::empty(0));
+    let current = current.unwrap_or_else(|| RoutingTable::empty(0).in_generation(new_generation()));
     let owners = current.owner_ids();
     let mut load = vec![0u32; VNODES];
     for n in nodes {
@@ -96,13 +122,14 @@ async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<()
     let plan = rebalance::plan(&owners, &inputs, &load, &coord.config.policy);
     let url_of = |id: &str| nodes.iter().find(|n| n.id == id).map(|n| n.url.clone()).unwrap_or_default();
     let new_owners: Vec<Option<&str>> = plan.owners.iter().map(|o| o.as_deref()).collect();
-    let next = RoutingTable::from_owners(current.epoch + 1, &new_owners, url_of);
+    let next =
+        RoutingTable::from_owners(current.epoch + 1, &new_owners, url_of).in_generation(current.generation.clone());
     let urls_changed = next.nodes.iter().any(|n| current.node(&n.id).is_none_or(|c| c.url != n.url));
     if new_owners == owners && !urls_changed && expected.is_some() {
         coord.table.offer(current);
         return Ok(());
     }
-    if coord.store.swap_table(expected, &next).await? {
+    if coord.store.swap_table(expected, &next, Some(&coord.holder)).await? {
         coord.metrics.rebalances.inc();
         coord.metrics.vnode_moves.inc_by(plan.moves.len() as u64);
         tracing::info!(
@@ -132,12 +159,12 @@ async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(),
     candidates.retain(|n| !live_now.contains(n));
     for dead in candidates {
         let now = presence_model::time::now_ms();
-        let changes = coord.store.purge_node(&dead, now).await?;
+        let changes = coord.store.purge_node(&dead, now, &coord.holder).await?;
         coord.metrics.dead_nodes.inc();
         tracing::warn!(node = %dead, users = changes.len(), "node is dead; counted its connections out");
         for c in changes {
             let event =
-                StatusEvent::from_change(&c, &dead, None, coord.table.epoch(), now, Some(EventReason::NodeDead));
+                StatusEvent::from_change(&c, &dead, None, coord.table.epoch(), now, Some(EventReason::NodeLost));
             if let Err(e) = coord.bus.publish(event).await {
                 coord.metrics.bus_errors.inc();
                 tracing::warn!(error = %e, "leave event not published; subscribers catch up at their next resync");

@@ -39,6 +39,10 @@ pub use config::CoordinatorConfig;
 pub struct Coordinator {
     /// Settings.
     pub config: CoordinatorConfig,
+    /// The leader-lease holder name: the configured ID plus a run ID unique
+    /// to this process, so two replicas started with one `COORDINATOR_ID`
+    /// never both believe they lead.
+    pub holder: String,
     /// Shared cluster state.
     pub store: Arc<dyn Store>,
     /// Where leave events for dead nodes go.
@@ -60,7 +64,9 @@ pub struct Coordinator {
 impl Coordinator {
     /// Builds a coordinator (no tasks yet; see [`run`]).
     pub fn new(config: CoordinatorConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
+        let holder = format!("{}/{}", config.id, uuid::Uuid::new_v4().simple());
         Arc::new(Self {
+            holder,
             config,
             store,
             bus,
@@ -107,7 +113,7 @@ pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: Cance
     while tasks.join_next().await.is_some() {}
     let bus = coord.bus.clone();
     let _ = tokio::task::spawn_blocking(move || bus.flush(std::time::Duration::from_secs(5))).await;
-    if let Err(e) = coord.store.release_lease(&coord.config.id).await {
+    if let Err(e) = coord.store.release_lease(&coord.holder).await {
         tracing::warn!(error = %e, "could not release the leader lease; it expires by itself");
     }
     tracing::info!(coordinator = %coord.config.id, "coordinator stopped");

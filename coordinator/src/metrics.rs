@@ -24,6 +24,8 @@ pub struct Metrics {
     pub vnode_moves: IntCounter,
     /// Dead nodes counted out.
     pub dead_nodes: IntCounter,
+    /// Leader writes the store refused because another coordinator held the lease.
+    pub fenced_writes: IntCounter,
     /// Store operations that failed.
     pub store_errors: IntCounter,
     /// Leave events the bus refused while counting out a dead node.
@@ -63,6 +65,11 @@ impl Metrics {
             rebalances: counter(&r, "presence_rebalances_total", "Routing-table changes written by this coordinator."),
             vnode_moves: counter(&r, "presence_vnode_moves_total", "Vnodes moved by this coordinator."),
             dead_nodes: counter(&r, "presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
+            fenced_writes: counter(
+                &r,
+                "presence_fenced_writes_total",
+                "Leader writes refused by the store because another coordinator held the lease.",
+            ),
             store_errors: counter(&r, "presence_store_errors_total", "Store operations that failed."),
             bus_errors: counter(&r, "presence_bus_errors_total", "Leave events the bus refused."),
             dashboard_clients: gauge(&r, "presence_dashboard_clients", "Open dashboard pages."),

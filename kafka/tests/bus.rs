@@ -26,6 +26,7 @@ fn event(user: &str, seq: u64, connections: u64) -> StatusEvent {
         epoch: 1,
         ts: seq,
         reason: None,
+        run_id: None,
     }
 }
 

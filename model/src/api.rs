@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Presence, UserId};
+use crate::{EventReason, Presence, UserId};
 
 /// One route, as `/route` answers it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +36,9 @@ pub struct PresenceView {
     pub connections: u64,
     /// Last disconnect (ms since epoch), now while online, `null` if never seen.
     pub last_seen: Option<u64>,
+    /// Why the user went offline, when known; absent while online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EventReason>,
 }
 
 impl PresenceView {
@@ -46,6 +49,7 @@ impl PresenceView {
             online: p.online(),
             connections: p.connections,
             last_seen: p.reported_last_seen(now_ms),
+            reason: if p.online() { None } else { p.reason },
         }
     }
 }

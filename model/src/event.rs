@@ -19,17 +19,50 @@ pub enum EventKind {
     Leave,
 }
 
-/// Why a change happened, when it is not an ordinary connect or disconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Why a change happened: why a connection went (`closed`, `timeout`,
+/// `token_expired`, `kicked`), why a node's counts were removed
+/// (`node_lost`, `node_restarted`), or that a node rewrote its counts
+/// (`resync`). Carried on events and, for offline users, on `status` and
+/// `/presence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventReason {
-    /// The leader counted out a node whose registration expired.
-    NodeDead,
+    /// The connection closed: the client said goodbye, or its socket went away.
+    Closed,
+    /// The client stopped answering pings.
+    Timeout,
+    /// The leader counted out a node whose registration expired (it crashed,
+    /// or was cut off from the store for longer than its TTL).
+    #[serde(alias = "node_dead")]
+    NodeLost,
+    /// The node restarted under the same ID; the previous run's counts were removed.
+    NodeRestarted,
+    /// The token expired and was not refreshed in time.
+    TokenExpired,
+    /// The server closed the connection for breaking a limit (slow reader,
+    /// too many subscriptions, frames too large, rate limit).
+    Kicked,
     /// A node rewrote its counts (first start, a store that lost its data).
     Resync,
     /// A reason this version does not know (written by a newer version).
     #[serde(other)]
     Other,
+}
+
+impl EventReason {
+    /// The wire name (`closed`, `node_lost`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Timeout => "timeout",
+            Self::NodeLost => "node_lost",
+            Self::NodeRestarted => "node_restarted",
+            Self::TokenExpired => "token_expired",
+            Self::Kicked => "kicked",
+            Self::Resync => "resync",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// One presence change of one user.
@@ -55,9 +88,14 @@ pub struct StatusEvent {
     pub epoch: u64,
     /// Time of the change, ms since the Unix epoch.
     pub ts: u64,
-    /// Why, when it is not an ordinary connect or disconnect.
+    /// Why, when known (see [`EventReason`]); absent on ordinary joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<EventReason>,
+    /// The process that wrote the event (a ws-node's run ID): a node skips
+    /// its own echoes by it. Absent on count-outs by a coordinator, so the
+    /// restarted run of a counted-out node still hears them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 impl StatusEvent {
@@ -82,7 +120,14 @@ impl StatusEvent {
             epoch,
             ts,
             reason,
+            run_id: None,
         }
+    }
+
+    /// The same event, stamped with the run ID of the process writing it.
+    pub fn from_run(mut self, run_id: &str) -> Self {
+        self.run_id = Some(run_id.to_string());
+        self
     }
 
     /// The presence this event reports. `lastSeen` is the event time when the
@@ -93,6 +138,7 @@ impl StatusEvent {
             connections: self.connections,
             seq: self.seq,
             last_seen: Some(self.ts),
+            reason: if self.connections == 0 { self.reason } else { None },
         }
     }
 
@@ -124,6 +170,7 @@ mod tests {
             epoch: 3,
             ts: 1_700_000_000_000,
             reason: None,
+            run_id: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&e.to_vec()).expect("json");
         assert_eq!(
@@ -134,7 +181,7 @@ mod tests {
         let leave = r#"{"v":1,"type":"leave","userId":"bob","nodeId":"n","connectionId":null,"connections":0,"seq":2,"epoch":1,"ts":5,"reason":"node_dead"}"#;
         let parsed = StatusEvent::from_slice(leave.as_bytes()).expect("parse");
         assert_eq!(parsed.kind, EventKind::Leave);
-        assert_eq!(parsed.reason, Some(EventReason::NodeDead));
+        assert_eq!(parsed.reason, Some(EventReason::NodeLost), "the name before node_lost still reads");
         let newer = leave.replace("node_dead", "solar_flare");
         assert_eq!(StatusEvent::from_slice(newer.as_bytes()).expect("parse").reason, Some(EventReason::Other));
     }

@@ -25,6 +25,6 @@ pub mod wire;
 pub use event::{EventKind, EventReason, StatusEvent};
 pub use node::NodeRecord;
 pub use presence::{Presence, PresenceChange};
-pub use routing::{RoutingTable, TableNode};
+pub use routing::{RoutingTable, TableNode, TableVersion};
 pub use user_id::{UserId, UserIdError};
 pub use vnode::{vnode, Vnode, VNODES};

@@ -10,6 +10,10 @@ use crate::Vnode;
 pub struct NodeRecord {
     /// Stable node ID (`NODE_ID`).
     pub id: String,
+    /// Unique per process: a node restarted under the same ID registers a
+    /// new run, and the store counts the previous run out.
+    #[serde(default)]
+    pub run_id: String,
     /// WebSocket URL clients connect to, e.g. `ws://10.0.0.5:9000/socket`.
     pub url: String,
     /// Relative capacity; a node with capacity 2 gets twice the vnodes.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::UserId;
+use crate::{EventReason, UserId};
 
 /// A user's presence across the whole cluster, as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,12 +16,15 @@ pub struct Presence {
     pub seq: u64,
     /// Time of the user's last disconnect, ms since the Unix epoch; `None` if never seen.
     pub last_seen: Option<u64>,
+    /// Why the user went offline (only while `connections` is 0, when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EventReason>,
 }
 
 impl Presence {
     /// A user the store has never seen.
     pub fn unknown(user_id: UserId) -> Self {
-        Self { user_id, connections: 0, seq: 0, last_seen: None }
+        Self { user_id, connections: 0, seq: 0, last_seen: None, reason: None }
     }
 
     /// `connections > 0`.

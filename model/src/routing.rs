@@ -32,6 +32,14 @@ pub struct TableNode {
 pub struct RoutingTable {
     /// Version of the table; grows by one at every change.
     pub epoch: u64,
+    /// Which lineage of tables this is. A table written from scratch (no
+    /// table in the store and none cached by the leader, e.g. after Redis
+    /// came back empty and every coordinator restarted) starts a new
+    /// generation at epoch 1; readers compare `(generation, epoch)`, so a
+    /// new lineage replaces a cached table even when its epoch is lower or
+    /// equal. Empty for tables written before generations existed.
+    #[serde(default)]
+    pub generation: String,
     /// The nodes that own at least one vnode (or may, after the next change).
     pub nodes: Vec<TableNode>,
     /// For each vnode, the index in `nodes` of its owner, or [`NO_OWNER`]
@@ -57,6 +65,16 @@ mod owner_indices {
     }
 }
 
+/// What identifies a table's content: a reader holding the same version
+/// holds the same table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableVersion {
+    /// The table's epoch.
+    pub epoch: u64,
+    /// The table's generation (see [`RoutingTable::generation`]).
+    pub generation: String,
+}
+
 /// A routing table that does not hold together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
@@ -78,7 +96,18 @@ pub enum TableError {
 impl RoutingTable {
     /// An empty table (no owners) at `epoch`.
     pub fn empty(epoch: u64) -> Self {
-        Self { epoch, nodes: Vec::new(), owners: vec![NO_OWNER; VNODES] }
+        Self { epoch, generation: String::new(), nodes: Vec::new(), owners: vec![NO_OWNER; VNODES] }
+    }
+
+    /// The same table in generation `generation`.
+    pub fn in_generation(mut self, generation: impl Into<String>) -> Self {
+        self.generation = generation.into();
+        self
+    }
+
+    /// This table's version.
+    pub fn version(&self) -> TableVersion {
+        TableVersion { epoch: self.epoch, generation: self.generation.clone() }
     }
 
     /// Builds a table from one owner ID per vnode (`None` for unowned), with node URLs.
@@ -94,7 +123,7 @@ impl RoutingTable {
             }
         };
         let owners = owners.iter().map(|o| o.map_or(NO_OWNER, &mut index)).collect();
-        Self { epoch, nodes, owners }
+        Self { epoch, generation: String::new(), nodes, owners }
     }
 
     /// Checks the shape of a table read from outside.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::PresenceView;
-use crate::{Presence, UserId};
+use crate::{EventReason, Presence, UserId};
 
 /// Close codes the node uses, and what each means to a client.
 pub mod close {
@@ -80,6 +80,10 @@ pub enum HandoffReason {
     Rebalance,
     /// The node is leaving on purpose (SIGTERM).
     Drain,
+    /// The node lost its registration (cut off from the store, or paused,
+    /// for longer than its TTL) and may have been counted out: `url` is
+    /// empty; ask the coordinator where the user lives now.
+    Fenced,
     /// A reason this version does not know (sent by a newer server).
     #[serde(other)]
     Other,
@@ -91,6 +95,7 @@ impl HandoffReason {
         match self {
             Self::Rebalance => "rebalance",
             Self::Drain => "drain",
+            Self::Fenced => "fenced",
             Self::Other => "other",
         }
     }
@@ -133,6 +138,9 @@ pub enum ServerMessage {
         connections: u64,
         /// Last disconnect (ms since epoch), or now while online; null if never seen.
         last_seen: Option<u64>,
+        /// Why the user went offline, when known; absent while online.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<EventReason>,
     },
     /// This node does not own the user: connect to `url`; close 4010 follows.
     #[serde(rename_all = "camelCase")]
@@ -145,7 +153,8 @@ pub enum ServerMessage {
     /// The user's vnode moves or the node drains: connect to `url`, then close this one.
     #[serde(rename_all = "camelCase")]
     Reconnect {
-        /// The new owner's WebSocket URL.
+        /// The new owner's WebSocket URL; empty when the node cannot tell
+        /// (reason `fenced`): ask the coordinator.
         url: String,
         /// The routing epoch of the move.
         epoch: u64,
@@ -172,8 +181,8 @@ impl ServerMessage {
 
     /// The `status` message for `p` as seen at `now_ms` (the same view as `/presence`).
     pub fn status(p: &Presence, now_ms: u64) -> Self {
-        let PresenceView { user_id, online, connections, last_seen } = PresenceView::of(p, now_ms);
-        Self::Status { user_id, online, connections, last_seen }
+        let PresenceView { user_id, online, connections, last_seen, reason } = PresenceView::of(p, now_ms);
+        Self::Status { user_id, online, connections, last_seen, reason }
     }
 
     /// Serialises to the JSON text of a frame.
@@ -318,8 +327,20 @@ mod tests {
             online: false,
             connections: 0,
             last_seen: None,
+            reason: None,
         };
         assert_eq!(s.to_json(), r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null}"#);
+        let gone = Presence {
+            user_id: UserId::parse("bob").expect("valid"),
+            connections: 0,
+            seq: 3,
+            last_seen: Some(7),
+            reason: Some(EventReason::Timeout),
+        };
+        assert_eq!(
+            ServerMessage::status(&gone, 9).to_json(),
+            r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":7,"reason":"timeout"}"#
+        );
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
         let r = ServerMessage::Reconnect { url: "ws://n".into(), epoch: 1, reason: HandoffReason::Drain };
         assert_eq!(r.to_json(), r#"{"type":"reconnect","url":"ws://n","epoch":1,"reason":"drain"}"#);

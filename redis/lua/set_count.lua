@@ -2,9 +2,11 @@
 -- KEYS[1]  the user's hash             {<prefix>:v<vnode>}:user:<userId>
 -- KEYS[2]  the node's users in vnode   {<prefix>:v<vnode>}:nodeusers:<nodeId>   (same hash tag)
 -- ARGV[1] node ID, ARGV[2] the node's count, ARGV[3] now (ms), ARGV[4] user ID,
--- ARGV[5] retention of an offline user's record (ms).
+-- ARGV[5] retention of an offline user's record (ms), ARGV[6] why the count
+-- changed ('' when not said), kept as the offline reason when the total is 0.
 -- Returns nil when the node's count already was ARGV[2] (nothing changed, no
--- sequence number spent); else {total, previous total, seq, lastSeen or ""}.
+-- sequence number spent); else {total, previous total, seq, lastSeen or "",
+-- offline reason or ""}.
 local field = 'n:' .. ARGV[1]
 local new = tonumber(ARGV[2])
 local old = tonumber(redis.call('HGET', KEYS[1], field) or '0')
@@ -42,9 +44,17 @@ end
 local seq_s = string.format('%.0f', seq)
 redis.call('HSET', KEYS[1], 'seq', seq_s)
 local total = previous - old + new
+local why = ''
 if total == 0 then
+  why = ARGV[6]
+  if why == '' then
+    redis.call('HDEL', KEYS[1], 'or')
+  else
+    redis.call('HSET', KEYS[1], 'or', why)
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 else
+  redis.call('HDEL', KEYS[1], 'or')
   redis.call('PERSIST', KEYS[1])
 end
-return {string.format('%d', total), string.format('%d', previous), seq_s, redis.call('HGET', KEYS[1], 'ls') or ''}
+return {string.format('%d', total), string.format('%d', previous), seq_s, redis.call('HGET', KEYS[1], 'ls') or '', why}

@@ -5,11 +5,12 @@
 //! |---|---|---|
 //! | `{P}:epoch` | string | routing epoch |
 //! | `{P}:table` | string | routing table JSON (with its epoch) |
+//! | `{P}:generation` | string | the table's generation (compared with the epoch by readers) |
 //! | `{P}:node:<id>` | string, TTL | a node's latest heartbeat record |
 //! | `{P}:nodes` | set | node IDs that may hold presence (live or not yet counted out) |
 //! | `{P}:purged:<id>` | string, TTL | left when a node was counted out; its next heartbeat reports fresh |
 //! | `{P}:leader` | string, TTL | the coordinator holding the lease |
-//! | `{P:v<vnode>}:user:<userId>` | hash | `n:<nodeId>` → count, `seq`, `ls` (lastSeen) |
+//! | `{P:v<vnode>}:user:<userId>` | hash | `n:<nodeId>` → count, `seq`, `ls` (lastSeen), `or` (offline reason) |
 //! | `{P:v<vnode>}:nodeusers:<nodeId>` | set | users of that vnode the node has connections of |
 //!
 //! `P` is the prefix (default `presence`). Channel `<P>:table` carries epoch notices.
@@ -31,6 +32,11 @@ impl Keys {
     /// The routing epoch.
     pub fn epoch(&self) -> String {
         format!("{{{}}}:epoch", self.prefix)
+    }
+
+    /// The routing table's generation.
+    pub fn generation(&self) -> String {
+        format!("{{{}}}:generation", self.prefix)
     }
 
     /// The routing table.
@@ -93,6 +99,9 @@ mod tests {
     fn keys_a_script_touches_together_share_a_slot() {
         let k = Keys::new("presence");
         assert_eq!(hash_tag(&k.epoch()), hash_tag(&k.table()));
+        assert_eq!(hash_tag(&k.epoch()), hash_tag(&k.generation()));
+        assert_eq!(hash_tag(&k.epoch()), hash_tag(&k.leader()));
+        assert_eq!(hash_tag(&k.node("n1")), hash_tag(&k.leader()));
         assert_eq!(hash_tag(&k.node("n1")), hash_tag(&k.nodes()));
         assert_eq!(hash_tag(&k.node("n1")), hash_tag(&k.purged("n1")));
         // User IDs may hold braces; the tag ends at the first closing brace, before the ID.

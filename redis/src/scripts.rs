@@ -14,6 +14,8 @@ pub struct Scripts {
     pub heartbeat: Script,
     /// Drops a counted-out node; see `lua/forget_node.lua`.
     pub forget_node: Script,
+    /// May a count-out go on; see `lua/purge_check.lua`.
+    pub purge_check: Script,
     /// Leader lease; see `lua/lease_acquire.lua`.
     pub lease_acquire: Script,
     /// Leader lease release; see `lua/lease_release.lua`.
@@ -27,6 +29,7 @@ impl Default for Scripts {
             swap_table: Script::new(include_str!("../lua/swap_table.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
             forget_node: Script::new(include_str!("../lua/forget_node.lua")),
+            purge_check: Script::new(include_str!("../lua/purge_check.lua")),
             lease_acquire: Script::new(include_str!("../lua/lease_acquire.lua")),
             lease_release: Script::new(include_str!("../lua/lease_release.lua")),
         }

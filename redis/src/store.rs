@@ -8,8 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use presence_backend::{CountUpdate, Store, StoreError};
-use presence_model::{NodeRecord, Presence, PresenceChange, RoutingTable, UserId, Vnode, VNODES};
+use presence_backend::{CountUpdate, Registration, Store, StoreError};
+use presence_model::{
+    EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, TableVersion, UserId, Vnode, VNODES,
+};
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisError, RedisResult};
 use tokio::sync::watch;
@@ -68,6 +70,15 @@ pub struct RedisStore<C> {
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
+
+/// An offline reason as stored (`or` field, or a script's reply): empty is none.
+fn reason_of(s: &str) -> Option<EventReason> {
+    (!s.is_empty()).then(|| serde_json::from_value(serde_json::Value::String(s.to_string())).ok()).flatten()
+}
+
+/// How long the count-out marker outlives the count-out: longer than any
+/// plausible partition of the node it concerns.
+const PURGED_MARKER_MS: u64 = 86_400_000;
 
 /// Connects to Redis (or a Redis Cluster) and starts the table-notice listener.
 /// A single Redis connects lazily and reconnects by itself, so a node can start
@@ -136,7 +147,8 @@ where
             .arg(u.connections)
             .arg(now_ms)
             .arg(u.user_id.as_str())
-            .arg(self.retention_ms);
+            .arg(self.retention_ms)
+            .arg(u.reason.map_or("", EventReason::as_str));
         let reply: Option<Vec<String>> = self.op(inv.invoke_async(&mut conn)).await?;
         let Some(reply) = reply else { return Ok(None) };
         let num = |i: usize| -> Result<u64, StoreError> {
@@ -151,9 +163,21 @@ where
                 connections: num(0)?,
                 seq: num(2)?,
                 last_seen: reply.get(3).and_then(|s| s.parse().ok()),
+                reason: reply.get(4).and_then(|s| reason_of(s)),
             },
             previous: num(1)?,
         }))
+    }
+
+    /// May `leader` go on counting `node_id` out (see `lua/purge_check.lua`)?
+    async fn purge_check(&self, node_id: &str, leader: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.purge_check.prepare_invoke();
+        inv.key(self.keys.leader()).key(self.keys.node(node_id)).arg(leader);
+        match self.op(inv.invoke_async::<i64>(&mut conn)).await? {
+            -1 => Err(StoreError::NotLeader(leader.to_string())),
+            go => Ok(go == 1),
+        }
     }
 
     async fn node_user_set(&self, node_id: &str) -> Result<Vec<UserId>, StoreError> {
@@ -223,22 +247,37 @@ where
             .transpose()
     }
 
-    async fn table_epoch(&self) -> Result<Option<u64>, StoreError> {
+    async fn table_version(&self) -> Result<Option<TableVersion>, StoreError> {
         let mut conn = self.conn.clone();
-        self.op(conn.get(self.keys.epoch())).await
+        let keys = [self.keys.epoch(), self.keys.generation()];
+        let (epoch, generation): (Option<u64>, Option<String>) =
+            self.op(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+        Ok(epoch.map(|epoch| TableVersion { epoch, generation: generation.unwrap_or_default() }))
     }
 
-    async fn swap_table(&self, expected: Option<u64>, table: &RoutingTable) -> Result<bool, StoreError> {
+    async fn swap_table(
+        &self,
+        expected: Option<u64>,
+        table: &RoutingTable,
+        leader: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(table).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.swap_table.prepare_invoke();
         inv.key(self.keys.epoch())
             .key(self.keys.table())
+            .key(self.keys.generation())
+            .key(self.keys.leader())
             .arg(expected.map(|e| e.to_string()).unwrap_or_default())
             .arg(table.epoch)
             .arg(json)
-            .arg(self.keys.table_channel());
+            .arg(self.keys.table_channel())
+            .arg(&table.generation)
+            .arg(leader.unwrap_or_default());
         let written: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+        if written == -1 {
+            return Err(StoreError::NotLeader(leader.unwrap_or_default().to_string()));
+        }
         if written == 1 {
             // Local readers need not wait for the round trip through pub/sub.
             self.notices.send_replace(table.epoch);
@@ -250,7 +289,7 @@ where
         self.notices.subscribe()
     }
 
-    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<bool, StoreError> {
+    async fn heartbeat(&self, node: &NodeRecord, ttl: Duration) -> Result<Registration, StoreError> {
         let json = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.heartbeat.prepare_invoke();
@@ -259,9 +298,13 @@ where
             .key(self.keys.purged(&node.id))
             .arg(&node.id)
             .arg(json)
-            .arg(ttl.as_millis() as u64);
-        let fresh: i64 = self.op(inv.invoke_async(&mut conn)).await?;
-        Ok(fresh == 1)
+            .arg(ttl.as_millis() as u64)
+            .arg(&node.run_id);
+        Ok(match self.op(inv.invoke_async::<i64>(&mut conn)).await? {
+            0 => Registration::Renewed,
+            2 => Registration::Restarted,
+            _ => Registration::Fresh,
+        })
     }
 
     async fn deregister(&self, node_id: &str) -> Result<(), StoreError> {
@@ -299,8 +342,21 @@ where
         join_all(updates.iter().map(|u| self.set_one(node_id, u, now_ms))).await.into_iter().collect()
     }
 
-    async fn node_users(&self, node_id: &str) -> Result<Vec<UserId>, StoreError> {
-        self.node_user_set(node_id).await
+    async fn node_counts(&self, node_id: &str) -> Result<Vec<(UserId, u32)>, StoreError> {
+        let users = self.node_user_set(node_id).await?;
+        let field = format!("n:{node_id}");
+        let mut out = Vec::with_capacity(users.len());
+        for chunk in users.chunks(512) {
+            let reads = chunk.iter().map(|u| {
+                let mut conn = self.conn.clone();
+                let key = self.keys.user(u.vnode(), u.as_str());
+                let field = field.clone();
+                async move { conn.hget::<_, _, Option<u32>>(key, field).await }
+            });
+            let counts = self.op(async { join_all(reads).await.into_iter().collect::<RedisResult<Vec<_>>>() }).await?;
+            out.extend(chunk.iter().cloned().zip(counts).filter_map(|(u, c)| c.filter(|&c| c > 0).map(|c| (u, c))));
+        }
+        Ok(out)
     }
 
     async fn nodes_with_presence(&self) -> Result<Vec<String>, StoreError> {
@@ -308,23 +364,36 @@ where
         self.op(conn.smembers(self.keys.nodes())).await
     }
 
-    async fn purge_node(&self, node_id: &str, now_ms: u64) -> Result<Vec<PresenceChange>, StoreError> {
+    async fn purge_node(&self, node_id: &str, now_ms: u64, leader: &str) -> Result<Vec<PresenceChange>, StoreError> {
+        if !self.purge_check(node_id, leader).await? {
+            return Ok(Vec::new());
+        }
         let users: HashSet<UserId> = self.node_user_set(node_id).await?.into_iter().collect();
-        let updates: Vec<CountUpdate> =
-            users.into_iter().map(|user_id| CountUpdate { user_id, connections: 0 }).collect();
+        let updates: Vec<CountUpdate> = users
+            .into_iter()
+            .map(|user_id| CountUpdate { user_id, connections: 0, reason: Some(EventReason::NodeLost) })
+            .collect();
         let mut changes = Vec::new();
-        for chunk in updates.chunks(512) {
+        for (i, chunk) in updates.chunks(512).enumerate() {
+            // The lease may have passed to another coordinator (this one paused), or
+            // the node may have come back: checked again before every batch.
+            if i > 0 && !self.purge_check(node_id, leader).await? {
+                break;
+            }
             changes.extend(self.set_counts(node_id, chunk, now_ms).await?.into_iter().flatten());
         }
         let mut conn = self.conn.clone();
         let mut inv = self.scripts.forget_node.prepare_invoke();
-        // The marker outlives any plausible partition of the node; a day is plenty.
         inv.key(self.keys.node(node_id))
             .key(self.keys.nodes())
             .key(self.keys.purged(node_id))
+            .key(self.keys.leader())
             .arg(node_id)
-            .arg(86_400_000u64);
-        let _: i64 = self.op(inv.invoke_async(&mut conn)).await?;
+            .arg(PURGED_MARKER_MS)
+            .arg(leader);
+        if self.op(inv.invoke_async::<i64>(&mut conn)).await? == -1 {
+            return Err(StoreError::NotLeader(leader.to_string()));
+        }
         Ok(changes)
     }
 
@@ -347,6 +416,8 @@ where
                         p.seq = v.parse().unwrap_or(0);
                     } else if k == "ls" {
                         p.last_seen = v.parse().ok();
+                    } else if k == "or" {
+                        p.reason = reason_of(&v);
                     }
                 }
                 p

@@ -80,6 +80,9 @@ pub struct Args {
     /// Outbound messages queued per connection before a slow client is dropped.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = default_of(|c| c.outbound_queue))]
     pub outbound_queue: String,
+    /// How often the drift reconciler compares Redis with this node's counts, ms.
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = default_of(|c| c.reconcile_interval.as_millis()))]
+    pub reconcile_interval_ms: String,
     /// Users whose count may wait for Redis before a full resync is scheduled instead.
     #[arg(long, env = "MAX_PENDING_WRITES", default_value_t = default_of(|c| c.max_pending_writes))]
     pub max_pending_writes: String,
@@ -214,6 +217,12 @@ impl Args {
         }
         ms(&mut p, "--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms, &mut node.handoff_timeout);
         ms(&mut p, "--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms, &mut node.auth_timeout);
+        ms(
+            &mut p,
+            "--reconcile-interval-ms/RECONCILE_INTERVAL_MS",
+            &self.reconcile_interval_ms,
+            &mut node.reconcile_interval,
+        );
         count(&mut p, "--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, &mut node.max_subscriptions);
         count(&mut p, "--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, &mut node.outbound_queue);
         count(

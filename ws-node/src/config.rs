@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub max_pending_writes: usize,
     /// Users written to the store per batch.
     pub write_batch: usize,
+    /// How often the drift reconciler compares the store with this node's counts.
+    pub reconcile_interval: Duration,
 }
 
 impl NodeConfig {
@@ -64,6 +66,7 @@ impl NodeConfig {
             read_buffer_bytes: 1024,
             max_pending_writes: 100_000,
             write_batch: 256,
+            reconcile_interval: Duration::from_secs(30),
         }
     }
 

@@ -174,10 +174,7 @@ impl Counts {
     pub fn local_counts(&self, users: &[UserId]) -> Vec<CountUpdate> {
         users
             .iter()
-            .map(|u| CountUpdate {
-                user_id: u.clone(),
-                connections: self.shard(u).get(u).map_or(0, |e| e.conns.len() as u32),
-            })
+            .map(|u| CountUpdate::new(u.clone(), self.shard(u).get(u).map_or(0, |e| e.conns.len() as u32)))
             .collect()
     }
 
@@ -217,6 +214,24 @@ impl Counts {
         let mut out = Vec::new();
         for s in self.each_shard() {
             out.extend(s.keys().cloned());
+        }
+        out
+    }
+
+    /// What this node last wrote to the store, per user (non-zero only).
+    pub fn written_counts(&self) -> HashMap<UserId, u32> {
+        let mut out = HashMap::new();
+        for s in self.each_shard() {
+            out.extend(s.iter().filter(|(_, e)| e.written > 0).map(|(u, e)| (u.clone(), e.written)));
+        }
+        out
+    }
+
+    /// Every live connection on this node.
+    pub fn connections(&self) -> Vec<Conn> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            out.extend(s.values().flat_map(|e| e.conns.iter().cloned()));
         }
         out
     }
@@ -281,7 +296,7 @@ pub(crate) mod tests {
     }
 
     fn p(u: &str, connections: u64, seq: u64) -> Presence {
-        Presence { user_id: uid(u), connections, seq, last_seen: None }
+        Presence { user_id: uid(u), connections, seq, last_seen: None, reason: None }
     }
 
     pub(crate) fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {

@@ -74,8 +74,11 @@ pub struct Fanout {
     pub store: Arc<dyn Store>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// This node's ID: its own events are skipped (already applied).
+    /// This node's ID, for logs.
     pub node_id: String,
+    /// This process's run ID: its own events are skipped (already applied).
+    /// A previous run's events (and a coordinator's count-out of it) are not.
+    pub run_id: String,
 }
 
 impl Fanout {
@@ -110,9 +113,9 @@ impl Fanout {
             match msg {
                 Some(BusMessage::Event(e)) => {
                     self.metrics.events_received.inc();
-                    // This node applied its own writes before publishing them; the echo
+                    // This run applied its own writes before publishing them; the echo
                     // would only be dropped as stale (and count as such).
-                    if e.node_id != self.node_id {
+                    if e.run_id.as_deref() != Some(self.run_id.as_str()) {
                         self.counts.apply(&e.presence(), presence_model::time::now_ms(), None);
                     }
                 }
@@ -184,19 +187,22 @@ mod tests {
             counts: counts.clone(),
             store: Arc::new(MemoryStore::new()),
             metrics: Arc::new(Metrics::new()),
-            node_id: "me".into(),
+            node_id: "n1".into(),
+            run_id: "me".into(),
         };
         let (w, mut rx) = Conn::new(7, 16);
         counts.watch(&uid("bob"), w);
         let stop = CancellationToken::new();
         let task = tokio::spawn(fanout.clone().run(bus.subscribe(), stop.clone()));
-        // The own echo is newer: applied, it would reach the watcher too.
-        for (node, seq) in [("other", 5), ("me", 6)] {
+        // The own echo is newer: applied, it would reach the watcher too. The
+        // event of another run of the same node ID is not an echo.
+        for (run, seq) in [("earlier-run", 5), ("me", 6)] {
             let change = presence_model::PresenceChange {
-                presence: Presence { user_id: uid("bob"), connections: 1, seq, last_seen: None },
+                presence: Presence { user_id: uid("bob"), connections: 1, seq, last_seen: None, reason: None },
                 previous: 0,
             };
-            bus.publish(StatusEvent::from_change(&change, node, None, 1, 9, None)).await.expect("published");
+            let event = StatusEvent::from_change(&change, "n1", None, 1, 9, None).from_run(run);
+            bus.publish(event).await.expect("published");
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while fanout.metrics.events_received.get() < 2 && tokio::time::Instant::now() < deadline {

@@ -83,6 +83,20 @@ pub fn tell_if_moved(table: &RoutingTable, user: &UserId, node_id: &str, conn: &
     }
 }
 
+/// Sends every connection `reconnect` with reason `fenced` and no URL: the
+/// node may have been counted out and does not know who owns its users now,
+/// so clients ask the coordinator. Returns how many were told.
+pub fn tell_all_fenced(counts: &Counts, metrics: &Metrics) -> usize {
+    let m = ServerMessage::Reconnect { url: String::new(), epoch: 0, reason: HandoffReason::Fenced };
+    let frame: tokio_tungstenite::tungstenite::Utf8Bytes = m.to_json().into();
+    let conns = counts.connections();
+    for c in &conns {
+        c.push(Outbound::Handoff(frame.clone()), metrics);
+    }
+    metrics.handoffs.inc_by(conns.len() as u64);
+    conns.len()
+}
+
 /// When a handed-off connection is closed with 4011.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Deadline(Option<Instant>);

@@ -12,7 +12,8 @@
 //! * [`counts`]: per-user bookkeeping: connections, watchers, known state.
 //! * [`writer`]: the store writer: counts to the store, events to the bus.
 //! * [`fanout`]: delivery to connections and watchers, bus consumption, resync.
-//! * [`membership`]: registration, heartbeat, drain.
+//! * [`membership`]: registration, heartbeat, drain, self-fencing.
+//! * [`reconcile`]: the drift reconciler (store vs. local counts).
 //! * [`handoff`]: ownership changes, `reconnect`, the 4011 deadline.
 //! * [`metrics`]: Prometheus metrics.
 //!
@@ -28,6 +29,7 @@ pub mod fanout;
 pub mod handoff;
 pub mod membership;
 pub mod metrics;
+pub mod reconcile;
 pub mod server;
 pub mod session;
 pub mod writer;
@@ -95,6 +97,8 @@ impl Lifecycle {
 pub struct Node {
     /// Settings.
     pub config: NodeConfig,
+    /// Unique to this process (see [`membership`]).
+    pub run_id: String,
     /// Verifies client tokens.
     pub verifier: Arc<Verifier>,
     /// Shared cluster state.
@@ -129,14 +133,19 @@ impl Node {
         let counts = Arc::new(Counts::new(metrics.clone()));
         let pending = Arc::new(PendingWrites::new(config.max_pending_writes, metrics.store_overflows.clone()));
         let table = TableCache::new();
+        // Unique to this process: a restart under the same NODE_ID is a new run.
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
         let fanout = Fanout {
             counts: counts.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             node_id: config.node_id.clone(),
+            run_id: run_id.clone(),
         };
-        let membership = Arc::new(Membership::new(config.clone(), fanout.clone(), pending.clone(), table.clone()));
+        let membership =
+            Arc::new(Membership::new(config.clone(), run_id.clone(), fanout.clone(), pending.clone(), table.clone()));
         let node = Arc::new(Node {
+            run_id,
             verifier,
             store,
             bus,
@@ -166,6 +175,7 @@ impl Node {
         let bg = &life.background_tasks;
         bg.spawn(self.table.clone().run_refresh(self.store.clone(), self.config.table_poll, stop.clone()));
         bg.spawn(self.membership.clone().run(stop.clone()));
+        bg.spawn(self.membership.clone().watch_fence(stop.clone()));
         bg.spawn(fanout.clone().run(events, stop.clone()));
         bg.spawn(fanout.watch_departures(
             self.table.clone(),
@@ -189,10 +199,22 @@ impl Node {
             bus: self.bus.clone(),
             table: self.table.clone(),
             node_id: self.config.node_id.clone(),
+            run_id: self.run_id.clone(),
             batch: self.config.write_batch,
+            fence: self.membership.fence.clone(),
             metrics: self.metrics.clone(),
         };
         life.writer_task.spawn(writer.run(life.writer.clone()));
+        let reconciler = reconcile::Reconciler {
+            counts: self.counts.clone(),
+            store: self.store.clone(),
+            pending: self.pending.clone(),
+            membership: self.membership.clone(),
+            node_id: self.config.node_id.clone(),
+            interval: self.config.reconcile_interval,
+            metrics: self.metrics.clone(),
+        };
+        bg.spawn(reconciler.run(life.background.clone()));
     }
 
     /// A fresh connection number.

@@ -52,6 +52,14 @@ pub struct Metrics {
     pub bus_queue_depth: IntGauge,
     /// 1 while the bus answers.
     pub bus_up: IntGauge,
+    /// 1 while the node is fenced (its registration lapsed).
+    pub fenced: IntGauge,
+    /// Times the node fenced itself.
+    pub fences: IntCounter,
+    /// Differences between local counts and the store that the reconciler repaired.
+    pub count_repairs: IntCounter,
+    /// Users the store counted on this node with no connection here, zeroed by the reconciler.
+    pub ghosts_reaped: IntCounter,
 }
 
 impl Metrics {
@@ -128,6 +136,22 @@ impl Metrics {
                 "Status events waiting in the bus producer's queue.",
             ),
             bus_up: gauge(&r, "presence_bus_up", "1 while the event bus answers."),
+            fenced: gauge(&r, "presence_node_fenced", "1 while the node is fenced: its registration lapsed."),
+            fences: counter(
+                &r,
+                "presence_node_fences_total",
+                "Times the node fenced itself after its registration lapsed.",
+            ),
+            count_repairs: counter(
+                &r,
+                "presence_count_repairs_total",
+                "Per-user counts in the store that differed from this node's and were rewritten.",
+            ),
+            ghosts_reaped: counter(
+                &r,
+                "presence_ghosts_reaped_total",
+                "Users the store counted on this node with no connection here, zeroed.",
+            ),
             registry: r,
         }
     }

@@ -36,6 +36,8 @@ fn readyz(node: &Node) -> Response {
         Some("store unreachable")
     } else if node.is_draining() {
         Some("draining")
+    } else if node.membership.is_fenced() {
+        Some("fenced: registration lapsed")
     } else {
         None
     };
@@ -89,11 +91,11 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
         res.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return res;
     };
-    if node.is_draining() {
+    if node.is_draining() || node.membership.is_fenced() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             code::UNAVAILABLE,
-            "node is draining; ask the coordinator for the new route",
+            "node is draining or lost its registration; ask the coordinator for the route",
         );
     }
     let pre_auth = match request_token(&req) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use presence_model::wire::{close, code, parse_client, ClientMessage, ServerMessage};
-use presence_model::UserId;
+use presence_model::{EventReason, UserId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -38,15 +38,23 @@ struct Ending {
     message: Option<ServerMessage>,
     code: u16,
     reason: &'static str,
+    /// Why the connection went, as events and offline statuses say it.
+    why: EventReason,
 }
 
 impl Ending {
     fn new(code: u16, reason: &'static str) -> Self {
-        Self { message: None, code, reason }
+        // A connection closed for breaking a limit was kicked; any other close is a close.
+        let why = if code == close::LIMIT { EventReason::Kicked } else { EventReason::Closed };
+        Self { message: None, code, reason, why }
     }
 
     fn after(message: ServerMessage, code: u16, reason: &'static str) -> Self {
-        Self { message: Some(message), code, reason }
+        Self { message: Some(message), ..Self::new(code, reason) }
+    }
+
+    fn because(self, why: EventReason) -> Self {
+        Self { why, ..self }
     }
 }
 
@@ -68,6 +76,11 @@ where
         let m = ServerMessage::error(code::UNAVAILABLE, "node has no routing table yet; retry shortly");
         return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no routing table")).await;
     };
+    if node.membership.is_fenced() {
+        let m =
+            ServerMessage::error(code::UNAVAILABLE, "node lost its registration; ask the coordinator again shortly");
+        return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "fenced")).await;
+    }
     match table.owner(user.as_str()) {
         Some(owner) if owner.id == node.config.node_id => {}
         Some(owner) => {
@@ -109,7 +122,7 @@ where
     let end = if send(&mut ws, &welcome).await { session.serve(&mut ws, rx).await } else { None };
     let watched: Vec<UserId> = session.subs.drain().collect();
     node.counts.disconnect(&user, session.conn.id(), &watched);
-    node.pending.mark(&user, Some(&conn_uuid));
+    node.pending.mark(&user, Some(&conn_uuid), Some(end.as_ref().map_or(EventReason::Closed, |e| e.why)));
     node.metrics.disconnects.inc();
     node.metrics.connections.dec();
     if let Some(end) = end {
@@ -224,7 +237,7 @@ impl Session {
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= cfg.pong_timeout {
-                        return Some(Ending::new(close::NORMAL, "ping timeout"));
+                        return Some(Ending::new(close::NORMAL, "ping timeout").because(EventReason::Timeout));
                     }
                     if ws.send(Message::Ping(Default::default())).await.is_err() {
                         return None;
@@ -404,7 +417,7 @@ mod tests {
         let store = MemoryStore::new();
         let owners = vec![Some("n1"); VNODES];
         let table = RoutingTable::from_owners(1, &owners, |_| "ws://n1/socket".into());
-        store.swap_table(None, &table).await.expect("table");
+        store.swap_table(None, &table, None).await.expect("table");
         let verifier = Verifier::hs256(b"test-secret", &ClaimChecks::default()).expect("verifier");
         let config = NodeConfig::new("n1", "ws://n1/socket");
         Node::start(config, Arc::new(verifier), Arc::new(store), Arc::new(MemoryBus::default())).await

@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::counts::Counts;
+use crate::membership::Fence;
 use crate::metrics::Metrics;
 
 /// Retry delay after a failed store write.
@@ -43,6 +44,9 @@ pub struct PendingWrites {
     inner: Mutex<HashMap<UserId, Dirty>>,
     /// Rewrite everything: the set overflowed or the store forgot us.
     full_resync: AtomicBool,
+    /// The last full rewrite was asked for because a previous run of this
+    /// node ID left counts behind: its zeros say `node_restarted`.
+    restarted: AtomicBool,
     notify: Notify,
     max_pending: usize,
     /// `presence_store_buffer_overflows_total`: marks that did not fit.
@@ -54,12 +58,17 @@ pub struct PendingWrites {
 pub struct Dirty {
     /// The connection that last changed the user (for the event).
     conn: Option<String>,
+    /// Why it last changed, when a connection went (for the event and the offline reason).
+    reason: Option<EventReason>,
     /// Sessions waiting for this write.
     waiters: Vec<oneshot::Sender<()>>,
 }
 
 /// Dirty users taken for one write.
 type Batch = Vec<(UserId, Dirty)>;
+
+/// A user to write, the connection that changed it and why (for the event).
+type Cause = (UserId, Option<String>, Option<EventReason>);
 
 impl PendingWrites {
     /// An empty set holding at most `max_pending` users; each mark that does
@@ -68,6 +77,7 @@ impl PendingWrites {
         Self {
             inner: Mutex::new(HashMap::new()),
             full_resync: AtomicBool::new(false),
+            restarted: AtomicBool::new(false),
             notify: Notify::new(),
             max_pending: max_pending.max(1),
             overflows,
@@ -85,7 +95,13 @@ impl PendingWrites {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn mark_with(&self, user: &UserId, conn: Option<&str>, waiter: Option<oneshot::Sender<()>>) -> bool {
+    fn mark_with(
+        &self,
+        user: &UserId,
+        conn: Option<&str>,
+        reason: Option<EventReason>,
+        waiter: Option<oneshot::Sender<()>>,
+    ) -> bool {
         let stored = {
             let mut p = self.lock();
             if p.len() >= self.max_pending && !p.contains_key(user) {
@@ -93,6 +109,7 @@ impl PendingWrites {
             } else {
                 let d = p.entry(user.clone()).or_default();
                 d.conn = conn.map(str::to_string);
+                d.reason = reason;
                 d.waiters.extend(waiter);
                 true
             }
@@ -104,21 +121,27 @@ impl PendingWrites {
         stored
     }
 
-    /// Marks `user` dirty. When the set is full the user is not stored; a full
-    /// resync (which covers it) is scheduled instead. Returns whether it was stored.
-    pub fn mark(&self, user: &UserId, conn: Option<&str>) -> bool {
-        self.mark_with(user, conn, None)
+    /// Marks `user` dirty (connection `conn` went, for `reason`). When the set
+    /// is full the user is not stored; a full resync (which covers it) is
+    /// scheduled instead. Returns whether it was stored.
+    pub fn mark(&self, user: &UserId, conn: Option<&str>, reason: Option<EventReason>) -> bool {
+        self.mark_with(user, conn, reason, None)
     }
 
     /// Marks `user` dirty and returns a receiver that fires when the write
     /// holding this mark is in the store (`None` when the set was full).
     pub fn mark_and_wait(&self, user: &UserId, conn: Option<&str>) -> Option<oneshot::Receiver<()>> {
         let (tx, rx) = oneshot::channel();
-        self.mark_with(user, conn, Some(tx)).then_some(rx)
+        self.mark_with(user, conn, None, Some(tx)).then_some(rx)
     }
 
-    /// Schedules a rewrite of every count this node holds or the store holds for it.
-    pub fn request_full_resync(&self) {
+    /// Schedules a rewrite of every count this node holds or the store holds
+    /// for it; `restarted` when the store said a previous run of this node ID
+    /// left counts behind.
+    pub fn request_full_resync(&self, restarted: bool) {
+        if restarted {
+            self.restarted.store(true, Ordering::Relaxed);
+        }
         self.full_resync.store(true, Ordering::Relaxed);
         self.notify.notify_one();
     }
@@ -152,9 +175,10 @@ impl PendingWrites {
                 continue;
             }
             let e = p.entry(u).or_default();
-            // A newer mark made meanwhile keeps its connection ID.
+            // A newer mark made meanwhile keeps its connection ID and reason.
             if e.conn.is_none() {
                 e.conn = d.conn;
+                e.reason = d.reason;
             }
             e.waiters.extend(d.waiters);
         }
@@ -176,8 +200,12 @@ pub struct Writer {
     pub table: TableCache,
     /// This node's ID: the store field it writes and the events' `nodeId`.
     pub node_id: String,
+    /// This process's run ID, stamped on its events (echo filtering).
+    pub run_id: String,
     /// Users per store call.
     pub batch: usize,
+    /// While up, nothing is written (the node may have been counted out).
+    pub fence: Arc<Fence>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -189,6 +217,10 @@ impl Writer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.pending.notify.notified() => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.fence.lifted() => {}
             }
             let mut failures = 0u64;
             while let Err(e) = self.flush().await {
@@ -226,9 +258,8 @@ impl Writer {
                 if full {
                     self.full_resync().await?;
                 }
-                let users: Vec<(UserId, Option<String>)> =
-                    batch.iter().map(|(u, d)| (u.clone(), d.conn.clone())).collect();
-                self.write(&users, None).await
+                let users: Vec<Cause> = batch.iter().map(|(u, d)| (u.clone(), d.conn.clone(), d.reason)).collect();
+                self.write(&users).await
             }
             .await;
             match result {
@@ -250,37 +281,55 @@ impl Writer {
 
     async fn full_resync(&self) -> Result<(), StoreError> {
         // Users with connections here, users this node still owes a zero, and
-        // whatever the store says this node has.
+        // whatever the store says this node has (a previous run's leftovers).
+        let restarted = self.pending.restarted.swap(false, Ordering::Relaxed);
+        let reason = if restarted { EventReason::NodeRestarted } else { EventReason::Resync };
         let mut users: HashSet<UserId> = self.counts.owed_users().into_iter().collect();
-        users.extend(self.store.node_users(&self.node_id).await?);
-        let all: Vec<(UserId, Option<String>)> = users.into_iter().map(|u| (u, None)).collect();
-        tracing::info!(node = %self.node_id, users = all.len(), "rewriting all counts to the store");
-        for chunk in all.chunks(self.batch) {
-            self.write(chunk, Some(EventReason::Resync)).await?;
+        users.extend(self.store.node_counts(&self.node_id).await?.into_iter().map(|(u, _)| u));
+        let all: Vec<Cause> = users.into_iter().map(|u| (u, None, Some(reason))).collect();
+        tracing::info!(node = %self.node_id, users = all.len(), reason = reason.as_str(), "rewriting all counts to the store");
+        let written = async {
+            for chunk in all.chunks(self.batch) {
+                self.write(chunk).await?;
+            }
+            Ok(())
+        };
+        let result = written.await;
+        if result.is_err() && restarted {
+            // Retried with the same reason.
+            self.pending.restarted.store(true, Ordering::Relaxed);
         }
-        Ok(())
+        result
     }
 
     /// One store call for `batch`, its answers to [`Counts`], one event per change.
-    async fn write(&self, batch: &[(UserId, Option<String>)], reason: Option<EventReason>) -> Result<(), StoreError> {
+    async fn write(&self, batch: &[Cause]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let users: Vec<UserId> = batch.iter().map(|(u, _)| u.clone()).collect();
-        let updates = self.counts.local_counts(&users);
+        let users: Vec<UserId> = batch.iter().map(|(u, _, _)| u.clone()).collect();
+        let mut updates = self.counts.local_counts(&users);
+        for (u, (_, _, reason)) in updates.iter_mut().zip(batch) {
+            u.reason = *reason;
+        }
         let now = presence_model::time::now_ms();
         let answers = self.store.set_counts(&self.node_id, &updates, now).await?;
         self.counts.record_writes(&updates, &answers, now);
-        for ((_, conn), answer) in batch.iter().zip(&answers) {
+        for ((_, conn, reason), answer) in batch.iter().zip(&answers) {
             if let Some(change) = answer {
-                self.publish(change, conn.clone(), reason, now).await;
+                self.publish(change, conn.clone(), *reason, now).await;
             }
         }
         Ok(())
     }
 
     async fn publish(&self, change: &PresenceChange, conn: Option<String>, reason: Option<EventReason>, ts: u64) {
-        let event = StatusEvent::from_change(change, &self.node_id, conn, self.table.epoch(), ts, reason);
+        // Why a connection went says nothing about a join (the same batch saw
+        // both); a rewrite is a rewrite either way.
+        let went_down = change.presence.connections < change.previous;
+        let reason = reason.filter(|r| went_down || matches!(r, EventReason::Resync | EventReason::NodeRestarted));
+        let event = StatusEvent::from_change(change, &self.node_id, conn, self.table.epoch(), ts, reason)
+            .from_run(&self.run_id);
         match self.bus.publish(event).await {
             Ok(()) => self.metrics.events_published.inc(),
             Err(e) => {
@@ -303,10 +352,10 @@ mod tests {
     fn bounded_set_turns_overflow_into_full_resync() {
         let overflows = IntCounter::new("o", "o").expect("counter");
         let p = PendingWrites::new(2, overflows.clone());
-        assert!(p.mark(&uid("a"), None));
+        assert!(p.mark(&uid("a"), None, None));
         let w = p.mark_and_wait(&uid("b"), Some("c1"));
         assert!(w.is_some());
-        assert!(p.mark(&uid("a"), Some("c2")), "re-marking a held user always fits");
+        assert!(p.mark(&uid("a"), Some("c2"), Some(EventReason::Closed)), "re-marking a held user always fits");
         assert!(p.mark_and_wait(&uid("c"), None).is_none(), "a full set does not grow");
         assert_eq!(p.len(), 2);
         assert_eq!(overflows.get(), 1, "the overflow is counted");
