@@ -182,6 +182,8 @@ pub struct ConnectOptions {
     /// coordinator. Bounds how long a user can sit on a node that stopped
     /// answering.
     pub ping_timeout: Duration,
+    /// Longest wait for one attempt, from TCP connect to `welcome`.
+    pub connect_timeout: Duration,
 }
 
 impl ConnectOptions {
@@ -192,8 +194,9 @@ impl ConnectOptions {
             backoff: Backoff::default(),
             url: None,
             event_buffer: 1024,
-            ping_interval: Duration::from_secs(10),
-            ping_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -340,15 +343,19 @@ impl Driver {
                 .url
                 .unwrap_or_default(),
         };
-        let mut conn = match Connection::connect(&url, TokenPlacement::Header(token)).await {
-            Ok(c) => c,
-            Err(Error::Api { code, .. }) if code == code::TOKEN_EXPIRED => return Err(Failure::Expired),
-            Err(e) => return Err(Failure::Other(e.to_string())),
+        // A node that accepts TCP but never answers (frozen, overloaded) must not hold the attempt.
+        let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
+        let connecting = tokio::time::timeout_at(deadline, Connection::connect(&url, TokenPlacement::Header(token)));
+        let mut conn = match connecting.await {
+            Ok(Ok(c)) => c,
+            Ok(Err(Error::Api { code, .. })) if code == code::TOKEN_EXPIRED => return Err(Failure::Expired),
+            Ok(Err(e)) => return Err(Failure::Other(e.to_string())),
+            Err(_) => return Err(Failure::Other(format!("{url} did not answer the upgrade in time"))),
         };
         let mut redirect = None;
         let mut expired_said = false;
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), conn.next()).await {
+            match tokio::time::timeout_at(deadline, conn.next()).await {
                 Ok(Some(Frame::Message(ServerMessage::Welcome {
                     node_id, connection_id, epoch, connections, ..
                 }))) => {
@@ -370,7 +377,7 @@ impl Driver {
                     })
                 }
                 Ok(None) => return Err(Failure::Other("connection ended before welcome".into())),
-                Err(_) => return Err(Failure::Other("no welcome within 10 s".into())),
+                Err(_) => return Err(Failure::Other("no welcome in time".into())),
             }
         }
         if !self.subs.is_empty() {

@@ -237,6 +237,7 @@ fn readyz(coord: &Coordinator) -> Response {
             "leaseHolder": coord.holder,
             "leader": coord.is_leader(),
             "epoch": coord.table.epoch(),
+            "generation": coord.table.version().map(|v| v.generation),
             "tableStale": coord.table.is_stale(),
             "store": coord.store.kind(),
             "storeReachable": coord.store_ok(),

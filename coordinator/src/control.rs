@@ -173,3 +173,40 @@ async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use presence_backend::{CountUpdate, MemoryBus, MemoryStore, Store};
+    use presence_model::UserId;
+
+    use super::*;
+    use crate::CoordinatorConfig;
+
+    /// A leader that was paused while another coordinator took the lease acts
+    /// on stale beliefs when it resumes; the store must refuse every write.
+    #[tokio::test]
+    async fn a_leader_that_lost_its_lease_cannot_count_out_or_write_the_table() {
+        let store = MemoryStore::new();
+        let coord =
+            Coordinator::new(CoordinatorConfig::default(), Arc::new(store.clone()), Arc::new(MemoryBus::default()));
+        let user = UserId::parse("alice").expect("valid");
+        store.set_counts("dead-node", &[CountUpdate::new(user.clone(), 1)], 1).await.expect("up");
+        assert!(store.acquire_lease(&coord.holder, Duration::from_secs(30)).await.expect("up"));
+        // Paused: the lease passes to another coordinator.
+        store.release_lease(&coord.holder).await.expect("up");
+        assert!(store.acquire_lease("coord/another-run", Duration::from_secs(30)).await.expect("up"));
+
+        assert!(matches!(count_out_dead(&coord, &[]).await, Err(StoreError::NotLeader(_))));
+        assert_eq!(store.presence(&[user]).await.expect("up")[0].connections, 1, "no count-out happened");
+        assert!(matches!(rebalance_round(&coord, &[]).await, Err(StoreError::NotLeader(_))));
+        assert_eq!(store.table_version().await.expect("up"), None, "no table was written");
+
+        // Through the control loop: it sees it does not lead and does nothing.
+        coord.leader.store(true, Ordering::Relaxed);
+        step(&coord).await.expect("step");
+        assert!(!coord.is_leader());
+        assert_eq!(coord.metrics.dead_nodes.get(), 0);
+    }
+}

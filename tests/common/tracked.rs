@@ -1,7 +1,9 @@
 //! A test client on the SDK that records everything it is told, so a test
 //! knows the truth (which clients are connected) and what each client saw.
-//! It follows redirects and handoffs as the SDK does; a dropped connection
-//! ends it (the test counts it out) instead of reconnecting.
+//! It follows redirects and handoffs as the SDK does. By default a dropped
+//! connection ends it (the test counts it out) instead of reconnecting; a
+//! [`Client::resilient`] one reconnects as an application's would, so its
+//! user stays one live session.
 
 #![allow(dead_code)]
 
@@ -28,6 +30,10 @@ pub struct Seen {
     pub history: Vec<(String, bool, u64)>,
     /// Handoffs followed.
     pub moves: u32,
+    /// Every `status` with the time it arrived.
+    pub timeline: Vec<(tokio::time::Instant, String, u64)>,
+    /// Reconnections after a drop (resilient clients).
+    pub reconnects: u32,
 }
 
 pub struct Client {
@@ -40,10 +46,40 @@ pub struct Client {
 impl Client {
     /// Connects `user` through the coordinator, subscribing to `watch`; waits for the welcome.
     pub async fn connect(coordinator: &str, secret: &str, user: &str, watch: &[String]) -> Client {
+        Self::start(coordinator, secret, user, watch, None).await
+    }
+
+    /// Like [`Client::connect`], but a dropped connection is followed by the
+    /// SDK's reconnect, and a node that stops answering for `liveness` (ping
+    /// interval and ping timeout each) is left for another.
+    pub async fn resilient(
+        coordinator: &str,
+        secret: &str,
+        user: &str,
+        watch: &[String],
+        liveness: Duration,
+    ) -> Client {
+        Self::start(coordinator, secret, user, watch, Some(liveness)).await
+    }
+
+    async fn start(
+        coordinator: &str,
+        secret: &str,
+        user: &str,
+        watch: &[String],
+        resilient: Option<Duration>,
+    ) -> Client {
         let sdk = presence_client::Client::new(coordinator).expect("coordinator url");
         let mut opts =
             ConnectOptions::new(TokenSource::fixed(presence_model::auth::mint_hs256(secret.as_bytes(), user, 3600)));
         opts.backoff.max_attempts = Some(30);
+        if let Some(liveness) = resilient {
+            opts.ping_interval = liveness;
+            opts.ping_timeout = liveness;
+            opts.connect_timeout = liveness * 2;
+            opts.backoff.initial = Duration::from_millis(50);
+            opts.backoff.max = Duration::from_millis(500);
+        }
         let mut session = sdk.connect(user, opts).await.expect("session");
         if !watch.is_empty() {
             let ids: Vec<&str> = watch.iter().map(String::as_str).collect();
@@ -73,6 +109,7 @@ impl Client {
                         }
                         Some(Event::Status { user_id, online, connections, .. }) => {
                             g.status.insert(user_id.clone(), connections);
+                            g.timeline.push((tokio::time::Instant::now(), user_id.clone(), connections));
                             g.history.push((user_id, online, connections));
                             false
                         }
@@ -82,6 +119,10 @@ impl Client {
                         }
                         // Before the first welcome, retries are part of connecting.
                         Some(Event::Reconnecting { .. }) if !g.alive => false,
+                        Some(Event::Reconnecting { .. }) if resilient.is_some() => {
+                            g.reconnects += 1;
+                            false
+                        }
                         Some(Event::Error { code, .. }) if code != "gave_up" => false,
                         // Dropped, gave up, closed by the test, or ended.
                         _ => {

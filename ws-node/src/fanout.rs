@@ -13,7 +13,7 @@
 //!   finished. These re-reads are tasks of the node's tracker and stop at
 //!   shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presence_backend::{BusMessage, BusSubscription, Store, TableCache};
@@ -79,6 +79,10 @@ pub struct Fanout {
     /// This process's run ID: its own events are skipped (already applied).
     /// A previous run's events (and a coordinator's count-out of it) are not.
     pub run_id: String,
+    /// When the last event written by anyone else arrived. Events are only
+    /// written after a store write succeeded, so one arriving proves the store
+    /// works for someone (see [`crate::membership`], self-fencing).
+    pub heard_from_others: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Fanout {
@@ -116,6 +120,8 @@ impl Fanout {
                     // This run applied its own writes before publishing them; the echo
                     // would only be dropped as stale (and count as such).
                     if e.run_id.as_deref() != Some(self.run_id.as_str()) {
+                        *self.heard_from_others.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(tokio::time::Instant::now());
                         self.counts.apply(&e.presence(), presence_model::time::now_ms(), None);
                     }
                 }
@@ -189,6 +195,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             node_id: "n1".into(),
             run_id: "me".into(),
+            heard_from_others: Arc::default(),
         };
         let (w, mut rx) = Conn::new(7, 16);
         counts.watch(&uid("bob"), w);

@@ -12,12 +12,20 @@
 //!
 //! **Self-fencing.** A node whose registration was not renewed for
 //! `NODE_TTL` (cut off from the store, or paused like a frozen VM or a long
-//! GC pause) may have been counted out and its vnodes given away. The
-//! [`Fence`] goes up: every client is told to `reconnect` through the
-//! coordinator (reason `fenced`), new connections are refused, and the
-//! writer stops writing. It comes down once a heartbeat succeeds again and
-//! the routing table has been re-read; the writer then rewrites what it owes
-//! (the count-out left a marker, so the heartbeat reported "fresh").
+//! GC pause) may have been counted out and its vnodes given away, but only
+//! if the store works for the rest of the cluster: when Redis is down for
+//! everyone, nobody can count anyone out and the node must keep serving
+//! from its cache. The evidence is the bus: events are written only after a
+//! store write succeeded, so an event from anyone else (another node, or the
+//! leader counting this node out) arriving after the registration lapsed
+//! means the cluster moved on. Then the [`Fence`] goes up: every client is
+//! told to `reconnect` through the coordinator (reason `fenced`), new
+//! connections are refused, and the writer stops writing. It comes down once
+//! a heartbeat succeeds again and the routing table has been re-read; the
+//! writer then rewrites what it owes (the count-out left a marker, so the
+//! heartbeat reported "fresh"). A node cut off from both the store and the
+//! bus cannot tell and keeps serving; its users show offline from the
+//! count-out until it heals (`docs/architecture.md`, "Failure modes").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,10 +195,10 @@ impl Membership {
         }
     }
 
-    /// Raises the fence when the registration has not been renewed for a TTL,
-    /// until `stop`. A task of its own: a heartbeat stuck on an unreachable
-    /// store must not delay it, and after a pause (SIGSTOP, a frozen VM) its
-    /// timer fires first.
+    /// Raises the fence when the registration has not been renewed for a TTL
+    /// and the bus shows the cluster moved on (see the module docs), until
+    /// `stop`. A task of its own: a heartbeat stuck on an unreachable store
+    /// must not delay it.
     pub async fn watch_fence(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval / 2);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -200,7 +208,10 @@ impl Membership {
                 _ = tick.tick() => {}
             }
             let renewed = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
-            if renewed.is_some_and(|at| at.elapsed() >= self.config.node_ttl) && self.fence.raise() {
+            let Some(lapsed_at) = renewed.map(|at| at + self.config.node_ttl) else { continue };
+            let heard = *self.fanout.heard_from_others.lock().unwrap_or_else(|p| p.into_inner());
+            let moved_on = heard.is_some_and(|h| h > lapsed_at);
+            if Instant::now() >= lapsed_at && moved_on && self.fence.raise() {
                 let metrics = &self.fanout.metrics;
                 metrics.fenced.set(1);
                 metrics.fences.inc();

@@ -46,6 +46,7 @@ fn readyz(node: &Node) -> Response {
         serde_json::json!({
             "nodeId": node.config.node_id,
             "epoch": node.table.epoch(),
+            "generation": node.table.version().map(|v| v.generation),
             "tableStale": node.table.is_stale(),
             "store": node.store.kind(),
             "storeReachable": node.store_ok(),
