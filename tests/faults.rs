@@ -153,7 +153,7 @@ async fn a_node_cut_off_from_redis_fences_itself_and_its_users_move_on() {
     let sh = Shared::new("partition", redis.url(), SECRET);
     let (_coord, url) = sh.coordinator("coord");
     let cut_url = format!("redis://127.0.0.1:{}", proxy.port);
-    let nodes = vec![sh.node("node-1"), sh.node_with("node-2", &[("REDIS_URL", &cut_url)]), sh.node("node-3")];
+    let nodes = [sh.node("node-1"), sh.node_with("node-2", &[("REDIS_URL", &cut_url)]), sh.node("node-3")];
     let api = CoordinatorClient::new(&url).expect("url");
     wait_for_nodes(&api, 3).await;
     let ring = api.ring().await.expect("ring");
