@@ -49,6 +49,9 @@ pub enum Frame {
 /// An open WebSocket to a ws-node.
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Statuses of a `statuses` batch not handed out yet: a batch is a
+    /// transport detail, and [`Connection::next`] yields its entries one by one.
+    unbatched: std::collections::VecDeque<ServerMessage>,
 }
 
 impl Connection {
@@ -83,7 +86,7 @@ impl Connection {
                 }
                 other => Error::WebSocket(other.to_string()),
             })?;
-        let mut conn = Self { ws };
+        let mut conn = Self { ws, unbatched: std::collections::VecDeque::new() };
         if let TokenPlacement::Message(t) = token {
             conn.send(&ClientMessage::Auth { token: t }).await?;
         }
@@ -101,12 +104,20 @@ impl Connection {
     }
 
     /// The next frame; `None` once the connection is gone. Pings are answered
-    /// by tungstenite and not reported.
+    /// by tungstenite and not reported; a `statuses` batch comes out as its
+    /// `status` messages, one per call.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
+            if let Some(m) = self.unbatched.pop_front() {
+                return Some(Frame::Message(m));
+            }
             match self.ws.next().await? {
                 Ok(Message::Text(t)) => {
                     return Some(match serde_json::from_str(&t) {
+                        Ok(ServerMessage::Statuses { statuses }) => {
+                            self.unbatched.extend(statuses);
+                            continue;
+                        }
                         Ok(m) => Frame::Message(m),
                         Err(_) => Frame::Unparsed(t.to_string()),
                     })

@@ -142,6 +142,13 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<EventReason>,
     },
+    /// Several `status` messages at once: what a connection's outbox held when
+    /// its client was behind (each user at most once, newest state).
+    #[serde(rename_all = "camelCase")]
+    Statuses {
+        /// The `status` messages, in the order they were queued.
+        statuses: Vec<ServerMessage>,
+    },
     /// This node does not own the user: connect to `url`; close 4010 follows.
     #[serde(rename_all = "camelCase")]
     Redirect {

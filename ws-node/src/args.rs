@@ -77,7 +77,10 @@ pub struct Args {
     /// Subscriptions allowed per connection.
     #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value_t = default_of(|c| c.max_subscriptions))]
     pub max_subscriptions: String,
-    /// Outbound messages queued per connection before a slow client is dropped.
+    /// Longest a write to a client may take before it is dropped as a slow consumer, ms.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = default_of(|c| c.write_timeout.as_millis()))]
+    pub write_timeout_ms: String,
+    /// Messages other than status and count (which conflate) queued per connection before a slow client is dropped.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = default_of(|c| c.outbound_queue))]
     pub outbound_queue: String,
     /// How often the drift reconciler compares Redis with this node's counts, ms.
@@ -217,6 +220,7 @@ impl Args {
         }
         ms(&mut p, "--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms, &mut node.handoff_timeout);
         ms(&mut p, "--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms, &mut node.auth_timeout);
+        ms(&mut p, "--write-timeout-ms/WRITE_TIMEOUT_MS", &self.write_timeout_ms, &mut node.write_timeout);
         ms(
             &mut p,
             "--reconcile-interval-ms/RECONCILE_INTERVAL_MS",

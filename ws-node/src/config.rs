@@ -33,8 +33,12 @@ pub struct NodeConfig {
     pub max_subscriptions: usize,
     /// Largest frame or message accepted, in bytes.
     pub max_frame_bytes: usize,
-    /// Outbound messages queued per connection before the client is dropped as too slow.
+    /// Messages other than `status` and `count` (which conflate) queued per
+    /// connection before the client is dropped as too slow.
     pub outbound_queue: usize,
+    /// Longest a write to a client may take; a client that takes no frame
+    /// for this long is dropped as a slow consumer.
+    pub write_timeout: Duration,
     /// tungstenite's per-connection read buffer, in bytes (eagerly allocated).
     pub read_buffer_bytes: usize,
     /// Users whose count may wait for the store before a full resync is scheduled instead.
@@ -63,6 +67,7 @@ impl NodeConfig {
             max_subscriptions: 1000,
             max_frame_bytes: 16 * 1024,
             outbound_queue: 64,
+            write_timeout: Duration::from_secs(10),
             read_buffer_bytes: 1024,
             max_pending_writes: 100_000,
             write_batch: 256,

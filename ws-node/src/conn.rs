@@ -1,22 +1,74 @@
-//! The node's handle on one connection: a bounded queue into the
-//! connection's task. Everything that talks to a client from outside its
-//! session (fan-out, handoff) goes through [`Conn::push`], which never waits:
-//! a client that does not read cannot stall anyone else.
+//! The node's handle on one connection: a conflating outbox that the
+//! connection's session drains onto the socket.
+//!
+//! A status is state, not an event stream: a watcher needs the latest status
+//! of each user it follows, in order, not every intermediate one. So the
+//! outbox holds at most one pending `status` per followed user and one
+//! pending `count`; a newer one replaces the queued, unsent one in its place
+//! (counted in `presence_statuses_conflated_total`). It also remembers the
+//! newest `seq` it took for each followed user and drops anything older, so
+//! a client never sees a user go backwards, whichever path (live fan-out or
+//! the subscribe snapshot) a status came by. Other messages (`reconnect`)
+//! wait in a small bounded queue.
+//!
+//! The outbox is therefore bounded by the connection's subscriptions plus a
+//! few messages, and a burst of churn cannot overflow it. What bounds a
+//! client that really does not read is time: the session's write deadline
+//! (`docs/protocol.md`, "Slow readers").
+//!
+//! Everything that talks to a client from outside its session (fan-out,
+//! handoff) goes through these `push` methods, which never wait.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, Notify};
+use presence_model::UserId;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
 
-/// What a connection's writer receives.
+/// A message other than `status` and `count`.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A protocol message, already serialised (shared between all receivers).
+    /// A protocol message, already serialised.
     Text(Utf8Bytes),
     /// A `reconnect` message: send it, then close with 4011 after the handoff timeout.
     Handoff(Utf8Bytes),
+}
+
+/// What the session takes from the outbox for one write.
+#[derive(Debug)]
+pub enum Taken {
+    /// One message.
+    One(Outbound),
+    /// Pending `status` frames of several users, sent as one `statuses` message.
+    Statuses(Vec<Utf8Bytes>),
+}
+
+/// The order messages were queued in, by what they are.
+#[derive(Debug)]
+enum Key {
+    Status(UserId),
+    Count,
+    Other,
+}
+
+/// One followed user's place in the outbox.
+#[derive(Debug, Default)]
+struct Followed {
+    /// The newest `seq` taken for this user (pending or sent).
+    seq: Option<u64>,
+    /// The pending frame, if any.
+    pending: Option<Utf8Bytes>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    order: VecDeque<Key>,
+    statuses: HashMap<UserId, Followed>,
+    count: Option<Utf8Bytes>,
+    others: VecDeque<Outbound>,
 }
 
 /// The node's handle on one connection. Cheap to clone.
@@ -28,17 +80,32 @@ pub struct Conn {
 struct ConnShared {
     /// Node-local connection number.
     id: u64,
-    /// Bounded queue to the connection's task.
-    tx: mpsc::Sender<Outbound>,
-    /// Rung when the queue overflowed: the task drops the client.
+    /// Bound on the queue of other messages.
+    max_others: usize,
+    /// Plain data, a few map operations per push: a sync lock that is never
+    /// held across an `.await`.
+    outbox: Mutex<Outbox>,
+    /// Rung when something was queued.
+    ready: Notify,
+    /// Rung when the queue of other messages overflowed: the session drops the client.
     overflow: Notify,
 }
 
 impl Conn {
-    /// A handle and the receiving end of its queue, bounded at `capacity`.
-    pub fn new(id: u64, capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Self { inner: Arc::new(ConnShared { id, tx, overflow: Notify::new() }) }, rx)
+    /// A handle whose queue of other messages holds at most `max_others`.
+    pub fn new(id: u64, max_others: usize) -> Self {
+        let shared = ConnShared {
+            id,
+            max_others: max_others.max(1),
+            outbox: Mutex::new(Outbox::default()),
+            ready: Notify::new(),
+            overflow: Notify::new(),
+        };
+        Self { inner: Arc::new(shared) }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The connection number.
@@ -46,37 +113,208 @@ impl Conn {
         self.inner.id
     }
 
-    /// Waits until a push found the queue full.
+    /// Waits until a push found the queue of other messages full.
     pub async fn overflowed(&self) {
         self.inner.overflow.notified().await
     }
 
-    /// Queues without waiting. A full queue means the client reads too slowly:
-    /// it is told to go (see [`Conn::overflowed`]) and counted.
+    /// Waits until something may be waiting to be taken.
+    pub async fn ready(&self) {
+        self.inner.ready.notified().await
+    }
+
+    /// Makes the next [`Conn::ready`] return at once (more is left to write).
+    pub fn wake(&self) {
+        self.inner.ready.notify_one();
+    }
+
+    /// Queues `user`'s status at `seq` (see the module docs): replaces the
+    /// pending one, or is dropped when not newer than what was taken.
+    pub fn push_status(&self, user: &UserId, seq: u64, frame: Utf8Bytes, metrics: &Metrics) {
+        {
+            let mut o = self.outbox();
+            let f = o.statuses.entry(user.clone()).or_default();
+            if f.seq.is_some_and(|s| s > seq) {
+                return;
+            }
+            f.seq = Some(seq);
+            if f.pending.replace(frame).is_some() {
+                metrics.statuses_conflated.inc();
+                return;
+            }
+            o.order.push_back(Key::Status(user.clone()));
+        }
+        self.inner.ready.notify_one();
+    }
+
+    /// Stops following `user`: a pending status is dropped, and a later
+    /// subscription starts afresh.
+    pub fn forget(&self, user: &UserId) {
+        self.outbox().statuses.remove(user);
+    }
+
+    /// Queues the user's own connection count, replacing a pending one.
+    pub fn push_count(&self, frame: Utf8Bytes) {
+        {
+            let mut o = self.outbox();
+            if o.count.replace(frame).is_none() {
+                o.order.push_back(Key::Count);
+            }
+        }
+        self.inner.ready.notify_one();
+    }
+
+    /// Queues another message. A full queue means the client reads too
+    /// slowly: it is told to go (see [`Conn::overflowed`]) and counted.
     pub fn push(&self, out: Outbound, metrics: &Metrics) {
-        match self.inner.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        {
+            let mut o = self.outbox();
+            if o.others.len() >= self.inner.max_others {
+                drop(o);
                 metrics.slow_consumers.inc();
                 self.inner.overflow.notify_one();
+                return;
             }
-            // The task is gone; its cleanup will remove this handle.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            o.others.push_back(out);
+            o.order.push_back(Key::Other);
+        }
+        self.inner.ready.notify_one();
+    }
+
+    /// The next thing to write: the oldest queued message, with the pending
+    /// statuses queued right after it when it is a status (at most
+    /// `max_batch` together).
+    pub fn take(&self, max_batch: usize) -> Option<Taken> {
+        let mut o = self.outbox();
+        let mut batch = Vec::new();
+        loop {
+            let next_is_status = matches!(o.order.front(), Some(Key::Status(_)));
+            if !batch.is_empty() && (!next_is_status || batch.len() >= max_batch) {
+                break;
+            }
+            match o.order.pop_front() {
+                None => break,
+                Some(Key::Status(user)) => {
+                    // Gone when the user was unfollowed meanwhile.
+                    if let Some(frame) = o.statuses.get_mut(&user).and_then(|f| f.pending.take()) {
+                        batch.push(frame);
+                    }
+                }
+                Some(Key::Count) => {
+                    if let Some(frame) = o.count.take() {
+                        return Some(Taken::One(Outbound::Text(frame)));
+                    }
+                }
+                Some(Key::Other) => {
+                    if let Some(out) = o.others.pop_front() {
+                        return Some(Taken::One(out));
+                    }
+                }
+            }
+        }
+        match batch.len() {
+            0 => None,
+            1 => batch.pop().map(|f| Taken::One(Outbound::Text(f))),
+            _ => Some(Taken::Statuses(batch)),
         }
     }
+
+    /// Messages waiting (statuses, count and others).
+    pub fn pending(&self) -> usize {
+        let o = self.outbox();
+        o.statuses.values().filter(|f| f.pending.is_some()).count() + usize::from(o.count.is_some()) + o.others.len()
+    }
+}
+
+/// The `statuses` message carrying these `status` frames (each entry is a
+/// whole `status` message; `docs/protocol.md`).
+pub fn statuses_frame(frames: &[Utf8Bytes]) -> Utf8Bytes {
+    let mut s = String::with_capacity(32 + frames.iter().map(|f| f.len() + 1).sum::<usize>());
+    s.push_str(r#"{"type":"statuses","statuses":["#);
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(f.as_str());
+    }
+    s.push_str("]}");
+    Utf8Bytes::from(s)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn uid(s: &str) -> UserId {
+        UserId::parse(s).expect("valid")
+    }
+
+    fn text(t: Option<Taken>) -> String {
+        match t {
+            Some(Taken::One(Outbound::Text(f) | Outbound::Handoff(f))) => f.to_string(),
+            Some(Taken::Statuses(fs)) => statuses_frame(&fs).to_string(),
+            None => String::new(),
+        }
+    }
+
     #[test]
-    fn overflow_rings_the_connection() {
-        let metrics = Metrics::new();
-        let (c, _rx) = Conn::new(1, 1);
-        c.push(Outbound::Text("a".into()), &metrics);
-        c.push(Outbound::Text("b".into()), &metrics);
-        assert_eq!(metrics.slow_consumers.get(), 1);
+    fn a_newer_status_replaces_the_pending_one_in_its_place() {
+        let m = Metrics::new();
+        let c = Conn::new(1, 4);
+        c.push_status(&uid("a"), 1, "a1".into(), &m);
+        c.push_status(&uid("b"), 1, "b1".into(), &m);
+        c.push_count("c1".into());
+        c.push_status(&uid("a"), 2, "a2".into(), &m);
+        c.push_count("c2".into());
+        assert_eq!(m.statuses_conflated.get(), 1);
+        assert_eq!(c.pending(), 3);
+        assert_eq!(text(c.take(10)), r#"{"type":"statuses","statuses":[a2,b1]}"#);
+        assert_eq!(text(c.take(10)), "c2");
+        assert!(c.take(10).is_none());
+    }
+
+    #[test]
+    fn nothing_older_than_what_was_taken_gets_through() {
+        let m = Metrics::new();
+        let c = Conn::new(1, 4);
+        c.push_status(&uid("a"), 5, "a5".into(), &m);
+        assert_eq!(text(c.take(10)), "a5");
+        c.push_status(&uid("a"), 4, "a4".into(), &m);
+        assert!(c.take(10).is_none(), "older than what the client has");
+        c.push_status(&uid("a"), 5, "a5 again".into(), &m);
+        assert_eq!(text(c.take(10)), "a5 again", "the same seq is allowed (a re-sent snapshot)");
+        c.forget(&uid("a"));
+        c.push_status(&uid("a"), 1, "a1".into(), &m);
+        assert_eq!(text(c.take(10)), "a1", "a new subscription starts afresh");
+    }
+
+    #[test]
+    fn batches_are_bounded_and_other_messages_keep_their_turn() {
+        let m = Metrics::new();
+        let c = Conn::new(1, 1);
+        for i in 0..5 {
+            c.push_status(&uid(&format!("u{i}")), 1, format!("s{i}").into(), &m);
+        }
+        c.push(Outbound::Handoff("r".into()), &m);
+        assert_eq!(text(c.take(3)), r#"{"type":"statuses","statuses":[s0,s1,s2]}"#);
+        assert_eq!(text(c.take(3)), r#"{"type":"statuses","statuses":[s3,s4]}"#);
+        assert_eq!(text(c.take(3)), "r");
+        // The bounded queue of other messages.
+        c.push(Outbound::Text("x".into()), &m);
+        c.push(Outbound::Text("y".into()), &m);
+        assert_eq!(m.slow_consumers.get(), 1);
         assert!(futures_util::FutureExt::now_or_never(c.overflowed()).is_some());
+    }
+
+    #[test]
+    fn a_burst_never_grows_the_outbox_beyond_the_followed_users() {
+        let m = Metrics::new();
+        let c = Conn::new(1, 4);
+        for seq in 1..=10_000u64 {
+            let u = uid(&format!("u{}", seq % 100));
+            c.push_status(&u, seq, format!("{seq}").into(), &m);
+        }
+        assert_eq!(c.pending(), 100);
+        assert_eq!(m.statuses_conflated.get(), 9_900);
     }
 }

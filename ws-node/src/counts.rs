@@ -190,7 +190,7 @@ impl Counts {
                 Some(change) => {
                     self.apply_to(e, &change.presence, now_ms, None);
                 }
-                None => fanout::reconfirm(e, &self.metrics),
+                None => fanout::reconfirm(e),
             }
             e.written = update.connections;
             if e.is_empty() {
@@ -282,10 +282,8 @@ impl Counts {
 pub(crate) mod tests {
     use std::sync::Arc;
 
-    use tokio::sync::mpsc;
-
     use super::*;
-    use crate::conn::Outbound;
+    use crate::conn::{statuses_frame, Outbound, Taken};
 
     pub(crate) fn uid(s: &str) -> UserId {
         UserId::parse(s).expect("valid")
@@ -299,12 +297,14 @@ pub(crate) mod tests {
         Presence { user_id: uid(u), connections, seq, last_seen: None, reason: None }
     }
 
-    pub(crate) fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+    /// Everything queued for `c`, as the frames the session would write.
+    pub(crate) fn drain(c: &Conn) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
-            match m {
-                Outbound::Text(t) | Outbound::Handoff(t) => out.push(t.to_string()),
-            }
+        while let Some(m) = c.take(usize::MAX) {
+            out.push(match m {
+                Taken::One(Outbound::Text(t) | Outbound::Handoff(t)) => t.to_string(),
+                Taken::Statuses(frames) => statuses_frame(&frames).to_string(),
+            });
         }
         out
     }
@@ -312,52 +312,61 @@ pub(crate) mod tests {
     #[test]
     fn newer_states_push_count_and_status_once() {
         let h = counts();
-        let (c1, mut r1) = Conn::new(1, 16);
-        let (w, mut rw) = Conn::new(2, 16);
+        let c1 = Conn::new(1, 16);
+        let r1 = c1.clone();
+        let w = Conn::new(2, 16);
+        let rw = w.clone();
         h.connect(&uid("a"), c1);
         assert_eq!(h.estimate(&uid("a")), 1);
         assert!(h.watch(&uid("a"), w).is_none());
         assert!(h.apply(&p("a", 1, 10), 0, None));
+        assert_eq!(drain(&rw).len(), 1);
         assert!(!h.apply(&p("a", 1, 10), 0, None), "duplicate dropped");
         assert!(!h.apply(&p("a", 5, 9), 0, None), "stale dropped");
+        assert!(drain(&rw).is_empty());
         assert!(h.apply(&p("a", 1, 11), 0, None), "newer, same count");
-        assert_eq!(drain(&mut r1), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
-        assert_eq!(drain(&mut rw).len(), 2);
+        assert_eq!(drain(&r1), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
+        assert_eq!(drain(&rw).len(), 1, "watchers hear every newer state");
     }
 
     #[test]
     fn a_new_connection_hears_the_next_count_even_if_unchanged() {
         let h = counts();
-        let (c1, mut r1) = Conn::new(1, 16);
+        let c1 = Conn::new(1, 16);
+        let r1 = c1.clone();
         h.connect(&uid("a"), c1);
         h.apply(&p("a", 1, 1), 0, None);
-        let (c2, mut r2) = Conn::new(2, 16);
+        assert_eq!(drain(&r1).len(), 1);
+        let c2 = Conn::new(2, 16);
+        let r2 = c2.clone();
         h.connect(&uid("a"), c2);
         // Same total as last pushed (another connection left elsewhere meanwhile).
         h.apply(&p("a", 1, 2), 0, None);
-        assert_eq!(drain(&mut r1).len(), 2);
-        assert_eq!(drain(&mut r2), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
+        assert_eq!(drain(&r1).len(), 1);
+        assert_eq!(drain(&r2), vec![r#"{"type":"count","userId":"a","connections":1}"#]);
     }
 
     #[test]
     fn an_unchanged_write_resends_the_known_total_after_an_estimate() {
         let h = counts();
-        let (c1, mut r1) = Conn::new(1, 16);
+        let c1 = Conn::new(1, 16);
+        let r1 = c1.clone();
         h.connect(&uid("a"), c1);
         h.apply(&p("a", 2, 1), 0, None);
-        assert_eq!(drain(&mut r1).len(), 1);
-        let (c2, mut r2) = Conn::new(2, 16);
+        assert_eq!(drain(&r1).len(), 1);
+        let c2 = Conn::new(2, 16);
+        let r2 = c2.clone();
         h.connect(&uid("a"), c2);
         let written = h.local_counts(&[uid("a")]);
         assert_eq!(written[0].connections, 2);
         h.record_writes(&written, &[None], 0);
-        assert_eq!(drain(&mut r2), vec![r#"{"type":"count","userId":"a","connections":2}"#]);
+        assert_eq!(drain(&r2), vec![r#"{"type":"count","userId":"a","connections":2}"#]);
     }
 
     #[test]
     fn entry_outlives_connections_until_zero_is_written() {
         let h = counts();
-        let (c, _rx) = Conn::new(1, 4);
+        let c = Conn::new(1, 4);
         h.connect(&uid("a"), c);
         h.record_writes(&h.local_counts(&[uid("a")]), &[None], 0);
         h.disconnect(&uid("a"), 1, &[]);
@@ -370,8 +379,8 @@ pub(crate) mod tests {
     #[test]
     fn estimate_adds_unwritten_local_changes() {
         let h = counts();
-        let (c1, _r1) = Conn::new(1, 4);
-        let (c2, _r2) = Conn::new(2, 4);
+        let c1 = Conn::new(1, 4);
+        let c2 = Conn::new(2, 4);
         h.connect(&uid("a"), c1);
         h.record_writes(&h.local_counts(&[uid("a")]), &[None], 0);
         // The store says 3 (two elsewhere); a second local connection makes 4.
@@ -383,7 +392,7 @@ pub(crate) mod tests {
     #[test]
     fn moved_users_are_taken_once_per_move() {
         let h = counts();
-        let (c, _rx) = Conn::new(1, 4);
+        let c = Conn::new(1, 4);
         h.connect(&uid("alice"), c.clone());
         let owners: Vec<Option<&str>> = vec![Some("other"); VNODES];
         let t = RoutingTable::from_owners(9, &owners, |id| format!("ws://{id}/socket"));

@@ -22,7 +22,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conn::Outbound;
 use crate::counts::{Counts, Entry};
 use crate::metrics::Metrics;
 
@@ -39,13 +38,13 @@ pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, metrics: &
         e.sent_count = Some(state.connections);
         let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
         for c in &e.conns {
-            c.push(Outbound::Text(t.clone()), metrics);
+            c.push_count(t.clone());
         }
     }
     if e.watchers.keys().any(|&id| Some(id) != quiet) {
         let t = text(&ServerMessage::status(state, now_ms));
         for (_, c) in e.watchers.iter().filter(|(&id, _)| Some(id) != quiet) {
-            c.push(Outbound::Text(t.clone()), metrics);
+            c.push_status(&state.user_id, state.seq, t.clone(), metrics);
         }
     }
 }
@@ -53,7 +52,7 @@ pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, metrics: &
 /// The store confirmed this node's count without a change, so the known
 /// total stands: if a connection joined with only an estimate since the last
 /// `count`, send everyone the known total.
-pub(crate) fn reconfirm(e: &mut Entry, metrics: &Metrics) {
+pub(crate) fn reconfirm(e: &mut Entry) {
     let (Some(state), None) = (&e.state, e.sent_count) else { return };
     if e.conns.is_empty() {
         return;
@@ -61,7 +60,7 @@ pub(crate) fn reconfirm(e: &mut Entry, metrics: &Metrics) {
     e.sent_count = Some(state.connections);
     let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
     for c in &e.conns {
-        c.push(Outbound::Text(t.clone()), metrics);
+        c.push_count(t.clone());
     }
 }
 
@@ -197,8 +196,8 @@ mod tests {
             run_id: "me".into(),
             heard_from_others: Arc::default(),
         };
-        let (w, mut rx) = Conn::new(7, 16);
-        counts.watch(&uid("bob"), w);
+        let w = Conn::new(7, 16);
+        counts.watch(&uid("bob"), w.clone());
         let stop = CancellationToken::new();
         let task = tokio::spawn(fanout.clone().run(bus.subscribe(), stop.clone()));
         // The own echo is newer: applied, it would reach the watcher too. The
@@ -215,7 +214,7 @@ mod tests {
         while fanout.metrics.events_received.get() < 2 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let got = drain(&mut rx);
+        let got = drain(&w);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0].contains(r#""online":true"#), "{got:?}");
         stop.cancel();

@@ -22,8 +22,11 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `error` messages sent to clients, by code.
     pub client_errors: IntCounterVec,
-    /// Clients dropped because their outbound queue overflowed.
+    /// Clients dropped as slow consumers: a write that missed its deadline, or
+    /// a full queue of messages other than status and count.
     pub slow_consumers: IntCounter,
+    /// Pending `status` messages replaced by a newer one before they were sent.
+    pub statuses_conflated: IntCounter,
     /// Clients sent to another node with `redirect`.
     pub redirects: IntCounter,
     /// Connections told to `reconnect` elsewhere (handoff or drain).
@@ -104,7 +107,12 @@ impl Metrics {
             slow_consumers: counter(
                 &r,
                 "presence_slow_consumers_total",
-                "Clients dropped because their outbound queue overflowed.",
+                "Clients dropped as slow consumers (a write missed its deadline, or the message queue filled).",
+            ),
+            statuses_conflated: counter(
+                &r,
+                "presence_statuses_conflated_total",
+                "Pending status messages replaced by a newer status of the same user before they were sent.",
             ),
             redirects: counter(&r, "presence_redirects_total", "Clients redirected to the owning node."),
             handoffs: counter(&r, "presence_handoffs_total", "Connections told to reconnect to another node."),

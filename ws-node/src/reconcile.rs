@@ -131,7 +131,7 @@ mod tests {
             Arc::new(MemoryBus::default()),
         )
         .await;
-        let (conn, _rx) = Conn::new(1, 8);
+        let conn = Conn::new(1, 8);
         node.counts.connect(&uid("real"), conn);
         let written = node.pending.mark_and_wait(&uid("real"), None).expect("room");
         tokio::time::timeout(Duration::from_secs(5), written).await.expect("written").expect("confirmed");

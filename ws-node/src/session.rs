@@ -1,11 +1,16 @@
 //! One WebSocket connection, from authentication to close.
 //!
-//! A single task per connection selects over the client's frames, the
-//! bounded outbound queue filled by the hub, the ping timer, the handoff
-//! deadline and shutdown. Keeping reader and writer in one task keeps the
+//! A single task per connection selects over the client's frames, its
+//! conflating outbox ([`crate::conn`]), the ping timer, the handoff deadline
+//! and shutdown. Keeping reader and writer in one task keeps the
 //! per-connection footprint small; a stuck client cannot stall anyone else
-//! because the hub only ever `try_send`s into its queue, and an overflow
-//! drops the client.
+//! because fan-out only ever pushes into its outbox without waiting.
+//!
+//! Every write to the client has a deadline: before `welcome`, what is left
+//! of the auth deadline; after it, the write timeout (`WRITE_TIMEOUT_MS`,
+//! 10 s). A client that does not take a frame within it is dropped as a slow
+//! consumer: that, not a message count that a legitimate burst can reach, is
+//! what bounds a reader that is merely behind.
 //!
 //! The session is generic over any `Stream + Sink` of tungstenite messages,
 //! so it runs the same over a real socket and in tests.
@@ -17,13 +22,12 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use presence_model::wire::{close, code, parse_client, ClientMessage, ServerMessage};
 use presence_model::{EventReason, UserId};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{Conn, Outbound};
+use crate::conn::{statuses_frame, Conn, Outbound, Taken};
 use crate::handoff::{self, Deadline};
 use crate::Node;
 
@@ -32,6 +36,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Longest wait for the store to confirm a new connection's count before `welcome`.
 const WELCOME_WAIT: Duration = Duration::from_secs(2);
+
+/// Most statuses in one `statuses` frame (about 30 KB).
+const MAX_BATCH: usize = 256;
+
+/// Outbox takes written per wake-up before the session looks at its other
+/// duties (client frames, timers) again.
+const WRITES_PER_TURN: usize = 8;
 
 /// How a session ends: an optional last message, then a close frame.
 struct Ending {
@@ -94,7 +105,7 @@ where
         }
     }
     let conn_uuid = uuid::Uuid::new_v4().to_string();
-    let (conn, rx) = Conn::new(node.next_conn_id(), node.config.outbound_queue);
+    let conn = Conn::new(node.next_conn_id(), node.config.outbound_queue);
     node.counts.connect(&user, conn.clone());
     let written = node.pending.mark_and_wait(&user, Some(&conn_uuid));
     node.metrics.connects.inc();
@@ -119,7 +130,8 @@ where
     if let Some(t) = node.table.get() {
         handoff::tell_if_moved(&t, &user, &node.config.node_id, &session.conn, &node.metrics);
     }
-    let end = if send(&mut ws, &welcome).await { session.serve(&mut ws, rx).await } else { None };
+    let end =
+        if send(&mut ws, &welcome, node.config.write_timeout).await { session.serve(&mut ws).await } else { None };
     let watched: Vec<UserId> = session.subs.drain().collect();
     node.counts.disconnect(&user, session.conn.id(), &watched);
     node.pending.mark(&user, Some(&conn_uuid), Some(end.as_ref().map_or(EventReason::Closed, |e| e.why)));
@@ -147,10 +159,7 @@ where
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Binary(_))) => {
-                client_error(node, ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported").await;
-                continue;
-            }
+            Some(Ok(Message::Binary(_))) => return Err(before_auth(node, code::BINARY_NOT_SUPPORTED)),
             Some(Err(WsError::Capacity(_))) => return Err(too_large(node)),
             Some(Ok(Message::Close(_)) | Err(_)) | None => {
                 return Err(Ending::new(close::NORMAL, "closed before auth"))
@@ -164,18 +173,20 @@ where
                     Ending::after(ServerMessage::error(e.code(), e.to_string()), close::UNAUTHORIZED, "unauthorized")
                 });
             }
-            Ok(_) => {
-                client_error(
-                    node,
-                    ws,
-                    code::UNAUTHORIZED,
-                    "authenticate first with {\"type\":\"auth\",\"token\":\"...\"}",
-                )
-                .await
-            }
-            Err(e) => client_error(node, ws, e.code(), &e.to_string()).await,
+            Ok(_) => return Err(before_auth(node, code::UNAUTHORIZED)),
+            Err(e) => return Err(before_auth(node, e.code())),
         }
     }
+}
+
+/// Anything but a valid `auth` before authentication ends the connection
+/// (4001): an unauthenticated peer gets one short answer, never an echo of
+/// what it sent, and cannot keep the socket busy with writes.
+fn before_auth(node: &Node, code: &'static str) -> Ending {
+    node.metrics.client_errors.with_label_values(&[code]).inc();
+    node.metrics.auth_failures.with_label_values(&["protocol"]).inc();
+    let m = ServerMessage::error(code, "authenticate first with {\"type\":\"auth\",\"token\":\"...\"}");
+    Ending::after(m, close::UNAUTHORIZED, "unauthorized")
 }
 
 fn too_large(node: &Node) -> Ending {
@@ -199,8 +210,9 @@ struct Session {
 }
 
 impl Session {
-    /// The main loop. Returns how to close, or `None` when the socket is already gone.
-    async fn serve<S>(&mut self, ws: &mut S, mut rx: mpsc::Receiver<Outbound>) -> Option<Ending>
+    /// The main loop. Returns how to close, or `None` when the socket is gone
+    /// (or the client stopped taking frames: it is not owed a close).
+    async fn serve<S>(&mut self, ws: &mut S) -> Option<Ending>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
@@ -222,24 +234,31 @@ impl Session {
                     return Some(Ending::after(m, close::LIMIT, "slow consumer"));
                 }
                 _ = self.handoff.passed() => return Some(Ending::new(close::HANDOFF, "handoff")),
-                out = rx.recv() => {
-                    let Some(out) = out else { return Some(Ending::new(close::GOING_AWAY, "node shutting down")) };
-                    let text = match out {
-                        Outbound::Text(t) => t,
-                        Outbound::Handoff(t) => {
-                            self.handoff.arm(cfg.handoff_timeout);
-                            t
+                _ = conn.ready() => {
+                    for _ in 0..WRITES_PER_TURN {
+                        let Some(taken) = conn.take(MAX_BATCH) else { break };
+                        let text = match taken {
+                            Taken::One(Outbound::Text(t)) => t,
+                            Taken::One(Outbound::Handoff(t)) => {
+                                self.handoff.arm(cfg.handoff_timeout);
+                                t
+                            }
+                            Taken::Statuses(frames) => statuses_frame(&frames),
+                        };
+                        if !self.write(ws, Message::Text(text)).await {
+                            return None;
                         }
-                    };
-                    if ws.send(Message::Text(text)).await.is_err() {
-                        return None;
+                    }
+                    if conn.pending() > 0 {
+                        // More to write: come back after the other duties had their turn.
+                        conn.wake();
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= cfg.pong_timeout {
                         return Some(Ending::new(close::NORMAL, "ping timeout").because(EventReason::Timeout));
                     }
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    if !self.write(ws, Message::Ping(Default::default())).await {
                         return None;
                     }
                 }
@@ -252,11 +271,14 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            client_error(&self.node, ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported").await;
+                            if !self.reply_error(ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported").await {
+                                return None;
+                            }
                         }
                         // tungstenite queues the pong; flush it out now.
                         Some(Ok(Message::Ping(_))) => {
-                            if ws.flush().await.is_err() {
+                            let flushed = tokio::time::timeout(cfg.write_timeout, ws.flush()).await;
+                            if !matches!(flushed, Ok(Ok(()))) {
                                 return None;
                             }
                         }
@@ -270,42 +292,69 @@ impl Session {
         }
     }
 
-    async fn on_text<S>(&mut self, ws: &mut S, text: &str) -> Option<Ending>
+    /// Writes one frame within the write timeout; `false` when the socket is
+    /// gone or the client did not take it in time (a slow consumer, counted).
+    async fn write<S>(&self, ws: &mut S, m: Message) -> bool
     where
-        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+        S: Sink<Message, Error = WsError> + Unpin,
     {
-        match parse_client(text) {
-            Ok(ClientMessage::Ping) => {
-                send(ws, &ServerMessage::Pong).await;
-                None
-            }
-            Ok(ClientMessage::Auth { .. }) => {
-                client_error(&self.node, ws, code::ALREADY_AUTHENTICATED, "this connection is already authenticated")
-                    .await;
-                None
-            }
-            Ok(ClientMessage::Subscribe { user_ids }) => self.subscribe(ws, user_ids).await,
-            Ok(ClientMessage::Unsubscribe { user_ids }) => {
-                for u in user_ids {
-                    if self.subs.remove(&u) {
-                        self.node.counts.unwatch(&u, self.conn.id());
-                    }
-                }
-                None
-            }
-            Err(e) => {
-                client_error(&self.node, ws, e.code(), &e.to_string()).await;
-                None
+        match tokio::time::timeout(self.node.config.write_timeout, ws.send(m)).await {
+            Ok(result) => result.is_ok(),
+            Err(_) => {
+                self.node.metrics.slow_consumers.inc();
+                tracing::debug!(node = %self.node.config.node_id, "client took no frame within the write timeout; dropped");
+                false
             }
         }
     }
 
-    /// Registers the watches first, then reads unknown users from the store, so
-    /// that no change can fall between the read and the registration.
-    async fn subscribe<S>(&mut self, ws: &mut S, user_ids: Vec<UserId>) -> Option<Ending>
+    /// Answers with `m` (a reply to the client's own message).
+    async fn reply<S>(&self, ws: &mut S, m: &ServerMessage) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        self.write(ws, Message::Text(m.to_json().into())).await
+    }
+
+    /// Sends a non-fatal `error` and counts it; `false` when the write failed.
+    async fn reply_error<S>(&self, ws: &mut S, code: &str, message: &str) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        self.node.metrics.client_errors.with_label_values(&[code]).inc();
+        self.reply(ws, &ServerMessage::error(code, message)).await
+    }
+
+    async fn on_text<S>(&mut self, ws: &mut S, text: &str) -> Option<Ending>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
+        let written = match parse_client(text) {
+            Ok(ClientMessage::Ping) => self.reply(ws, &ServerMessage::Pong).await,
+            Ok(ClientMessage::Auth { .. }) => {
+                self.reply_error(ws, code::ALREADY_AUTHENTICATED, "this connection is already authenticated").await
+            }
+            Ok(ClientMessage::Subscribe { user_ids }) => return self.subscribe(user_ids).await,
+            Ok(ClientMessage::Unsubscribe { user_ids }) => {
+                for u in user_ids {
+                    if self.subs.remove(&u) {
+                        self.node.counts.unwatch(&u, self.conn.id());
+                        self.conn.forget(&u);
+                    }
+                }
+                true
+            }
+            Err(e) => self.reply_error(ws, e.code(), &e.to_string()).await,
+        };
+        (!written).then(|| Ending::new(close::NORMAL, "write failed"))
+    }
+
+    /// Registers the watches first, then reads unknown users from the store, so
+    /// that no change can fall between the read and the registration. The
+    /// snapshot goes through the outbox like any live change: it conflates
+    /// with them, and a client behind on its reading gets each user's newest
+    /// status once (`docs/protocol.md`, "Slow readers").
+    async fn subscribe(&mut self, user_ids: Vec<UserId>) -> Option<Ending> {
         let mut fresh: Vec<UserId> = user_ids.into_iter().filter(|u| !self.subs.contains(u)).collect();
         fresh.sort();
         fresh.dedup();
@@ -321,30 +370,30 @@ impl Session {
             );
             return Some(Ending::after(m, close::LIMIT, "too many subscriptions"));
         }
+        let (node, conn) = (&self.node, &self.conn);
         let now = presence_model::time::now_ms();
         let mut unknown = Vec::new();
         for u in fresh {
             self.subs.insert(u.clone());
-            match self.node.counts.watch(&u, self.conn.clone()) {
-                Some(p) => {
-                    let _ = ws.feed(Message::Text(ServerMessage::status(&p, now).to_json().into())).await;
-                }
+            match node.counts.watch(&u, conn.clone()) {
+                Some(p) => conn.push_status(&u, p.seq, ServerMessage::status(&p, now).to_json().into(), &node.metrics),
                 None => unknown.push(u),
             }
         }
         for chunk in unknown.chunks(1000) {
-            match self.node.store.presence(chunk).await {
+            match node.store.presence(chunk).await {
                 Ok(states) => {
                     for p in states {
                         // Newer than what is held: other watchers hear it too.
-                        self.node.counts.apply(&p, now, Some(self.conn.id()));
-                        let current = self.node.counts.watch(&p.user_id, self.conn.clone()).unwrap_or(p);
-                        let _ = ws.feed(Message::Text(ServerMessage::status(&current, now).to_json().into())).await;
+                        node.counts.apply(&p, now, Some(conn.id()));
+                        let current = node.counts.watch(&p.user_id, conn.clone()).unwrap_or(p);
+                        let frame = ServerMessage::status(&current, now).to_json().into();
+                        conn.push_status(&current.user_id, current.seq, frame, &node.metrics);
                     }
                 }
                 Err(e) => {
-                    self.node.metrics.store_errors.inc();
-                    tracing::warn!(node = %self.node.config.node_id, error = %e, "status read failed");
+                    node.metrics.store_errors.inc();
+                    tracing::warn!(node = %node.config.node_id, error = %e, "status read failed");
                     let m = ServerMessage::error(
                         code::UNAVAILABLE,
                         format!(
@@ -352,46 +401,36 @@ impl Session {
                             chunk.len()
                         ),
                     );
-                    let _ = ws.feed(Message::Text(m.to_json().into())).await;
+                    conn.push(Outbound::Text(m.to_json().into()), &node.metrics);
                 }
             }
-        }
-        if ws.flush().await.is_err() {
-            return Some(Ending::new(close::NORMAL, "write failed"));
         }
         None
     }
 }
 
-/// Sends one message; `false` when the socket is gone.
-async fn send<S>(ws: &mut S, m: &ServerMessage) -> bool
+/// Sends one message within `timeout`; `false` when the socket is gone or the time ran out.
+async fn send<S>(ws: &mut S, m: &ServerMessage, timeout: Duration) -> bool
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    ws.send(Message::Text(m.to_json().into())).await.is_ok()
+    matches!(tokio::time::timeout(timeout, ws.send(Message::Text(m.to_json().into()))).await, Ok(Ok(())))
 }
 
-/// Sends a non-fatal `error` and counts it.
-async fn client_error<S>(node: &Node, ws: &mut S, code: &str, message: &str)
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    node.metrics.client_errors.with_label_values(&[code]).inc();
-    send(ws, &ServerMessage::error(code, message)).await;
-}
-
-/// Sends the last message and the close frame, then waits briefly for the client's close.
+/// Sends the last message and the close frame, then waits briefly for the
+/// client's close. Bounded whatever the client does: each write gets
+/// [`CLOSE_LINGER`], and so does the wait.
 async fn close_with<S>(node: &Node, ws: &mut S, end: Ending)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     if let Some(m) = &end.message {
-        if !send(ws, m).await {
+        if !send(ws, m, CLOSE_LINGER).await {
             return;
         }
     }
     let frame = CloseFrame { code: CloseCode::from(end.code), reason: end.reason.into() };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
+    if !matches!(tokio::time::timeout(CLOSE_LINGER, ws.send(Message::Close(Some(frame)))).await, Ok(Ok(()))) {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
