@@ -94,10 +94,20 @@ where
 /// one-second retransmission.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds a listener with [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` asks for 1024).
+/// Kernel send buffer of every accepted connection (the kernel doubles it
+/// for its bookkeeping). Left to autotuning, a client that stops reading can
+/// park megabytes in the kernel before a single write blocks; with this
+/// bound a stuck client is noticed by the write deadline after at most this
+/// much, and an idle connection costs less. Presence messages are small:
+/// this still carries hundreds of statuses per round trip.
+pub const SEND_BUFFER: u32 = 64 * 1024;
+
+/// Binds a listener with [`LISTEN_BACKLOG`] (tokio's `TcpListener::bind` asks
+/// for 1024) and [`SEND_BUFFER`], which accepted sockets inherit.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }

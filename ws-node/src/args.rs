@@ -80,6 +80,12 @@ pub struct Args {
     /// Longest a write to a client may take before it is dropped as a slow consumer, ms.
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = default_of(|c| c.write_timeout.as_millis()))]
     pub write_timeout_ms: String,
+    /// Messages per second a connection is sent after its burst (more statuses conflate and batch).
+    #[arg(long, env = "OUTBOUND_RATE", default_value_t = default_of(|c| c.outbound_rate))]
+    pub outbound_rate: String,
+    /// Messages a connection may be sent at once before the rate applies.
+    #[arg(long, env = "OUTBOUND_BURST", default_value_t = default_of(|c| c.outbound_burst))]
+    pub outbound_burst: String,
     /// Messages other than status and count (which conflate) queued per connection before a slow client is dropped.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = default_of(|c| c.outbound_queue))]
     pub outbound_queue: String,
@@ -229,6 +235,8 @@ impl Args {
         );
         count(&mut p, "--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, &mut node.max_subscriptions);
         count(&mut p, "--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, &mut node.outbound_queue);
+        count(&mut p, "--outbound-rate/OUTBOUND_RATE", &self.outbound_rate, &mut node.outbound_rate);
+        count(&mut p, "--outbound-burst/OUTBOUND_BURST", &self.outbound_burst, &mut node.outbound_burst);
         count(
             &mut p,
             "--max-pending-writes/MAX_PENDING_WRITES",

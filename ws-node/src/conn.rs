@@ -226,6 +226,41 @@ impl Conn {
     }
 }
 
+/// Paces a connection's outbox writes: a token bucket of `burst` messages
+/// refilled at `rate` per second. A watcher's occasional update finds a token
+/// and goes out at once; during a burst the statuses wait in the outbox,
+/// conflate, and leave as fewer, larger `statuses` messages. So a client is
+/// never sent more messages than it can plausibly read, and a slow one is
+/// not left behind by small messages queued in kernel buffers.
+#[derive(Debug)]
+pub struct Pace {
+    tokens: f64,
+    burst: f64,
+    rate: f64,
+    last: tokio::time::Instant,
+}
+
+impl Pace {
+    /// A full bucket of `burst`, refilled at `rate` messages per second.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self { tokens: burst, burst, rate: f64::from(rate.max(1)), last: tokio::time::Instant::now() }
+    }
+
+    /// Takes a token, or says when the next one will be there.
+    pub fn take(&mut self) -> Result<(), tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(now + std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
 /// The `statuses` message carrying these `status` frames (each entry is a
 /// whole `status` message; `docs/protocol.md`).
 pub fn statuses_frame(frames: &[Utf8Bytes]) -> Utf8Bytes {
@@ -304,6 +339,16 @@ mod tests {
         c.push(Outbound::Text("y".into()), &m);
         assert_eq!(m.slow_consumers.get(), 1);
         assert!(futures_util::FutureExt::now_or_never(c.overflowed()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pace_allows_a_burst_then_the_rate() {
+        let mut p = Pace::new(10, 3);
+        assert!((0..3).all(|_| p.take().is_ok()));
+        let next = p.take().expect_err("the bucket is empty");
+        assert_eq!(next.duration_since(tokio::time::Instant::now()), std::time::Duration::from_millis(100));
+        tokio::time::sleep_until(next).await;
+        assert!(p.take().is_ok());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{statuses_frame, Conn, Outbound, Taken};
+use crate::conn::{statuses_frame, Conn, Outbound, Pace, Taken};
 use crate::handoff::{self, Deadline};
 use crate::Node;
 
@@ -223,7 +223,15 @@ impl Session {
         let mut last_heard = Instant::now();
         let closing = self.node.closing();
         let conn = self.conn.clone();
+        let mut pace = Pace::new(cfg.outbound_rate, cfg.outbound_burst);
+        let mut paced_until: Option<Instant> = None;
         loop {
+            let paced = async move {
+                match paced_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = closing.cancelled() => {
                     return Some(Ending::new(close::GOING_AWAY, "node shutting down"));
@@ -234,24 +242,15 @@ impl Session {
                     return Some(Ending::after(m, close::LIMIT, "slow consumer"));
                 }
                 _ = self.handoff.passed() => return Some(Ending::new(close::HANDOFF, "handoff")),
-                _ = conn.ready() => {
-                    for _ in 0..WRITES_PER_TURN {
-                        let Some(taken) = conn.take(MAX_BATCH) else { break };
-                        let text = match taken {
-                            Taken::One(Outbound::Text(t)) => t,
-                            Taken::One(Outbound::Handoff(t)) => {
-                                self.handoff.arm(cfg.handoff_timeout);
-                                t
-                            }
-                            Taken::Statuses(frames) => statuses_frame(&frames),
-                        };
-                        if !self.write(ws, Message::Text(text)).await {
-                            return None;
-                        }
+                _ = conn.ready(), if paced_until.is_none() => {
+                    if !self.write_outbox(ws, &mut pace, &mut paced_until).await {
+                        return None;
                     }
-                    if conn.pending() > 0 {
-                        // More to write: come back after the other duties had their turn.
-                        conn.wake();
+                }
+                _ = paced => {
+                    paced_until = None;
+                    if !self.write_outbox(ws, &mut pace, &mut paced_until).await {
+                        return None;
                     }
                 }
                 _ = ping.tick() => {
@@ -290,6 +289,40 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Writes what the outbox holds, a few messages per turn and as the pace
+    /// allows; when the pace says wait, `paced_until` is set and the outbox
+    /// keeps conflating meanwhile. `false` when a write failed.
+    async fn write_outbox<S>(&mut self, ws: &mut S, pace: &mut Pace, paced_until: &mut Option<Instant>) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let conn = self.conn.clone();
+        for _ in 0..WRITES_PER_TURN {
+            if conn.pending() == 0 {
+                return true;
+            }
+            if let Err(at) = pace.take() {
+                *paced_until = Some(at);
+                return true;
+            }
+            let Some(taken) = conn.take(MAX_BATCH) else { return true };
+            let text = match taken {
+                Taken::One(Outbound::Text(t)) => t,
+                Taken::One(Outbound::Handoff(t)) => {
+                    self.handoff.arm(self.node.config.handoff_timeout);
+                    t
+                }
+                Taken::Statuses(frames) => statuses_frame(&frames),
+            };
+            if !self.write(ws, Message::Text(text)).await {
+                return false;
+            }
+        }
+        // More to write: come back after the other duties had their turn.
+        conn.wake();
+        true
     }
 
     /// Writes one frame within the write timeout; `false` when the socket is
