@@ -31,6 +31,8 @@ struct CacheInner {
     table: watch::Sender<Option<Arc<RoutingTable>>>,
     /// The last refresh failed: the table may be out of date.
     stale: AtomicBool,
+    /// When [`TableCache::refresh_soon`] last went to the store (ms since the Unix epoch).
+    last_asked_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Default for TableCache {
@@ -42,7 +44,13 @@ impl Default for TableCache {
 impl TableCache {
     /// An empty cache.
     pub fn new() -> Self {
-        Self { inner: Arc::new(CacheInner { table: watch::channel(None).0, stale: AtomicBool::new(false) }) }
+        Self {
+            inner: Arc::new(CacheInner {
+                table: watch::channel(None).0,
+                stale: AtomicBool::new(false),
+                last_asked_ms: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
     }
 
     /// The current table, if any.
@@ -101,6 +109,21 @@ impl TableCache {
         .await;
         self.inner.stale.store(result.is_err(), Ordering::Relaxed);
         result
+    }
+
+    /// Refreshes now unless a call of this method went to the store less than
+    /// `min_interval` ago: for request paths that suspect the cache is behind
+    /// (a client sent by a newer table), where a flood of requests must not
+    /// become a flood of store reads.
+    pub async fn refresh_soon(&self, store: &dyn Store, min_interval: Duration) {
+        let now = presence_model::time::now_ms();
+        let last = self.inner.last_asked_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < min_interval.as_millis() as u64 {
+            return;
+        }
+        if self.inner.last_asked_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let _ = self.refresh(store).await;
+        }
     }
 
     /// Keeps the cache fresh until `shutdown`: on every store notice and every `poll`.

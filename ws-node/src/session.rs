@@ -82,7 +82,13 @@ where
             Err(end) => return close_with(&node, &mut ws, end).await,
         },
     };
-    // Only the owner serves a user; everyone else points the client there.
+    // Only the owner serves a user; everyone else points the client there. A
+    // client sent here by a newer table than ours (it followed a `reconnect`
+    // a moment ago) must not be sent back: on the way to a redirect, the
+    // store's table version is checked once first.
+    if node.table.get().and_then(|t| t.owner(user.as_str()).map(|o| o.id != node.config.node_id)).unwrap_or(true) {
+        node.table.refresh_soon(node.store.as_ref(), Duration::from_millis(100)).await;
+    }
     let Some(table) = node.table.get() else {
         let m = ServerMessage::error(code::UNAVAILABLE, "node has no routing table yet; retry shortly");
         return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no routing table")).await;
