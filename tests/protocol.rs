@@ -15,14 +15,6 @@ fn other_node(c: &Cluster, user: &str) -> String {
     c.nodes.iter().find(|n| n.node.config.node_id != owner_id).expect("another node").url.clone()
 }
 
-/// The node still accepts and serves a fresh client.
-async fn still_serving(c: &Cluster) {
-    let (mut conn, _) = connect(c, "still-here").await;
-    conn.send(&ClientMessage::Ping).await.expect("send");
-    expect(&mut conn, |m| *m == ServerMessage::Pong, "pong").await;
-    conn.close().await;
-}
-
 fn now_s() -> u64 {
     presence_model::time::now_ms() / 1000
 }

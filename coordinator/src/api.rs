@@ -80,6 +80,7 @@ impl ApiError {
             }
             Self::BadBody(_) | Self::Body(BodyError::Unreadable) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST),
             Self::Body(BodyError::TooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, code::PAYLOAD_TOO_LARGE),
+            Self::Body(BodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, code::REQUEST_TIMEOUT),
             Self::BatchTooLarge(_) => (StatusCode::BAD_REQUEST, code::BATCH_TOO_LARGE),
             Self::NoTable | Self::NoOwner | Self::StoreDown => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
             Self::NotFound => (StatusCode::NOT_FOUND, code::NOT_FOUND),

@@ -29,6 +29,9 @@ pub struct Args {
     /// Redis and Kafka.
     #[command(flatten)]
     pub backends: BackendArgs,
+    /// Connection limits of the listener.
+    #[command(flatten)]
+    pub listener: presence_runtime::listener::ListenerArgs,
     /// Control-loop interval, ms.
     #[arg(long, env = "TICK_MS", default_value_t = default_of(|c| c.tick.as_millis()))]
     pub tick_ms: String,
@@ -85,6 +88,7 @@ impl Args {
         {
             c.policy.min_load_gap = g;
         }
+        c.http = self.listener.check(&mut p);
         let backends = self.backends.check(&mut p, &c.id);
         p.finish()?;
         let listen = listen.ok_or_else(|| ConfigError(vec!["--listen-addr/LISTEN_ADDR: unreadable".into()]))?;

@@ -18,6 +18,8 @@ pub struct CoordinatorConfig {
     pub table_poll: Duration,
     /// The rebalancing policy.
     pub policy: Policy,
+    /// Limits of the HTTP listener.
+    pub http: presence_http::Limits,
 }
 
 impl CoordinatorConfig {
@@ -29,6 +31,7 @@ impl CoordinatorConfig {
             lease_ttl: Duration::from_secs(5),
             table_poll: Duration::from_secs(1),
             policy: Policy::default(),
+            http: presence_http::Limits::default(),
         }
     }
 }

@@ -59,13 +59,18 @@ pub struct Coordinator {
     pub metrics: metrics::Metrics,
     /// Feed of the live dashboard.
     pub dashboard: dashboard::Dashboard,
+    /// The listener's connection limits.
+    pub gate: std::sync::Arc<presence_http::Gate>,
 }
 
 impl Coordinator {
     /// Builds a coordinator (no tasks yet; see [`run`]).
     pub fn new(config: CoordinatorConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
         let holder = format!("{}/{}", config.id, uuid::Uuid::new_v4().simple());
+        let metrics = metrics::Metrics::new();
+        let gate = presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry));
         Arc::new(Self {
+            gate,
             holder,
             config,
             store,
@@ -74,7 +79,7 @@ impl Coordinator {
             nodes: RwLock::new(Arc::new(Vec::new())),
             leader: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
-            metrics: metrics::Metrics::new(),
+            metrics,
             dashboard: dashboard::Dashboard::default(),
         })
     }
@@ -109,7 +114,7 @@ pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: Cance
     tasks.spawn(control::run(coord.clone(), shutdown.clone()));
     tasks.spawn(dashboard::run(coord.clone(), shutdown.clone()));
     let c = coord.clone();
-    presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown).await;
+    presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown, coord.gate.clone()).await;
     while tasks.join_next().await.is_some() {}
     let bus = coord.bus.clone();
     let _ = tokio::task::spawn_blocking(move || bus.flush(std::time::Duration::from_secs(5))).await;

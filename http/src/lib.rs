@@ -1,7 +1,9 @@
 //! HTTP plumbing shared by the coordinator and the ws-node.
 //!
 //! * [`serve`]: the accept loop: one task per connection, HTTP/1.1 with
-//!   upgrades, graceful shutdown on a cancellation token.
+//!   upgrades, graceful shutdown on a cancellation token, every connection
+//!   through a [`gate::Gate`] (caps, header and idle timeout).
+//! * [`gate`]: connection limits and their metrics.
 //! * [`Response`] helpers: JSON bodies and `{"error","code"}` errors.
 //! * [`query_param`]: percent-decoded query parameters.
 //! * [`read_body`]: a bounded request body, from any body type.
@@ -10,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +27,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod gate;
+
+pub use gate::{Gate, HttpMetrics, Limits, Slot};
+
 /// A response body: whole (most routes) or streamed (Server-Sent Events).
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// The response type of both servers.
@@ -35,10 +42,13 @@ pub type Request = http::Request<Incoming>;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `handler` on `listener` until `shutdown` fires, then lets open
-/// connections finish (up to [`SHUTDOWN_GRACE`]). WebSocket upgrades are
-/// enabled; an upgraded connection belongs to whoever took it and is not
-/// waited for here.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken)
+/// connections finish (up to [`SHUTDOWN_GRACE`]). Every connection passes
+/// `gate` first; a refused one gets a short 503 and is closed. Each request
+/// carries its connection's `Arc<Slot>` in its extensions, for a handler
+/// that takes the connection over (a WebSocket upgrade keeps the slot for as
+/// long as the socket lives). An upgraded connection belongs to whoever took
+/// it and is not waited for here.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken, gate: Arc<Gate>)
 where
     H: Fn(Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
@@ -58,21 +68,37 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
+        let slot = match gate.admit(peer.ip()) {
+            Ok(slot) => Arc::new(slot),
+            Err(refusal) => {
+                conns.spawn(refuse(stream, refusal));
+                continue;
+            }
+        };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
+        let limits = gate.limits.clone();
+        let timeouts = gate.metrics.header_timeouts.clone();
         conns.spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |mut req: Request| {
                 let h = handler.clone();
+                req.extensions_mut().insert(slot.clone());
                 async move { Ok::<_, Infallible>(h(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
+                        if e.is_timeout() {
+                            timeouts.inc();
+                        }
                         tracing::debug!(%peer, error = %e, "http connection ended with an error");
                     }
                 }
@@ -86,6 +112,27 @@ where
         while conns.try_join_next().is_some() {}
     }
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+}
+
+/// Answers a connection the gate turned away: a short 503 (with a bounded
+/// wait), then close.
+async fn refuse(mut stream: tokio::net::TcpStream, refusal: gate::Refusal) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({
+        "error": format!("too many connections ({})", refusal.as_str()),
+        "code": code::TOO_MANY_CONNECTIONS,
+    })
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Accept-queue length asked of the kernel (it caps this at `net.core.somaxconn`).
@@ -242,7 +289,14 @@ pub enum BodyError {
     /// The client stopped sending or sent something that is not HTTP.
     #[error("could not read the request body")]
     Unreadable,
+    /// The body did not arrive within [`BODY_TIMEOUT`].
+    #[error("the request body did not arrive in time")]
+    Timeout,
 }
+
+/// How long a request body may take to arrive (a client trickling a body
+/// would otherwise hold its connection forever).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a request body up to `limit` bytes. Generic over the body type, so
 /// handlers run on hyper's `Incoming` in the servers and on a plain
@@ -253,10 +307,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::{BodyExt, Limited};
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
-        Err(_) => Err(BodyError::Unreadable),
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
     }
 }
 

@@ -66,6 +66,12 @@ pub mod code {
     pub const BATCH_TOO_LARGE: &str = "batch_too_large";
     /// An HTTP request body exceeds its limit.
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The listener holds as many connections as it allows (overall or from one IP).
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+    /// Too many connections wait for their `auth` message.
+    pub const TOO_MANY_PENDING: &str = "too_many_unauthenticated";
+    /// An HTTP request body did not arrive in time.
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
     /// The SDK stopped retrying (its attempt limit was reached). Never sent by a server.
     pub const GAVE_UP: &str = "gave_up";
     /// An HTTP error whose body was not a JSON error. Never sent by a server.

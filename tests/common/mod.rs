@@ -41,6 +41,14 @@ pub async fn connect(c: &Cluster, user: &str) -> (Connection, ServerMessage) {
     (conn, welcome)
 }
 
+/// The cluster still accepts and serves a fresh client.
+pub async fn still_serving(c: &Cluster) {
+    let (mut conn, _) = connect(c, "still-here").await;
+    conn.send(&presence_client::ClientMessage::Ping).await.expect("send");
+    expect(&mut conn, |m| *m == ServerMessage::Pong, "pong").await;
+    conn.close().await;
+}
+
 /// Reads messages until one matches; panics with what was seen otherwise.
 pub async fn expect(conn: &mut Connection, pred: impl Fn(&ServerMessage) -> bool, what: &str) -> ServerMessage {
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -41,6 +41,12 @@ pub struct Args {
     /// Redis and Kafka.
     #[command(flatten)]
     pub backends: BackendArgs,
+    /// Connection limits of the listener.
+    #[command(flatten)]
+    pub listener: presence_runtime::listener::ListenerArgs,
+    /// WebSocket connections waiting for their auth message at most.
+    #[arg(long, env = "MAX_PENDING_AUTH", default_value_t = default_of(|c| c.max_pending_auth))]
+    pub max_pending_auth: String,
     /// HS256 secret for client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -243,6 +249,8 @@ impl Args {
             &self.max_pending_writes,
             &mut node.max_pending_writes,
         );
+        node.http = self.listener.check(&mut p);
+        count(&mut p, "--max-pending-auth/MAX_PENDING_AUTH", &self.max_pending_auth, &mut node.max_pending_auth);
         let backends = self.backends.check(&mut p, &node_id);
         let verifier = verifier(self, &mut p);
         p.finish()?;

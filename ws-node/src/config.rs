@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub write_batch: usize,
     /// How often the drift reconciler compares the store with this node's counts.
     pub reconcile_interval: Duration,
+    /// Limits of the HTTP/WebSocket listener.
+    pub http: presence_http::Limits,
+    /// WebSocket connections waiting for their `auth` message at most.
+    pub max_pending_auth: usize,
 }
 
 impl NodeConfig {
@@ -79,6 +83,8 @@ impl NodeConfig {
             max_pending_writes: 100_000,
             write_batch: 256,
             reconcile_interval: Duration::from_secs(30),
+            http: presence_http::Limits::default(),
+            max_pending_auth: 10_000,
         }
     }
 

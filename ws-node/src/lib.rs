@@ -34,7 +34,7 @@ pub mod server;
 pub mod session;
 pub mod writer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +115,10 @@ pub struct Node {
     pub membership: Arc<Membership>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The listener's connection limits.
+    pub gate: Arc<presence_http::Gate>,
+    /// WebSocket connections waiting for `auth` now (capped by `max_pending_auth`).
+    pending_auth: Arc<AtomicUsize>,
     /// Source of node-local connection numbers.
     next_conn: AtomicU64,
     /// Tasks and their cancellation.
@@ -145,7 +149,10 @@ impl Node {
         };
         let membership =
             Arc::new(Membership::new(config.clone(), run_id.clone(), fanout.clone(), pending.clone(), table.clone()));
+        let gate = presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry));
         let node = Arc::new(Node {
+            gate,
+            pending_auth: Arc::default(),
             run_id,
             verifier,
             store,
@@ -218,6 +225,18 @@ impl Node {
         bg.spawn(reconciler.run(life.background.clone()));
     }
 
+    /// Takes a place among the connections waiting for `auth`, or `None`
+    /// when `max_pending_auth` of them wait already (counted).
+    pub fn wait_for_auth(&self) -> Option<PendingAuth> {
+        let now = self.pending_auth.fetch_add(1, Ordering::Relaxed);
+        let guard = PendingAuth(self.pending_auth.clone());
+        if now >= self.config.max_pending_auth {
+            self.metrics.auth_failures.with_label_values(&["too_many_pending"]).inc();
+            return None;
+        }
+        Some(guard)
+    }
+
     /// A fresh connection number.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
@@ -273,9 +292,18 @@ impl Node {
     }
 }
 
+/// A place among the connections waiting for `auth`; freed when dropped.
+pub struct PendingAuth(Arc<AtomicUsize>);
+
+impl Drop for PendingAuth {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves `node` on `listener` until `shutdown` fires, then shuts the node down.
 pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
     let n = node.clone();
-    presence_http::serve(listener, move |req| server::handle(n.clone(), req), shutdown).await;
+    presence_http::serve(listener, move |req| server::handle(n.clone(), req), shutdown, node.gate.clone()).await;
     node.shutdown().await;
 }

@@ -109,13 +109,31 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
             }
         },
     };
+    // Without a token on the request, the connection waits for `auth`: a
+    // stranger's connection until then, so their number is capped.
+    let waiting = match pre_auth {
+        Some(_) => None,
+        None => match node.wait_for_auth() {
+            Some(place) => Some(place),
+            None => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::TOO_MANY_PENDING,
+                    "too many connections wait for authentication; send the token with the upgrade or retry",
+                )
+            }
+        },
+    };
+    // The connection's place under the listener's caps stays taken while the socket lives.
+    let slot = req.extensions().get::<std::sync::Arc<presence_http::Slot>>().cloned();
     let accept = derive_accept_key(key.as_bytes());
     let ws_config = node.config.websocket();
     node.clone().spawn_session(async move {
+        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(node, ws, pre_auth).await;
+                session::run(node, ws, pre_auth, waiting).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
         }

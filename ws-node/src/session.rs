@@ -70,17 +70,22 @@ impl Ending {
 }
 
 /// Runs a connection. `pre_auth` is the user when the upgrade request carried
-/// a valid token; otherwise the first message must be `auth`.
-pub async fn run<S>(node: Arc<Node>, mut ws: S, pre_auth: Option<UserId>)
+/// a valid token; otherwise the first message must be `auth`, and `waiting`
+/// holds the connection's place among those waiting for it until it came.
+pub async fn run<S>(node: Arc<Node>, mut ws: S, pre_auth: Option<UserId>, waiting: Option<crate::PendingAuth>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let user = match pre_auth {
         Some(u) => u,
-        None => match authenticate(&node, &mut ws).await {
-            Ok(u) => u,
-            Err(end) => return close_with(&node, &mut ws, end).await,
-        },
+        None => {
+            let authenticated = authenticate(&node, &mut ws).await;
+            drop(waiting);
+            match authenticated {
+                Ok(u) => u,
+                Err(end) => return close_with(&node, &mut ws, end).await,
+            }
+        }
     };
     // Only the owner serves a user; everyone else points the client there. A
     // client sent here by a newer table than ours (it followed a `reconnect`
@@ -522,7 +527,7 @@ mod tests {
         let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
         let alice = UserId::parse("alice").expect("valid");
-        let task = tokio::spawn(run(node.clone(), server, Some(alice)));
+        let task = tokio::spawn(run(node.clone(), server, Some(alice), None));
 
         let welcome = next_json(&mut client).await;
         assert_eq!((welcome["type"].as_str(), welcome["connections"].as_u64()), (Some("welcome"), Some(1)));
