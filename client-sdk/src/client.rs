@@ -32,8 +32,9 @@ use crate::{CoordinatorClient, Error};
 /// A future that yields a token.
 pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, Error>> + Send>>;
 
-/// Where tokens come from. The callback gets `true` when the server said the
-/// previous token expired (fetch a fresh one), `false` for the first connect.
+/// Where tokens come from. The callback gets `true` when a fresh token is
+/// needed (the server said the previous one expired, or the current one is
+/// about to: the session refreshes ahead of expiry), `false` for the first connect.
 #[derive(Clone)]
 pub struct TokenSource(Arc<dyn Fn(bool) -> TokenFuture + Send + Sync>);
 
@@ -243,6 +244,7 @@ impl Client {
             events: ev_tx,
             commands: cmd_rx,
             token: None,
+            token_expires_at: None,
         };
         let task = tokio::spawn(driver.run());
         Ok(Session { commands: cmd_tx, events: ev_rx, task: Some(task) })
@@ -319,6 +321,9 @@ struct Driver {
     events: mpsc::Sender<Event>,
     commands: mpsc::Receiver<Command>,
     token: Option<String>,
+    /// When the server closes the connection unless it hears a fresh token
+    /// (from `welcome`, then from each refreshed token's `exp`).
+    token_expires_at: Option<u64>,
 }
 
 impl Driver {
@@ -357,8 +362,14 @@ impl Driver {
         loop {
             match tokio::time::timeout_at(deadline, conn.next()).await {
                 Ok(Some(Frame::Message(ServerMessage::Welcome {
-                    node_id, connection_id, epoch, connections, ..
+                    node_id,
+                    connection_id,
+                    epoch,
+                    connections,
+                    token_expires_at,
+                    ..
                 }))) => {
+                    self.token_expires_at = token_expires_at;
                     if !self.emit(Event::Welcome { node_id, connection_id, epoch, connections }).await {
                         return Err(Failure::Other("session dropped".into()));
                     }
@@ -445,10 +456,37 @@ impl Driver {
         let mut heard = tokio::time::Instant::now();
         let mut pinged = false;
         loop {
+            // Refresh the token over the live connection when 80% of its remaining life has passed.
+            let refresh_at = self.token_expires_at.map(|at| {
+                let left = at.saturating_sub(presence_model::time::now_ms());
+                tokio::time::Instant::now() + Duration::from_millis(left * 4 / 5)
+            });
+            let refresh = async move {
+                match refresh_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             // Liveness: a ping after `ping_interval` of silence, a reconnect after `ping_timeout` more.
             let check =
                 heard + self.options.ping_interval + if pinged { self.options.ping_timeout } else { Duration::ZERO };
             tokio::select! {
+                _ = refresh => {
+                    match self.options.token.get(true).await {
+                        Ok(token) => {
+                            self.token_expires_at = token_expiry_ms(&token);
+                            self.token = Some(token.clone());
+                            let _ = conn.send(&ClientMessage::Auth { token }).await;
+                        }
+                        Err(e) => {
+                            // Tried again in a second; at expiry the server closes and the session reconnects.
+                            self.token_expires_at = self.token_expires_at.map(|at| at.max(presence_model::time::now_ms() + 1250));
+                            if !self.emit(Event::Error { code: code::UNAUTHORIZED.into(), message: format!("token refresh failed: {e}") }).await {
+                                return;
+                            }
+                        }
+                    }
+                }
                 _ = tokio::time::sleep_until(check) => {
                     if !pinged {
                         pinged = true;
@@ -565,5 +603,46 @@ mod tests {
         }
         let spread: BTreeSet<Duration> = (0..20).map(|_| b.delay(10)).collect();
         assert!(spread.len() > 1, "jittered");
+    }
+}
+
+/// The `exp` of a JWT in ms since the Unix epoch, read without verifying it
+/// (the server verifies; this only schedules the next refresh). `None` when
+/// the token cannot be read.
+fn token_expiry_ms(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let mut bytes = Vec::with_capacity(payload.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in payload.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_f64().map(|exp| (exp * 1000.0) as u64)
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    #[test]
+    fn the_expiry_of_a_token_is_read_without_a_key() {
+        let token = presence_model::auth::mint_hs256(b"k", "alice", 120);
+        let at = super::token_expiry_ms(&token).expect("exp");
+        let want = presence_model::time::now_ms() + 120_000;
+        assert!(at.abs_diff(want) < 2_000, "{at} vs {want}");
+        assert_eq!(super::token_expiry_ms("not-a-jwt"), None);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
-use presence_http::{json, metrics_response, query_param, read_body, BodyError, Response};
+use presence_http::{json, metrics_response, query_param, read_body, BodyError, NotUtf8, Response};
 use presence_model::api::{PresenceView, Route};
 use presence_model::user_id::{parse_list, ListError};
 use presence_model::wire::code;
@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The `userId` query parameter is not a valid user ID.
     #[error("{0}")]
     InvalidUserId(#[from] UserIdError),
+    /// A query parameter is not UTF-8 (user IDs are).
+    #[error("{0}")]
+    NotUtf8(#[from] NotUtf8),
     /// A batch names an invalid user ID.
     #[error("{0}")]
     InvalidUserIdInList(#[from] ListError),
@@ -75,7 +78,7 @@ impl ApiError {
     /// The HTTP status and error code of this failure.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::MissingUserId | Self::InvalidUserId(_) | Self::InvalidUserIdInList(_) => {
+            Self::MissingUserId | Self::InvalidUserId(_) | Self::InvalidUserIdInList(_) | Self::NotUtf8(_) => {
                 (StatusCode::BAD_REQUEST, code::INVALID_USER_ID)
             }
             Self::BadBody(_) | Self::Body(BodyError::Unreadable) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST),
@@ -151,7 +154,7 @@ where
 {
     match *req.method() {
         Method::GET => {
-            let raw = query_param(req.uri().query(), "userId").ok_or(ApiError::MissingUserId)?;
+            let raw = query_param(req.uri().query(), "userId")?.ok_or(ApiError::MissingUserId)?;
             Ok((vec![UserId::parse(&raw)?], true))
         }
         Method::POST => {
@@ -279,6 +282,7 @@ mod tests {
         let cases = [
             (Method::GET, "/route", "", 400, code::INVALID_USER_ID),
             (Method::GET, "/route?userId=", "", 400, code::INVALID_USER_ID),
+            (Method::GET, "/presence?userId=%FF%FEab", "", 400, code::INVALID_USER_ID),
             (Method::GET, "/route?userId=alice", "", 503, code::UNAVAILABLE),
             (Method::POST, "/presence", "{", 400, code::BAD_REQUEST),
             (Method::POST, "/presence", r#"{"userIds":["ok",""]}"#, 400, code::INVALID_USER_ID),

@@ -206,9 +206,48 @@ pub fn readiness(not_ready: Option<&str>, details: serde_json::Value) -> Respons
     json(if not_ready.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }
 
-/// The first value of query parameter `name`, percent-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+/// A query parameter that is not valid UTF-8 once percent-decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("query parameter {0:?} is not valid UTF-8")]
+pub struct NotUtf8(pub String);
+
+/// The first value of query parameter `name`, percent-decoded (`+` is a
+/// space). Strict: bytes that are not UTF-8 are an error, never replaced, so
+/// two different byte strings cannot become one value.
+pub fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, NotUtf8> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = String::from_utf8(percent_decode(k)).map_err(|_| NotUtf8(k.to_string()))?;
+        if key == name {
+            return String::from_utf8(percent_decode(v)).map(Some).map_err(|_| NotUtf8(name.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// `application/x-www-form-urlencoded` decoding to bytes; a `%` not followed
+/// by two hex digits stays as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Metric constructors that register on a registry. Names are fixed strings
@@ -335,10 +374,14 @@ mod tests {
 
     #[test]
     fn query_params_are_decoded() {
-        assert_eq!(query_param(Some("userId=al%20ice&x=1"), "userId").as_deref(), Some("al ice"));
-        assert_eq!(query_param(Some("userId=%E7%94%A8"), "userId").as_deref(), Some("用"));
-        assert_eq!(query_param(Some("x=1"), "userId"), None);
-        assert_eq!(query_param(None, "userId"), None);
-        assert_eq!(query_param(Some("userId="), "userId").as_deref(), Some(""));
+        let q = |query: Option<&str>| query_param(query, "userId");
+        assert_eq!(q(Some("userId=al%20ice&x=1")), Ok(Some("al ice".into())));
+        assert_eq!(q(Some("userId=a+b")), Ok(Some("a b".into())));
+        assert_eq!(q(Some("userId=%E7%94%A8")), Ok(Some("用".into())));
+        assert_eq!(q(Some("x=1")), Ok(None));
+        assert_eq!(q(None), Ok(None));
+        assert_eq!(q(Some("userId=")), Ok(Some(String::new())));
+        assert_eq!(q(Some("userId=100%")), Ok(Some("100%".into())), "a lone % stays");
+        assert_eq!(q(Some("userId=%FF%FEab")), Err(NotUtf8("userId".into())), "never decoded lossily");
     }
 }

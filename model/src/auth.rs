@@ -20,6 +20,25 @@ use crate::{UserId, UserIdError};
 /// Default leeway for `exp` and `nbf`, in seconds.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 
+/// A verified token: whose it is and until when it may keep a connection open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user (`sub`).
+    pub user: UserId,
+    /// `exp` plus the leeway, in ms since the Unix epoch: a connection
+    /// authenticated with this token is closed then unless it re-authenticates.
+    pub expires_at_ms: u64,
+}
+
+/// The claims as a token carries them. `exp` and `nbf` are NumericDates
+/// (RFC 7519), which may be fractional; `aud` may be one string or a list.
+#[derive(Debug, Deserialize)]
+struct TokenClaims {
+    sub: Option<String>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+}
+
 /// The claims the platform reads. Others are ignored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -169,9 +188,11 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
 fn validation(alg: Algorithm, checks: &ClaimChecks) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = checks.leeway_secs.unwrap_or(DEFAULT_LEEWAY_SECS);
-    v.validate_exp = true;
-    v.validate_nbf = true;
-    v.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
+    // `exp`, `nbf` and `sub` are checked by [`Verifier::verify_identity`]:
+    // NumericDates may be fractional, and the expiry is needed after connect.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.required_spec_claims = HashSet::new();
     match &checks.issuer {
         Some(iss) => v.set_issuer(&[iss]),
         None => v.iss = None,
@@ -223,6 +244,16 @@ impl Verifier {
 
     /// Verifies a token and returns its user ID.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_identity(token).map(|i| i.user)
+    }
+
+    /// Verifies a token: signature and algorithm, `crit` (none is understood,
+    /// so any is refused), `iss` and `aud` when configured, `exp` (required)
+    /// and `nbf` with the leeway, and `sub` as a user ID.
+    pub fn verify_identity(&self, token: &str) -> Result<Identity, AuthError> {
+        if critical_extensions(token) {
+            return Err(AuthError::Malformed("the token names critical header extensions; none is supported".into()));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| map_error(&e, &self.validation))?;
         if !self.validation.algorithms.contains(&header.alg) {
             return Err(expected_alg(&self.validation));
@@ -239,10 +270,53 @@ impl Verifier {
                 (None, _) => return Err(AuthError::UnknownKey),
             },
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map_err(|e| map_error(&e, &self.validation))?;
-        UserId::parse(&data.claims.sub).map_err(|e: UserIdError| AuthError::BadSubject(e.to_string()))
+        let claims = jsonwebtoken::decode::<TokenClaims>(token, key, &self.validation)
+            .map_err(|e| map_error(&e, &self.validation))?
+            .claims;
+        let leeway = self.validation.leeway as f64;
+        let now = crate::time::now_ms() as f64 / 1000.0;
+        let exp = claims.exp.filter(|e| e.is_finite()).ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        if exp + leeway <= now {
+            return Err(AuthError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf - leeway > now) {
+            return Err(AuthError::NotYetValid);
+        }
+        let sub = claims.sub.ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
+        let user = UserId::parse(&sub).map_err(|e: UserIdError| AuthError::BadSubject(e.to_string()))?;
+        Ok(Identity { user, expires_at_ms: ((exp + leeway) * 1000.0).min(u64::MAX as f64) as u64 })
     }
+}
+
+/// Whether the token's header names `crit` extensions (RFC 7515 4.1.11).
+/// A header that cannot be read is left to the JWT library to refuse.
+fn critical_extensions(token: &str) -> bool {
+    let Some(header) = token.split('.').next().and_then(base64url) else { return false };
+    serde_json::from_slice::<serde_json::Value>(&header).is_ok_and(|h| h.get("crit").is_some())
+}
+
+/// Decodes unpadded base64url; `None` on any other character.
+fn base64url(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 fn expected_alg(v: &Validation) -> AuthError {
@@ -413,5 +487,52 @@ mod tests {
     fn hs256_token_refused_by_rs256_verifier_config() {
         assert!(matches!(parse_algorithm("none"), Err(KeyError::Unsupported(_))));
         assert!(Verifier::hs256(b"", &ClaimChecks::default()).is_err());
+    }
+
+    /// A token signed with [`SECRET`] from raw header and claims JSON.
+    fn raw_token(header: serde_json::Value, claims: serde_json::Value) -> String {
+        use base64_like::encode;
+        let message = format!("{}.{}", encode(header.to_string().as_bytes()), encode(claims.to_string().as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256)
+            .expect("sign");
+        format!("{message}.{sig}")
+    }
+
+    mod base64_like {
+        /// Unpadded base64url.
+        pub fn encode(bytes: &[u8]) -> String {
+            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn details_of_the_jwt_rules() {
+        let now = crate::time::now_ms() as f64 / 1000.0;
+        let hs = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+        // `aud` may be a list; with no audience configured it is not checked.
+        let listed = raw_token(hs.clone(), serde_json::json!({"sub": "a", "exp": now + 60.0, "aud": ["x", "y"]}));
+        assert_eq!(verifier().verify(&listed).map(|u| u.to_string()), Ok("a".to_string()));
+        let checks = ClaimChecks { audience: Some("y".into()), ..ClaimChecks::default() };
+        let wants_y = Verifier::hs256(SECRET, &checks).expect("verifier");
+        assert!(wants_y.verify(&listed).is_ok(), "a list holding the audience passes");
+        // NumericDates may be fractional.
+        let fractional = raw_token(hs.clone(), serde_json::json!({"sub": "a", "exp": now + 60.5}));
+        let id = verifier().verify_identity(&fractional).expect("fractional exp");
+        let want = ((now + 60.5 + DEFAULT_LEEWAY_SECS as f64) * 1000.0) as u64;
+        assert!(id.expires_at_ms.abs_diff(want) < 5, "expiry {} vs {want}", id.expires_at_ms);
+        // No critical extension is understood, so a token naming one is refused.
+        let crit = raw_token(
+            serde_json::json!({"alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1}),
+            serde_json::json!({"sub": "a", "exp": now + 60.0}),
+        );
+        assert!(matches!(verifier().verify(&crit), Err(AuthError::Malformed(_))));
     }
 }

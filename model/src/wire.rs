@@ -124,6 +124,11 @@ pub enum ServerMessage {
         epoch: u64,
         /// The user's live connections in the cluster, this one included.
         connections: u64,
+        /// When the connection's token runs out (`exp` plus leeway, ms since
+        /// the Unix epoch): send a fresh `auth` before, or the connection is
+        /// closed with 4001 `token_expired`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_expires_at: Option<u64>,
     },
     /// The user's own connection count changed.
     #[serde(rename_all = "camelCase")]
@@ -210,7 +215,8 @@ impl ServerMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ClientMessage {
-    /// Authenticate with a JWT (only when none came with the upgrade request).
+    /// Authenticate with a JWT; on an authenticated connection, a fresh token
+    /// for the same user that extends the connection's life.
     Auth {
         /// The JWT.
         token: String,
@@ -329,6 +335,7 @@ mod tests {
             node_id: "n1".into(),
             epoch: 7,
             connections: 2,
+            token_expires_at: None,
         };
         let v: serde_json::Value = serde_json::from_str(&m.to_json()).expect("json");
         assert_eq!(

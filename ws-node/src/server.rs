@@ -66,15 +66,19 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
-/// The token of the upgrade request: `Authorization: Bearer` first, then `?token=`.
-fn request_token(req: &Request) -> Option<String> {
+/// The token of the upgrade request: `Authorization: Bearer` first, then
+/// `?token=` (a query token that is not UTF-8 is no token at all: refused).
+fn request_token(req: &Request) -> Result<Option<String>, presence_http::NotUtf8> {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_string());
-    bearer.or_else(|| query_param(req.uri().query(), "token"))
+    match bearer {
+        Some(t) => Ok(Some(t)),
+        None => query_param(req.uri().query(), "token"),
+    }
 }
 
 fn upgrade(node: Arc<Node>, req: Request) -> Response {
@@ -100,14 +104,18 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
         );
     }
     let pre_auth = match request_token(&req) {
-        None => None,
-        Some(token) => match node.verifier.verify(&token) {
-            Ok(user) => Some(user),
+        Ok(None) => None,
+        Ok(Some(token)) => match node.verifier.verify_identity(&token) {
+            Ok(identity) => Some(identity),
             Err(e) => {
                 node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
                 return error(StatusCode::UNAUTHORIZED, e.code(), &e.to_string());
             }
         },
+        Err(e) => {
+            node.metrics.auth_failures.with_label_values(&["malformed"]).inc();
+            return error(StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, &e.to_string());
+        }
     };
     // Without a token on the request, the connection waits for `auth`: a
     // stranger's connection until then, so their number is capped.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use presence_model::auth::Identity;
 use presence_model::wire::{close, code, parse_client, ClientMessage, ServerMessage};
 use presence_model::{EventReason, UserId};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -72,21 +73,22 @@ impl Ending {
 /// Runs a connection. `pre_auth` is the user when the upgrade request carried
 /// a valid token; otherwise the first message must be `auth`, and `waiting`
 /// holds the connection's place among those waiting for it until it came.
-pub async fn run<S>(node: Arc<Node>, mut ws: S, pre_auth: Option<UserId>, waiting: Option<crate::PendingAuth>)
+pub async fn run<S>(node: Arc<Node>, mut ws: S, pre_auth: Option<Identity>, waiting: Option<crate::PendingAuth>)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    let user = match pre_auth {
-        Some(u) => u,
+    let identity = match pre_auth {
+        Some(i) => i,
         None => {
             let authenticated = authenticate(&node, &mut ws).await;
             drop(waiting);
             match authenticated {
-                Ok(u) => u,
+                Ok(i) => i,
                 Err(end) => return close_with(&node, &mut ws, end).await,
             }
         }
     };
+    let user = identity.user.clone();
     // Only the owner serves a user; everyone else points the client there. A
     // client sent here by a newer table than ours (it followed a `reconnect`
     // a moment ago) must not be sent back: on the way to a redirect, the
@@ -135,8 +137,16 @@ where
         node_id: node.config.node_id.clone(),
         epoch: table.epoch,
         connections: node.counts.estimate(&user),
+        token_expires_at: Some(identity.expires_at_ms),
     };
-    let mut session = Session { node: node.clone(), conn, subs: HashSet::new(), handoff: Deadline::default() };
+    let mut session = Session {
+        node: node.clone(),
+        conn,
+        subs: HashSet::new(),
+        handoff: Deadline::default(),
+        expires: expiry_instant(identity.expires_at_ms),
+        user: user.clone(),
+    };
     // The table may have moved between the ownership check and `connect`.
     if let Some(t) = node.table.get() {
         handoff::tell_if_moved(&t, &user, &node.config.node_id, &session.conn, &node.metrics);
@@ -154,7 +164,7 @@ where
 }
 
 /// Waits for the `auth` message (`docs/protocol.md`, "Authentication").
-async fn authenticate<S>(node: &Node, ws: &mut S) -> Result<UserId, Ending>
+async fn authenticate<S>(node: &Node, ws: &mut S) -> Result<Identity, Ending>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
@@ -178,7 +188,7 @@ where
         };
         match parse_client(&text) {
             Ok(ClientMessage::Auth { token }) => {
-                return node.verifier.verify(&token).map_err(|e| {
+                return node.verifier.verify_identity(&token).map_err(|e| {
                     node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
                     node.metrics.client_errors.with_label_values(&[e.code()]).inc();
                     Ending::after(ServerMessage::error(e.code(), e.to_string()), close::UNAUTHORIZED, "unauthorized")
@@ -218,6 +228,18 @@ struct Session {
     subs: HashSet<UserId>,
     /// When a handed-off connection is closed with 4011.
     handoff: Deadline,
+    /// When the token runs out (its `exp` plus leeway): the connection is
+    /// closed with 4001 `token_expired` then, unless a fresh `auth` came.
+    expires: Instant,
+    /// The authenticated user (a fresh `auth` must be for the same one).
+    user: UserId,
+}
+
+/// The tokio instant of a wall-clock expiry in ms since the Unix epoch.
+fn expiry_instant(at_ms: u64) -> Instant {
+    let left = at_ms.saturating_sub(presence_model::time::now_ms());
+    // Far-future expiries are capped so the deadline arithmetic cannot overflow.
+    Instant::now() + Duration::from_millis(left.min(100 * 365 * 24 * 3600 * 1000))
 }
 
 impl Session {
@@ -253,6 +275,11 @@ impl Session {
                     return Some(Ending::after(m, close::LIMIT, "slow consumer"));
                 }
                 _ = self.handoff.passed() => return Some(Ending::new(close::HANDOFF, "handoff")),
+                _ = tokio::time::sleep_until(self.expires) => {
+                    self.node.metrics.client_errors.with_label_values(&[code::TOKEN_EXPIRED]).inc();
+                    let m = ServerMessage::error(code::TOKEN_EXPIRED, "the token expired; send a fresh auth before it does");
+                    return Some(Ending::after(m, close::UNAUTHORIZED, "token expired").because(EventReason::TokenExpired));
+                }
                 _ = conn.ready(), if paced_until.is_none() => {
                     if !self.write_outbox(ws, &mut pace, &mut paced_until).await {
                         return None;
@@ -375,9 +402,21 @@ impl Session {
     {
         let written = match parse_client(text) {
             Ok(ClientMessage::Ping) => self.reply(ws, &ServerMessage::Pong).await,
-            Ok(ClientMessage::Auth { .. }) => {
-                self.reply_error(ws, code::ALREADY_AUTHENTICATED, "this connection is already authenticated").await
-            }
+            // A fresh token for the same user extends the connection's life.
+            Ok(ClientMessage::Auth { token }) => match self.node.verifier.verify_identity(&token) {
+                Ok(id) if id.user == self.user => {
+                    self.expires = expiry_instant(id.expires_at_ms);
+                    true
+                }
+                Ok(_) => {
+                    self.reply_error(ws, code::UNAUTHORIZED, "a fresh token must be for the connection's own user")
+                        .await
+                }
+                Err(e) => {
+                    self.node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+                    self.reply_error(ws, e.code(), &e.to_string()).await
+                }
+            },
             Ok(ClientMessage::Subscribe { user_ids }) => return self.subscribe(user_ids).await,
             Ok(ClientMessage::Unsubscribe { user_ids }) => {
                 for u in user_ids {
@@ -526,7 +565,7 @@ mod tests {
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
         let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-        let alice = UserId::parse("alice").expect("valid");
+        let alice = Identity { user: UserId::parse("alice").expect("valid"), expires_at_ms: u64::MAX };
         let task = tokio::spawn(run(node.clone(), server, Some(alice), None));
 
         let welcome = next_json(&mut client).await;

@@ -1,0 +1,101 @@
+//! A token's expiry holds for the whole connection (docs/protocol.md,
+//! "Authentication"): a connection is closed 4001 `token_expired` at `exp`
+//! plus the leeway unless a fresh `auth` came first, and the SDK refreshes
+//! ahead of expiry on its own.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use presence::cluster::{Cluster, ClusterConfig};
+use presence_client::{
+    Client, ClientMessage, ConnectOptions, Connection, Event, ServerMessage, TokenPlacement, TokenSource,
+};
+
+/// A cluster whose nodes allow no leeway on `exp`.
+async fn strict_cluster() -> Cluster {
+    let mut config = ClusterConfig::for_tests(1, SECRET);
+    config.jwt_leeway_secs = Some(0);
+    let c = Cluster::start(config).await.expect("cluster starts");
+    c.wait_settled(WAIT).await.expect("cluster settles");
+    c
+}
+
+fn short_token(user: &str, secs: u64) -> String {
+    presence_model::auth::mint_hs256(SECRET.as_bytes(), user, secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_during_a_connection_closes_it_4001() {
+    let c = strict_cluster().await;
+    let url = c.nodes[0].url.clone();
+    let mut conn = Connection::connect(&url, TokenPlacement::Header(short_token("alice", 2))).await.expect("connects");
+    let welcome = expect(&mut conn, |m| matches!(m, ServerMessage::Welcome { .. }), "welcome").await;
+    let ServerMessage::Welcome { token_expires_at: Some(at), .. } = welcome else {
+        panic!("welcome says when: {welcome:?}")
+    };
+    let (code, before) = expect_close(&mut conn).await;
+    let late = presence_model::time::now_ms().saturating_sub(at);
+    assert_eq!(code, 4001);
+    assert!(
+        before.iter().any(|m| matches!(m, ServerMessage::Error { code, .. } if code == "token_expired")),
+        "{before:?}"
+    );
+    assert!(late < 1_000, "closed {late} ms after the token ran out");
+    // Offline, and it says why.
+    let api = coordinator(&c);
+    eventually("alice offline because her token expired", || async {
+        api.presence("alice")
+            .await
+            .is_ok_and(|p| p.connections == 0 && p.reason == Some(presence_model::EventReason::TokenExpired))
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_auth_in_time_keeps_the_connection() {
+    let c = strict_cluster().await;
+    let url = c.nodes[0].url.clone();
+    let mut conn = Connection::connect(&url, TokenPlacement::Header(short_token("alice", 2))).await.expect("connects");
+    expect(&mut conn, |m| matches!(m, ServerMessage::Welcome { .. }), "welcome").await;
+    // Another user's token does not extend it.
+    conn.send(&ClientMessage::Auth { token: short_token("mallory", 3600) }).await.expect("send");
+    expect(&mut conn, |m| matches!(m, ServerMessage::Error { code, .. } if code == "unauthorized"), "refusal").await;
+    conn.send(&ClientMessage::Auth { token: short_token("alice", 3600) }).await.expect("send");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    conn.send(&ClientMessage::Ping).await.expect("still open");
+    expect(&mut conn, |m| *m == ServerMessage::Pong, "pong after the first token ran out").await;
+    conn.close().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_refreshes_its_token_ahead_of_expiry() {
+    let c = strict_cluster().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let tokens = TokenSource::callback(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok(short_token("alice", 2)) }
+    });
+    let client = Client::new(&c.coordinator_url).expect("client");
+    let mut session = client.connect("alice", ConnectOptions::new(tokens)).await.expect("session");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut events = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, session.next_event()).await {
+        events.push(e);
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Reconnecting { .. } | Event::Error { .. })),
+        "no reconnect needed: {events:?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 3, "refreshed {} times in 5 s of 2 s tokens", calls.load(Ordering::SeqCst));
+    let p = coordinator(&c).presence("alice").await.expect("presence");
+    assert_eq!(p.connections, 1, "still the same single connection");
+    session.close().await;
+    c.shutdown().await;
+}
