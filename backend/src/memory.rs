@@ -232,7 +232,9 @@ impl Store for MemoryStore {
         let mut s = self.up()?;
         let now = Instant::now();
         s.nodes.retain(|_, (_, exp)| *exp > now);
-        let mut nodes: Vec<NodeRecord> = s.nodes.values().map(|(n, _)| n.clone()).collect();
+        // Records are checked where they are read, as the Redis store does.
+        let mut nodes: Vec<NodeRecord> =
+            s.nodes.values().map(|(n, _)| n.clone()).filter(|n| n.validate().is_ok()).collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
     }

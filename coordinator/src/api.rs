@@ -229,6 +229,8 @@ fn ring(coord: &Coordinator) -> ApiResult {
 fn readyz(coord: &Coordinator) -> Response {
     let reason = if coord.table.get().is_none() {
         Some("no routing table yet")
+    } else if coord.control_down() {
+        Some("control loop down (restarting)")
     } else if !coord.store_ok() {
         Some("store unreachable")
     } else {

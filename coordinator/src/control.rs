@@ -23,6 +23,45 @@ use tokio_util::sync::CancellationToken;
 use crate::rebalance::{self, NodeInput};
 use crate::Coordinator;
 
+/// Runs the control loop until `shutdown`, restarting it (after a second)
+/// if it panics: a bug or a record nobody foresaw must not leave the cluster
+/// without assignment while `/healthz` says all is well. `/readyz` reports
+/// the loop down meanwhile; restarts are counted.
+pub async fn supervise(coord: Arc<Coordinator>, shutdown: CancellationToken) {
+    let c = coord.clone();
+    let down = move |is_down: bool| {
+        c.control_down.store(is_down, Ordering::Relaxed);
+        if is_down {
+            c.metrics.control_restarts.inc();
+        }
+    };
+    supervised(|| run(coord.clone(), shutdown.clone()), down, shutdown.clone()).await;
+}
+
+/// Runs the task `start` makes until it returns; when it panics, tells
+/// `down(true)`, waits a second and starts it again (`down(false)` once it runs).
+async fn supervised<F, Fut>(start: F, down: impl Fn(bool), shutdown: CancellationToken)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let task = tokio::spawn(start());
+        down(false);
+        match task.await {
+            Err(e) if e.is_panic() => {
+                tracing::error!(error = %e, "the control loop panicked; restarting it in a second");
+                down(true);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Runs until `shutdown`.
 pub async fn run(coord: Arc<Coordinator>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(coord.config.tick);
@@ -176,6 +215,7 @@ async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(),
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
     use presence_backend::{CountUpdate, MemoryBus, MemoryStore, Store};
@@ -208,5 +248,29 @@ mod tests {
         step(&coord).await.expect("step");
         assert!(!coord.is_leader());
         assert_eq!(coord.metrics.dead_nodes.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_loop_is_restarted_and_reported_down_meanwhile() {
+        let starts = Arc::new(AtomicU32::new(0));
+        let downs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (s, d) = (starts.clone(), downs.clone());
+        supervised(
+            move || {
+                let n = s.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        panic!("a bug");
+                    }
+                }
+            },
+            move |down| d.lock().unwrap_or_else(|p| p.into_inner()).push(down),
+            stop,
+        )
+        .await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3, "restarted after each panic");
+        let downs = downs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(downs, vec![false, true, false, true, false]);
     }
 }

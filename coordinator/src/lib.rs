@@ -55,6 +55,8 @@ pub struct Coordinator {
     leader: AtomicBool,
     /// The last store call of the control loop succeeded.
     store_ok: AtomicBool,
+    /// The control loop panicked and waits to be restarted.
+    control_down: AtomicBool,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// Feed of the live dashboard.
@@ -79,6 +81,7 @@ impl Coordinator {
             nodes: RwLock::new(Arc::new(Vec::new())),
             leader: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
+            control_down: AtomicBool::new(false),
             metrics,
             dashboard: dashboard::Dashboard::default(),
         })
@@ -100,6 +103,11 @@ impl Coordinator {
         self.leader.load(Ordering::Relaxed)
     }
 
+    /// Whether the control loop is down (it panicked; restarting).
+    pub fn control_down(&self) -> bool {
+        self.control_down.load(Ordering::Relaxed)
+    }
+
     /// Whether the store answered the last control tick.
     pub fn store_ok(&self) -> bool {
         self.store_ok.load(Ordering::Relaxed)
@@ -111,7 +119,7 @@ impl Coordinator {
 pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: CancellationToken) {
     let mut tasks = JoinSet::new();
     tasks.spawn(coord.table.clone().run_refresh(coord.store.clone(), coord.config.table_poll, shutdown.clone()));
-    tasks.spawn(control::run(coord.clone(), shutdown.clone()));
+    tasks.spawn(control::supervise(coord.clone(), shutdown.clone()));
     tasks.spawn(dashboard::run(coord.clone(), shutdown.clone()));
     let c = coord.clone();
     presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown, coord.gate.clone()).await;

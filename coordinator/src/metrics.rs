@@ -26,6 +26,8 @@ pub struct Metrics {
     pub dead_nodes: IntCounter,
     /// Leader writes the store refused because another coordinator held the lease.
     pub fenced_writes: IntCounter,
+    /// Times the control loop panicked and was restarted.
+    pub control_restarts: IntCounter,
     /// Store operations that failed.
     pub store_errors: IntCounter,
     /// Leave events the bus refused while counting out a dead node.
@@ -65,6 +67,11 @@ impl Metrics {
             rebalances: counter(&r, "presence_rebalances_total", "Routing-table changes written by this coordinator."),
             vnode_moves: counter(&r, "presence_vnode_moves_total", "Vnodes moved by this coordinator."),
             dead_nodes: counter(&r, "presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
+            control_restarts: counter(
+                &r,
+                "presence_control_restarts_total",
+                "Times the control loop panicked and was restarted.",
+            ),
             fenced_writes: counter(
                 &r,
                 "presence_fenced_writes_total",

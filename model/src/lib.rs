@@ -23,7 +23,7 @@ pub mod vnode;
 pub mod wire;
 
 pub use event::{EventKind, EventReason, StatusEvent};
-pub use node::NodeRecord;
+pub use node::{NodeRecord, NodeRecordError};
 pub use presence::{Presence, PresenceChange};
 pub use routing::{RoutingTable, TableNode, TableVersion};
 pub use user_id::{UserId, UserIdError};

@@ -325,7 +325,10 @@ where
         for (id, r) in ids.iter().zip(raw) {
             let Some(r) = r else { continue };
             match serde_json::from_str::<NodeRecord>(&r) {
-                Ok(n) => nodes.push(n),
+                Ok(n) => match n.validate() {
+                    Ok(()) => nodes.push(n),
+                    Err(e) => tracing::warn!(node = %id, error = %e, "invalid node record skipped"),
+                },
                 Err(e) => tracing::warn!(node = %id, error = %e, "unreadable node record skipped"),
             }
         }

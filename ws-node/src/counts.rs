@@ -209,6 +209,11 @@ impl Counts {
         out
     }
 
+    /// Whether `user` is held (served or watched).
+    pub fn all_users_contains(&self, user: &UserId) -> bool {
+        self.shard(user).contains_key(user)
+    }
+
     /// Every user held (served or watched): what a resync re-reads.
     pub fn all_users(&self) -> Vec<UserId> {
         let mut out = Vec::new();

@@ -5,7 +5,12 @@
 //!   [`Counts`] calls it with the entry it just updated.
 //! * [`Fanout::run`]: the bus consumer. Events from other nodes are applied
 //!   through [`Counts::apply`] (only newer `seq`s count); a `Resync` from the
-//!   bus re-reads every held user from the store.
+//!   bus re-reads every held user from the store. Events are not trusted
+//!   blindly: a `seq` far ahead of the clock (it would freeze the user: no
+//!   real change could be newer) is dropped, and an event from a writer the
+//!   routing table does not know is not applied; the user's state is read
+//!   from the store instead. Both are counted in
+//!   `presence_events_rejected_total{reason}`.
 //! * [`Fanout::watch_departures`]: when a node leaves the routing table
 //!   (it died or drained), its last events may be lost with it or still on
 //!   their way, so held users are re-read from the store: once after the
@@ -18,6 +23,7 @@ use std::time::Duration;
 
 use presence_backend::{BusMessage, BusSubscription, Store, TableCache};
 use presence_model::wire::ServerMessage;
+use presence_model::{EventReason, StatusEvent};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -82,9 +88,48 @@ pub struct Fanout {
     /// written after a store write succeeded, so one arriving proves the store
     /// works for someone (see [`crate::membership`], self-fencing).
     pub heard_from_others: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// The routing table: who may write events.
+    pub table: TableCache,
+}
+
+/// How far ahead of this node's clock an event's `seq` (store clock, µs) may
+/// be. Clocks of well-run hosts differ by milliseconds; five minutes leaves
+/// room for a badly run one while refusing a forged `2^64 - 1`.
+const MAX_SEQ_AHEAD_US: u64 = 5 * 60 * 1_000_000;
+
+/// What to do with an event from the bus.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Apply it.
+    Apply,
+    /// This run wrote it (already applied).
+    Own,
+    /// Drop it, counted under this reason.
+    Drop(&'static str),
+    /// Do not apply it; read the user's state from the store instead.
+    Verify(&'static str),
 }
 
 impl Fanout {
+    /// Reads one user's state from the store in place of an event not trusted.
+    async fn verify(&self, user: &presence_model::UserId) {
+        if !self.counts.all_users_contains(user) {
+            return;
+        }
+        match self.store.presence(std::slice::from_ref(user)).await {
+            Ok(states) => {
+                let now = presence_model::time::now_ms();
+                for p in &states {
+                    self.counts.apply(p, now, None);
+                }
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::debug!(node = %self.node_id, error = %e, "verify read failed; the next resync repairs it");
+            }
+        }
+    }
+
     /// Re-reads every held user's state from the store (after missed events).
     pub async fn resync_held(&self) {
         let users = self.counts.all_users();
@@ -106,6 +151,23 @@ impl Fanout {
         }
     }
 
+    fn judge(&self, e: &StatusEvent, now_us: u64) -> Verdict {
+        if e.run_id.as_deref() == Some(self.run_id.as_str()) {
+            return Verdict::Own;
+        }
+        if e.seq > now_us.saturating_add(MAX_SEQ_AHEAD_US) {
+            return Verdict::Drop("seq_ahead");
+        }
+        // A coordinator counting a node out writes in the dead node's name,
+        // which may have left the table already.
+        let known = self.table.get().is_some_and(|t| t.node(&e.node_id).is_some());
+        if known || e.reason == Some(EventReason::NodeLost) {
+            Verdict::Apply
+        } else {
+            Verdict::Verify("unknown_node")
+        }
+    }
+
     /// Consumes the bus until `stop` or the bus closes.
     pub async fn run(self, mut events: Box<dyn BusSubscription>, stop: CancellationToken) {
         loop {
@@ -116,12 +178,23 @@ impl Fanout {
             match msg {
                 Some(BusMessage::Event(e)) => {
                     self.metrics.events_received.inc();
-                    // This run applied its own writes before publishing them; the echo
-                    // would only be dropped as stale (and count as such).
-                    if e.run_id.as_deref() != Some(self.run_id.as_str()) {
-                        *self.heard_from_others.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(tokio::time::Instant::now());
-                        self.counts.apply(&e.presence(), presence_model::time::now_ms(), None);
+                    match self.judge(&e, presence_model::time::now_us()) {
+                        // This run applied its own writes before publishing them; the
+                        // echo would only be dropped as stale (and count as such).
+                        Verdict::Own => {}
+                        Verdict::Apply => {
+                            *self.heard_from_others.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(tokio::time::Instant::now());
+                            self.counts.apply(&e.presence(), presence_model::time::now_ms(), None);
+                        }
+                        Verdict::Drop(reason) => {
+                            self.metrics.events_rejected.with_label_values(&[reason]).inc();
+                            tracing::warn!(node = %self.node_id, writer = %e.node_id, seq = e.seq, reason, "event dropped");
+                        }
+                        Verdict::Verify(reason) => {
+                            self.metrics.events_rejected.with_label_values(&[reason]).inc();
+                            self.verify(&e.user_id).await;
+                        }
                     }
                 }
                 Some(BusMessage::Resync) => {
@@ -182,7 +255,44 @@ mod tests {
     use crate::conn::Conn;
     use crate::counts::tests::{counts, drain, uid};
     use presence_backend::{Bus, MemoryBus, MemoryStore};
-    use presence_model::{Presence, StatusEvent};
+    use presence_model::Presence;
+
+    /// A table that lists node `n1` (and nothing else).
+    fn known_table() -> TableCache {
+        let t = TableCache::new();
+        let owners = vec![Some("n1"); presence_model::VNODES];
+        t.offer(presence_model::RoutingTable::from_owners(1, &owners, |_| "ws://n1".into()));
+        t
+    }
+
+    fn event(node: &str, seq: u64, connections: u64) -> StatusEvent {
+        let change = presence_model::PresenceChange {
+            presence: Presence { user_id: uid("bob"), connections, seq, last_seen: None, reason: None },
+            previous: 0,
+        };
+        StatusEvent::from_change(&change, node, None, 1, 9, None)
+    }
+
+    #[test]
+    fn events_are_judged_before_they_are_trusted() {
+        let f = Fanout {
+            counts: Arc::new(counts()),
+            store: Arc::new(MemoryStore::new()),
+            metrics: Arc::new(Metrics::new()),
+            node_id: "n1".into(),
+            run_id: "me".into(),
+            heard_from_others: Arc::default(),
+            table: known_table(),
+        };
+        let now = 1_800_000_000_000_000;
+        assert_eq!(f.judge(&event("n1", now, 1), now), Verdict::Apply);
+        assert_eq!(f.judge(&event("n1", now, 1).from_run("me"), now), Verdict::Own);
+        assert_eq!(f.judge(&event("n1", u64::MAX, 1), now), Verdict::Drop("seq_ahead"));
+        assert_eq!(f.judge(&event("stranger", now, 1), now), Verdict::Verify("unknown_node"));
+        let mut count_out = event("gone-node", now, 0);
+        count_out.reason = Some(EventReason::NodeLost);
+        assert_eq!(f.judge(&count_out, now), Verdict::Apply, "count-outs name a node that left the table");
+    }
 
     #[tokio::test]
     async fn events_of_other_nodes_reach_watchers_and_own_echoes_are_skipped() {
@@ -195,6 +305,7 @@ mod tests {
             node_id: "n1".into(),
             run_id: "me".into(),
             heard_from_others: Arc::default(),
+            table: known_table(),
         };
         let w = Conn::new(7, 16);
         counts.watch(&uid("bob"), w.clone());
@@ -207,7 +318,8 @@ mod tests {
                 presence: Presence { user_id: uid("bob"), connections: 1, seq, last_seen: None, reason: None },
                 previous: 0,
             };
-            let event = StatusEvent::from_change(&change, "n1", None, 1, 9, None).from_run(run);
+            let event =
+                StatusEvent::from_change(&change, "n1", None, 1, presence_model::time::now_ms(), None).from_run(run);
             bus.publish(event).await.expect("published");
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -146,6 +146,7 @@ impl Node {
             node_id: config.node_id.clone(),
             run_id: run_id.clone(),
             heard_from_others: Arc::default(),
+            table: table.clone(),
         };
         let membership =
             Arc::new(Membership::new(config.clone(), run_id.clone(), fanout.clone(), pending.clone(), table.clone()));

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub events_received: IntCounter,
     /// States dropped as duplicate or older than the one held.
     pub events_stale: IntCounter,
+    /// Bus events not trusted, by reason (`seq_ahead`, `unknown_node`).
+    pub events_rejected: IntCounterVec,
     /// Resyncs of held users from the store.
     pub resyncs: IntCounter,
     /// Events the bus confirmed delivered.
@@ -131,6 +133,12 @@ impl Metrics {
             bus_errors: counter(&r, "presence_bus_errors_total", "Status events the bus refused."),
             events_received: counter(&r, "presence_events_received_total", "Status events received from the bus."),
             events_stale: counter(&r, "presence_events_stale_total", "States dropped as duplicate or stale."),
+            events_rejected: counter_vec(
+                &r,
+                "presence_events_rejected_total",
+                "Bus events not trusted: a seq far ahead of the clock, or a writer the routing table does not know.",
+                &["reason"],
+            ),
             resyncs: counter(&r, "presence_resyncs_total", "Resyncs of held users from the store."),
             bus_delivered: counter(&r, "presence_bus_delivered_total", "Status events the bus confirmed delivered."),
             bus_delivery_errors: counter(
