@@ -122,3 +122,51 @@ async fn reqwest_free_get(base: &str, path: &str) -> String {
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
     read_until_closed(&mut s, Duration::from_secs(5)).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_at_most_the_configured_connections() {
+    let c = cluster_with(|c| c.node.max_connections_per_user = 2).await;
+    let (mut a, _) = connect(&c, "alice").await;
+    let (_b, _) = connect(&c, "alice").await;
+    expect_count(&mut a, 2).await;
+    let (_, url) = owner(&c, "alice");
+    let mut third = Connection::connect(&url, TokenPlacement::Header(token("alice"))).await.expect("upgrades");
+    let (code, before) = expect_close(&mut third).await;
+    assert_eq!(code, 4029);
+    assert!(
+        matches!(before.as_slice(), [ServerMessage::Error { code, .. }] if code == "too_many_user_connections"),
+        "{before:?}"
+    );
+    a.close().await;
+    let (_again, _) = connect(&c, "alice").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_beyond_the_rate_are_refused_then_the_flooder_is_closed() {
+    let c = cluster_with(|c| {
+        c.node.message_rate = 5;
+        c.node.message_burst = 5;
+    })
+    .await;
+    // Over the burst: refused, the connection stays.
+    let (mut conn, _) = connect(&c, "alice").await;
+    for _ in 0..8 {
+        conn.send(&presence_client::ClientMessage::Ping).await.expect("send");
+    }
+    expect(&mut conn, |m| matches!(m, ServerMessage::Error { code, .. } if code == "rate_limited"), "refusal").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.send(&presence_client::ClientMessage::Ping).await.expect("send");
+    expect(&mut conn, |m| *m == ServerMessage::Pong, "served again at the allowed pace").await;
+    // A flood: closed.
+    let (mut flood, _) = connect(&c, "bob").await;
+    for _ in 0..40 {
+        if flood.send(&presence_client::ClientMessage::Ping).await.is_err() {
+            break;
+        }
+    }
+    let (code, _) = expect_close(&mut flood).await;
+    assert_eq!(code, 4029);
+    still_serving(&c).await;
+    c.shutdown().await;
+}

@@ -26,6 +26,8 @@ pub mod close {
     pub const WRONG_NODE: u16 = 4010;
     /// The user's vnode moved or the node drains (after a `reconnect`).
     pub const HANDOFF: u16 = 4011;
+    /// Too many connections for the user, or messages sent too fast.
+    pub const RATE_LIMITED: u16 = 4029;
 }
 
 /// Error codes carried by `error` messages and HTTP JSON errors.
@@ -66,6 +68,10 @@ pub mod code {
     pub const BATCH_TOO_LARGE: &str = "batch_too_large";
     /// An HTTP request body exceeds its limit.
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The user holds as many connections as a user may, cluster-wide.
+    pub const TOO_MANY_USER_CONNECTIONS: &str = "too_many_user_connections";
+    /// The connection sends messages faster than allowed; this one was dropped.
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// The listener holds as many connections as it allows (overall or from one IP).
     pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
     /// Too many connections wait for their `auth` message.

@@ -44,6 +44,15 @@ pub struct Args {
     /// Connection limits of the listener.
     #[command(flatten)]
     pub listener: presence_runtime::listener::ListenerArgs,
+    /// Connections one user may hold in the whole cluster.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = default_of(|c| c.max_connections_per_user))]
+    pub max_connections_per_user: String,
+    /// Messages a client may send per second after its burst.
+    #[arg(long, env = "MESSAGE_RATE", default_value_t = default_of(|c| c.message_rate))]
+    pub message_rate: String,
+    /// Messages a client may send at once.
+    #[arg(long, env = "MESSAGE_BURST", default_value_t = default_of(|c| c.message_burst))]
+    pub message_burst: String,
     /// WebSocket connections waiting for their auth message at most.
     #[arg(long, env = "MAX_PENDING_AUTH", default_value_t = default_of(|c| c.max_pending_auth))]
     pub max_pending_auth: String,
@@ -251,6 +260,14 @@ impl Args {
         );
         node.http = self.listener.check(&mut p);
         count(&mut p, "--max-pending-auth/MAX_PENDING_AUTH", &self.max_pending_auth, &mut node.max_pending_auth);
+        count(
+            &mut p,
+            "--max-connections-per-user/MAX_CONNECTIONS_PER_USER",
+            &self.max_connections_per_user,
+            &mut node.max_connections_per_user,
+        );
+        count(&mut p, "--message-rate/MESSAGE_RATE", &self.message_rate, &mut node.message_rate);
+        count(&mut p, "--message-burst/MESSAGE_BURST", &self.message_burst, &mut node.message_burst);
         let backends = self.backends.check(&mut p, &node_id);
         let verifier = verifier(self, &mut p);
         p.finish()?;

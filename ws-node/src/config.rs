@@ -56,6 +56,12 @@ pub struct NodeConfig {
     pub http: presence_http::Limits,
     /// WebSocket connections waiting for their `auth` message at most.
     pub max_pending_auth: usize,
+    /// Connections one user may hold in the whole cluster.
+    pub max_connections_per_user: u64,
+    /// Messages a client may send per second after its burst.
+    pub message_rate: u32,
+    /// Messages a client may send at once.
+    pub message_burst: u32,
 }
 
 impl NodeConfig {
@@ -85,6 +91,9 @@ impl NodeConfig {
             reconcile_interval: Duration::from_secs(30),
             http: presence_http::Limits::default(),
             max_pending_auth: 10_000,
+            max_connections_per_user: 100,
+            message_rate: 20,
+            message_burst: 50,
         }
     }
 

@@ -117,6 +117,17 @@ where
             return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no owner")).await;
         }
     }
+    // Connections per user, cluster-wide: the user's vnode lives here, so the
+    // known total plus this node's unwritten changes is the count.
+    let limit = node.config.max_connections_per_user;
+    if node.counts.estimate(&user) >= limit {
+        node.metrics.client_errors.with_label_values(&[code::TOO_MANY_USER_CONNECTIONS]).inc();
+        let m = ServerMessage::error(
+            code::TOO_MANY_USER_CONNECTIONS,
+            format!("a user may hold at most {limit} connections"),
+        );
+        return close_with(&node, &mut ws, Ending::after(m, close::RATE_LIMITED, "too many connections")).await;
+    }
     let conn_uuid = uuid::Uuid::new_v4().to_string();
     let conn = Conn::new(node.next_conn_id(), node.config.outbound_queue);
     node.counts.connect(&user, conn.clone());
@@ -257,6 +268,11 @@ impl Session {
         let closing = self.node.closing();
         let conn = self.conn.clone();
         let mut pace = Pace::new(cfg.outbound_rate, cfg.outbound_burst);
+        // Inbound: a client sends at most `message_rate` messages a second
+        // after a burst; beyond, its messages are refused, and a client that
+        // keeps going for another whole burst is closed (4029).
+        let mut inbound = Pace::new(cfg.message_rate, cfg.message_burst);
+        let mut refused = 0u32;
         let mut paced_until: Option<Instant> = None;
         loop {
             let paced = async move {
@@ -303,6 +319,20 @@ impl Session {
                     last_heard = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(t))) => {
+                            if inbound.take().is_err() {
+                                refused += 1;
+                                if refused > cfg.message_burst {
+                                    self.node.metrics.client_errors.with_label_values(&[code::RATE_LIMITED]).inc();
+                                    let m = ServerMessage::error(code::RATE_LIMITED, "messages sent too fast; closing");
+                                    return Some(Ending::after(m, close::RATE_LIMITED, "rate limited").because(EventReason::Kicked));
+                                }
+                                let limit = cfg.message_rate;
+                                if !self.reply_error(ws, code::RATE_LIMITED, &format!("at most {limit} messages a second; this one was dropped")).await {
+                                    return None;
+                                }
+                                continue;
+                            }
+                            refused = 0;
                             if let Some(end) = self.on_text(ws, &t).await {
                                 return Some(end);
                             }
