@@ -247,3 +247,45 @@ async fn the_demo_banner_has_one_header_that_names_the_backends() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_loop_is_followed_a_few_hops_with_pauses_then_backed_off() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    // A node that sends every client back to itself.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/socket", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicU32::new(0));
+    let (count, me) = (accepted.clone(), url.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let me = me.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let redirect = serde_json::json!({"type": "redirect", "url": me, "epoch": 1}).to_string();
+                let _ = ws.send(Message::Text(redirect.into())).await;
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame { code: CloseCode::from(4010), reason: "wrong node".into() })))
+                    .await;
+            });
+        }
+    });
+    let client = Client::new("http://127.0.0.1:9").expect("client");
+    let mut opts = options("alice");
+    opts.url = Some(url);
+    opts.backoff.initial = Duration::from_millis(100);
+    let mut session = client.connect("alice", opts).await.expect("session");
+    let reason = until(&mut session, "the chain given up", |e| {
+        matches!(e, Event::Reconnecting { reason: ReconnectReason::Dropped { cause }, .. } if cause.contains("too many redirects"))
+    })
+    .await;
+    drop(reason);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session.close().await;
+    server.abort();
+    let n = accepted.load(Ordering::SeqCst);
+    assert!((5..40).contains(&n), "{n} connections: a few hops with pauses, not a tight loop");
+}

@@ -185,6 +185,11 @@ pub struct ConnectOptions {
     pub ping_timeout: Duration,
     /// Longest wait for one attempt, from TCP connect to `welcome`.
     pub connect_timeout: Duration,
+    /// Hosts (`host:port`) a `redirect` or `reconnect` may send the session
+    /// to. `None` (the default): only URLs the coordinator itself gives for
+    /// the user; any other is checked with the coordinator first, and the
+    /// coordinator's answer wins. Never a `wss://` to `ws://` downgrade.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl ConnectOptions {
@@ -198,6 +203,7 @@ impl ConnectOptions {
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(5),
+            allowed_hosts: None,
         }
     }
 }
@@ -236,6 +242,7 @@ impl Client {
         let user = UserId::parse(user_id)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(options.event_buffer.max(1));
+        let trusted = options_url_set(&options);
         let driver = Driver {
             api: self.coordinator.clone(),
             user,
@@ -244,6 +251,8 @@ impl Client {
             events: ev_tx,
             commands: cmd_rx,
             token: None,
+            current_url: None,
+            trusted,
             token_expires_at: None,
         };
         let task = tokio::spawn(driver.run());
@@ -321,6 +330,10 @@ struct Driver {
     events: mpsc::Sender<Event>,
     commands: mpsc::Receiver<Command>,
     token: Option<String>,
+    /// The URL of the connection in use (or being made): its scheme must not be downgraded.
+    current_url: Option<String>,
+    /// URLs the coordinator (or the application) named for this user.
+    trusted: std::collections::HashSet<String>,
     /// When the server closes the connection unless it hears a fresh token
     /// (from `welcome`, then from each refreshed token's `exp`).
     token_expires_at: Option<u64>,
@@ -339,15 +352,10 @@ impl Driver {
         }
         let token = self.token.clone().unwrap_or_default();
         let url = match url {
-            Some(u) => u,
-            None => self
-                .api
-                .route(self.user.as_str())
-                .await
-                .map_err(|e| Failure::Other(e.to_string()))?
-                .url
-                .unwrap_or_default(),
+            Some(u) => self.vet(u).await?,
+            None => self.route().await?,
         };
+        self.current_url = Some(url.clone());
         // A node that accepts TCP but never answers (frozen, overloaded) must not hold the attempt.
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
         let connecting = tokio::time::timeout_at(deadline, Connection::connect(&url, TokenPlacement::Header(token)));
@@ -402,14 +410,51 @@ impl Driver {
         Ok(conn)
     }
 
+    /// The user's route from the coordinator (remembered as trusted).
+    async fn route(&mut self) -> Result<String, Failure> {
+        let url = self.api.route(self.user.as_str()).await.map_err(|e| Failure::Other(e.to_string()))?.url;
+        let url = url.ok_or_else(|| Failure::Other("no node owns the user's vnode".into()))?;
+        self.trusted.insert(url.clone());
+        Ok(url)
+    }
+
+    /// Where a `redirect` or `reconnect` (or the first URL) may really take
+    /// the session: see [`ConnectOptions::allowed_hosts`].
+    async fn vet(&mut self, url: String) -> Result<String, Failure> {
+        match redirect_check(self.current_url.as_deref(), &url, self.options.allowed_hosts.as_deref()) {
+            RedirectCheck::Refused(why) => {
+                tracing::warn!(%url, why, "redirect refused; asking the coordinator");
+                self.route().await
+            }
+            RedirectCheck::Allowed => Ok(url),
+            RedirectCheck::AskCoordinator if self.trusted.contains(&url) => Ok(url),
+            RedirectCheck::AskCoordinator => self.route().await,
+        }
+    }
+
     /// Connects, retrying as needed. `None` when the session should end.
     async fn establish(&mut self, mut url: Option<String>) -> Option<Connection> {
         let mut failures = 0u32;
         let mut expired = false;
+        let mut hops = 0u32;
         loop {
             match self.attempt(url.take(), expired).await {
                 Ok(c) => return Some(c),
-                Err(Failure::Redirect(u)) => url = Some(u),
+                // A chain of redirects is followed a few hops, each a little later;
+                // then it counts as a failed attempt (a loop between nodes, or a hostile one).
+                Err(Failure::Redirect(u)) if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    tokio::time::sleep(REDIRECT_PAUSE * hops).await;
+                    url = Some(u);
+                }
+                Err(Failure::Redirect(_)) => {
+                    hops = 0;
+                    failures += 1;
+                    if !self.back_off("too many redirects".into(), failures, self.options.backoff.delay(failures)).await
+                    {
+                        return None;
+                    }
+                }
                 Err(Failure::Expired) if !expired => {
                     expired = true;
                     if !self
@@ -589,6 +634,45 @@ impl Driver {
     }
 }
 
+/// Redirects followed in a row before the chain counts as a failed attempt.
+const MAX_REDIRECTS: u32 = 5;
+/// Pause before following the n-th redirect of a chain (n times this).
+const REDIRECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// The first URL the application gave, if any: trusted like the coordinator's.
+fn options_url_set(options: &ConnectOptions) -> std::collections::HashSet<String> {
+    options.url.iter().cloned().collect()
+}
+
+/// What a redirect target may be, before any coordinator is asked.
+#[derive(Debug, PartialEq, Eq)]
+enum RedirectCheck {
+    /// In the application's allow-list.
+    Allowed,
+    /// Not allowed whatever the coordinator says.
+    Refused(&'static str),
+    /// Allowed if the coordinator names it for the user.
+    AskCoordinator,
+}
+
+/// The host:port of a ws(s) URL.
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("wss://").or_else(|| url.strip_prefix("ws://"))?;
+    Some(rest.split(['/', '?']).next().unwrap_or(rest))
+}
+
+fn redirect_check(current: Option<&str>, target: &str, allowed: Option<&[String]>) -> RedirectCheck {
+    let Some(host) = host_of(target) else { return RedirectCheck::Refused("not a ws:// or wss:// URL") };
+    if current.is_some_and(|c| c.starts_with("wss://")) && !target.starts_with("wss://") {
+        return RedirectCheck::Refused("a wss:// session is never moved to ws://");
+    }
+    match allowed {
+        Some(list) if list.iter().any(|h| h == host) => RedirectCheck::Allowed,
+        Some(_) => RedirectCheck::Refused("host not in the allow-list"),
+        None => RedirectCheck::AskCoordinator,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,6 +717,26 @@ fn token_expiry_ms(token: &str) -> Option<u64> {
     }
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     claims.get("exp")?.as_f64().map(|exp| (exp * 1000.0) as u64)
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_the_scheme_and_the_allow_list() {
+        let secure = Some("wss://a.example:443/socket");
+        assert_eq!(
+            redirect_check(secure, "ws://a.example:80/socket", None),
+            RedirectCheck::Refused("a wss:// session is never moved to ws://")
+        );
+        assert_eq!(redirect_check(secure, "wss://b.example/socket", None), RedirectCheck::AskCoordinator);
+        let list = vec!["b.example:443".to_string()];
+        assert_eq!(redirect_check(secure, "wss://b.example:443/socket", Some(&list)), RedirectCheck::Allowed);
+        assert!(matches!(redirect_check(secure, "wss://evil.example/socket", Some(&list)), RedirectCheck::Refused(_)));
+        assert!(matches!(redirect_check(None, "http://x/socket", None), RedirectCheck::Refused(_)));
+        assert_eq!(host_of("ws://h:9/socket?x=1"), Some("h:9"));
+    }
 }
 
 #[cfg(test)]

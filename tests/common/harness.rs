@@ -13,7 +13,7 @@ use crate::common;
 use crate::procs::{self, Proc, Redis, Shared};
 use crate::tracked::Client;
 
-pub const SECRET: &str = "process-test-secret";
+pub const SECRET: &str = "process-test-secret-of-at-least-32-bytes";
 
 /// A tiny deterministic generator, so a failing run can be replayed.
 pub struct Lcg(pub u64);

@@ -151,6 +151,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+/// The shortest HS256 secret a node accepts.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 fn verifier(a: &Args, p: &mut Problems) -> Option<Verifier> {
     let leeway = p.parse::<u64>("--jwt-leeway-secs/JWT_LEEWAY_SECS", &a.jwt_leeway_secs);
     let checks = ClaimChecks { issuer: a.jwt_issuer.clone(), audience: a.jwt_audience.clone(), leeway_secs: leeway };
@@ -178,6 +181,15 @@ fn verifier(a: &Args, p: &mut Problems) -> Option<Verifier> {
     let result = if let Some(secret) = &a.jwt_secret {
         if alg_name != "HS256" {
             p.add("--jwt-alg/JWT_ALG", "a shared secret verifies HS256 only");
+            return None;
+        }
+        // Anyone who guesses the secret mints tokens for every user: HS256
+        // wants as many bytes as the hash (RFC 7518 3.2). Only the demo may use less.
+        if secret.len() < MIN_SECRET_BYTES {
+            p.add(
+                "--jwt-secret/JWT_SECRET",
+                format!("must be at least {MIN_SECRET_BYTES} bytes (it has {})", secret.len()),
+            );
             return None;
         }
         Verifier::hs256(secret.as_bytes(), &checks)
@@ -350,6 +362,14 @@ mod tests {
     }
 
     #[test]
+    fn a_short_secret_is_refused() {
+        let a = args(&["--jwt-secret", "short", "--redis-url", "redis://r", "--kafka-brokers", "k:9092"]);
+        let text = a.settings().err().expect("refused").to_string();
+        assert!(text.contains("at least 32 bytes"), "{text}");
+        assert!(!text.contains("short"), "the secret is not echoed: {text}");
+    }
+
+    #[test]
     fn a_good_configuration() {
         let a = args(&[
             "--listen-addr",
@@ -361,7 +381,7 @@ mod tests {
             "--kafka-brokers",
             "127.0.0.1:9092",
             "--jwt-secret",
-            "x",
+            "0123456789abcdef0123456789abcdef",
             "--assigned-vnodes",
             "0-9",
             "--public-url",
