@@ -319,4 +319,29 @@ mod tests {
         let (_, v) = call(&c, Method::POST, "/presence", r#"{"userIds":[]}"#).await;
         assert_eq!(v["users"], serde_json::json!([]));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Any body, any query on the batch and single routes: 200, or a 4xx/5xx
+        /// with a JSON error and a code; never a panic.
+        #[test]
+        fn any_request_gets_a_specified_answer(body in "\\PC{0,300}", query in "\\PC{0,60}") {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let (c, _) = coordinator();
+                let uri = format!("/presence?{}", query.replace([' ', '#'], ""));
+                for (method, uri) in [(Method::POST, "/route".to_string()), (Method::POST, "/presence".to_string()), (Method::GET, uri)] {
+                    let Ok(req) = http::Request::builder().method(method).uri(&uri).body(Full::new(Bytes::from(body.clone()))) else {
+                        continue;
+                    };
+                    let res = handle(c.clone(), req).await;
+                    let status = res.status();
+                    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON always");
+                    assert!(status.is_success() || v["code"].is_string(), "{uri} -> {status} {v}");
+                }
+            });
+        }
+    }
 }

@@ -535,4 +535,24 @@ mod tests {
         );
         assert!(matches!(verifier().verify(&crit), Err(AuthError::Malformed(_))));
     }
+
+    proptest::proptest! {
+        /// Arbitrary text as a token: refused with an error, never a panic.
+        #[test]
+        fn any_string_as_a_token_is_refused_cleanly(t in "\\PC{0,400}") {
+            proptest::prop_assert!(verifier().verify(&t).is_err());
+        }
+
+        /// Three segments of arbitrary bytes (what reaches the JSON and
+        /// base64 decoders): refused with an error, never a panic.
+        #[test]
+        fn arbitrary_segments_are_refused_cleanly(
+            h in proptest::collection::vec(proptest::num::u8::ANY, 0..120),
+            p in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            sig in "[A-Za-z0-9_-]{0,60}",
+        ) {
+            let t = format!("{}.{}.{sig}", base64_like::encode(&h), base64_like::encode(&p));
+            proptest::prop_assert!(verifier().verify(&t).is_err());
+        }
+    }
 }
