@@ -182,9 +182,9 @@ async fn bad_input_gets_an_error_and_the_connection_stays() {
         let m = expect(&mut conn, |m| matches!(m, ServerMessage::Error { .. }), want).await;
         assert!(matches!(&m, ServerMessage::Error { code, .. } if code == want), "{m:?}");
     }
-    conn.send(&ClientMessage::Auth { token: token("alice") }).await.expect("send");
-    expect(&mut conn, |m| matches!(m, ServerMessage::Error { code, .. } if code == "already_authenticated"), "error")
-        .await;
+    // A second `auth` is a token refresh: for another user it is refused, the connection stays.
+    conn.send(&ClientMessage::Auth { token: token("bob") }).await.expect("send");
+    expect(&mut conn, |m| matches!(m, ServerMessage::Error { code, .. } if code == "unauthorized"), "error").await;
     conn.send(&ClientMessage::Ping).await.expect("send");
     expect(&mut conn, |m| *m == ServerMessage::Pong, "pong").await;
     c.shutdown().await;

@@ -50,8 +50,6 @@ pub mod code {
     pub const FRAME_TOO_LARGE: &str = "frame_too_large";
     /// Binary frames are not part of the protocol.
     pub const BINARY_NOT_SUPPORTED: &str = "binary_not_supported";
-    /// A second `auth` after the connection is authenticated.
-    pub const ALREADY_AUTHENTICATED: &str = "already_authenticated";
     /// No live node owns the vnode, or the node has no routing table yet.
     pub const UNAVAILABLE: &str = "unavailable";
     /// The client read too slowly and its outbound queue overflowed.

@@ -148,26 +148,42 @@ impl Counts {
     /// every watcher but `quiet`, which the caller answers itself). Returns
     /// whether it was newer.
     pub fn apply(&self, p: &Presence, now_ms: u64, quiet: Option<u64>) -> bool {
-        let mut s = self.shard(&p.user_id);
-        let Some(e) = s.get_mut(&p.user_id) else {
-            // Nobody here cares about this user.
-            return false;
+        let delivery = {
+            let mut s = self.shard(&p.user_id);
+            let Some(e) = s.get_mut(&p.user_id) else {
+                // Nobody here cares about this user.
+                return false;
+            };
+            match self.apply_to(e, p, now_ms, quiet) {
+                Some(d) => d,
+                None => return false,
+            }
         };
-        self.apply_to(e, p, now_ms, quiet)
+        if let Some(d) = delivery {
+            d.send(&self.metrics);
+        }
+        true
     }
 
-    fn apply_to(&self, e: &mut Entry, p: &Presence, now_ms: u64, quiet: Option<u64>) -> bool {
+    /// Applies `p` to the entry if newer: `None` when it was not, else what
+    /// to send to watchers once the lock is released.
+    fn apply_to(
+        &self,
+        e: &mut Entry,
+        p: &Presence,
+        now_ms: u64,
+        quiet: Option<u64>,
+    ) -> Option<Option<fanout::Delivery>> {
         if e.state.as_ref().is_some_and(|cur| cur.seq >= p.seq) {
             self.metrics.events_stale.inc();
-            return false;
+            return None;
         }
         let mut next = p.clone();
         if next.last_seen.is_none() {
             next.last_seen = e.state.as_ref().and_then(|c| c.last_seen);
         }
         e.state = Some(next);
-        fanout::deliver(e, now_ms, quiet, &self.metrics);
-        true
+        Some(fanout::deliver(e, now_ms, quiet))
     }
 
     /// The node's live connections of each user: what the writer writes.
@@ -184,17 +200,24 @@ impl Counts {
     /// stands, so connections that joined with only an estimate are sent it.
     pub fn record_writes(&self, written: &[CountUpdate], answers: &[Option<PresenceChange>], now_ms: u64) {
         for (update, answer) in written.iter().zip(answers) {
-            let mut s = self.shard(&update.user_id);
-            let Some(e) = s.get_mut(&update.user_id) else { continue };
-            match answer {
-                Some(change) => {
-                    self.apply_to(e, &change.presence, now_ms, None);
+            let delivery = {
+                let mut s = self.shard(&update.user_id);
+                let Some(e) = s.get_mut(&update.user_id) else { continue };
+                let delivery = match answer {
+                    Some(change) => self.apply_to(e, &change.presence, now_ms, None).flatten(),
+                    None => {
+                        fanout::reconfirm(e);
+                        None
+                    }
+                };
+                e.written = update.connections;
+                if e.is_empty() {
+                    s.remove(&update.user_id);
                 }
-                None => fanout::reconfirm(e),
-            }
-            e.written = update.connections;
-            if e.is_empty() {
-                s.remove(&update.user_id);
+                delivery
+            };
+            if let Some(d) = delivery {
+                d.send(&self.metrics);
             }
         }
     }

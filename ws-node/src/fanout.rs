@@ -35,11 +35,34 @@ fn text(m: &ServerMessage) -> Utf8Bytes {
     Utf8Bytes::from(m.to_json())
 }
 
+/// A status to hand to watchers once the lock on their user is released:
+/// the frame is built and the watcher handles taken under the lock, the
+/// pushes (one per watcher, a thousand or a hundred thousand) happen after.
+/// Each watcher's outbox drops a status older than one it already has, so
+/// two deliveries of one user racing each other cannot reorder what a
+/// watcher sees.
+pub(crate) struct Delivery {
+    user: presence_model::UserId,
+    seq: u64,
+    frame: Utf8Bytes,
+    to: Vec<crate::conn::Conn>,
+}
+
+impl Delivery {
+    /// Pushes the status to every watcher.
+    pub(crate) fn send(self, metrics: &Metrics) {
+        for c in &self.to {
+            c.push_status(&self.user, self.seq, self.frame.clone(), metrics);
+        }
+    }
+}
+
 /// Pushes the entry's state: `count` to the user's connections when the
-/// number differs from what they were last sent, `status` to every watcher
-/// but `quiet`.
-pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, metrics: &Metrics) {
-    let Some(state) = &e.state else { return };
+/// number differs from what they were last sent (under the lock: counts keep
+/// their order that way), and returns the `status` for every watcher but
+/// `quiet`, to be sent once the lock is released.
+pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>) -> Option<Delivery> {
+    let state = e.state.as_ref()?;
     if !e.conns.is_empty() && e.sent_count != Some(state.connections) {
         e.sent_count = Some(state.connections);
         let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
@@ -47,12 +70,17 @@ pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, metrics: &
             c.push_count(t.clone());
         }
     }
-    if e.watchers.keys().any(|&id| Some(id) != quiet) {
-        let t = text(&ServerMessage::status(state, now_ms));
-        for (_, c) in e.watchers.iter().filter(|(&id, _)| Some(id) != quiet) {
-            c.push_status(&state.user_id, state.seq, t.clone(), metrics);
-        }
+    let to: Vec<crate::conn::Conn> =
+        e.watchers.iter().filter(|(&id, _)| Some(id) != quiet).map(|(_, c)| c.clone()).collect();
+    if to.is_empty() {
+        return None;
     }
+    Some(Delivery {
+        user: state.user_id.clone(),
+        seq: state.seq,
+        frame: text(&ServerMessage::status(state, now_ms)),
+        to,
+    })
 }
 
 /// The store confirmed this node's count without a change, so the known
