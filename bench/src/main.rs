@@ -62,6 +62,13 @@ enum What {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// A watcher's subscribe and unsubscribe (and one status to all) as one
+    /// user's watchers on a node grow: O(1) in the number of watchers.
+    Watchers {
+        /// Watcher counts to measure at.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
+        sizes: Vec<usize>,
+    },
     /// (child) a bare hyper hello-world server.
     ServeHello { addr: SocketAddr },
     /// (child) a coordinator of an in-process cluster on embedded backends.
@@ -93,11 +100,42 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::Idle { count } => idle(count).await,
         What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
         What::Fanout { rate, seconds } => fanout(rate, seconds).await,
+        What::Watchers { sizes } => watchers(&sizes),
         What::ServeHello { addr } => serve_hello(addr).await,
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,
         What::ServeNode { addr } => serve_cluster(addr, 1).await,
         What::ServeEcho { addr } => serve_echo(addr).await,
     }
+}
+
+fn watchers(sizes: &[usize]) -> anyhow::Result<()> {
+    use presence_ws_node::conn::Conn;
+    use presence_ws_node::counts::Counts;
+    use presence_ws_node::metrics::Metrics;
+    let hot = UserId::parse("hot-user")?;
+    println!("{:>9} {:>22} {:>26}", "watchers", "subscribe+unsubscribe", "one status to all (push)");
+    for &n in sizes {
+        let counts = Counts::new(std::sync::Arc::new(Metrics::new()));
+        let conns: Vec<Conn> = (0..n as u64).map(|i| Conn::new(i, 64)).collect();
+        for c in &conns {
+            counts.watch(&hot, c.clone());
+        }
+        let reps = 20_000u64;
+        let extra = Conn::new(u64::MAX, 64);
+        let start = Instant::now();
+        for _ in 0..reps {
+            counts.watch(&hot, extra.clone());
+            counts.unwatch(&hot, u64::MAX);
+        }
+        let churn = start.elapsed().as_nanos() as f64 / reps as f64;
+        let p =
+            presence_model::Presence { user_id: hot.clone(), connections: 1, seq: 1, last_seen: None, reason: None };
+        let start = Instant::now();
+        counts.apply(&p, 0, None);
+        let fan = start.elapsed();
+        println!("{n:>9} {:>19.0} ns {:>23.2} ms", churn, fan.as_secs_f64() * 1e3);
+    }
+    Ok(())
 }
 
 fn vnode() -> anyhow::Result<()> {
