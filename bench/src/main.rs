@@ -61,6 +61,10 @@ enum What {
         /// Seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Messages per second the watcher's connection may be sent (the
+        /// node's OUTBOUND_RATE); default: the product default.
+        #[arg(long)]
+        outbound_rate: Option<u32>,
     },
     /// A watcher's subscribe and unsubscribe (and one status to all) as one
     /// user's watchers on a node grow: O(1) in the number of watchers.
@@ -99,7 +103,7 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::Route { connections, seconds } => route(connections, seconds).await,
         What::Idle { count } => idle(count).await,
         What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
-        What::Fanout { rate, seconds } => fanout(rate, seconds).await,
+        What::Fanout { rate, seconds, outbound_rate } => fanout(rate, seconds, outbound_rate).await,
         What::Watchers { sizes } => watchers(&sizes),
         What::ServeHello { addr } => serve_hello(addr).await,
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,
@@ -343,11 +347,15 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn fanout(rate: u32, seconds: u32) -> anyhow::Result<()> {
+async fn fanout(rate: u32, seconds: u32, outbound_rate: Option<u32>) -> anyhow::Result<()> {
     // Production timings, free ports.
-    let mut config = ClusterConfig::demo(2, SECRET);
+    let mut config = bench_config(2);
     config.coordinator_addr = "127.0.0.1:0".parse()?;
     config.first_node_port = 0;
+    if let Some(r) = outbound_rate {
+        config.node.outbound_rate = r;
+        config.node.outbound_burst = r;
+    }
     let cluster = Cluster::start(config).await?;
     cluster.wait_settled(Duration::from_secs(10)).await?;
     let table = cluster.coordinator.table.get().context("table")?;
@@ -469,8 +477,20 @@ async fn serve_hello(addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_cluster(addr: SocketAddr, nodes: usize) -> anyhow::Result<()> {
+/// The demo's settings, with the connection caps raised: the load generator
+/// opens every connection from one address.
+fn bench_config(nodes: usize) -> ClusterConfig {
     let mut config = ClusterConfig::demo(nodes, SECRET);
+    for limits in [&mut config.node.http, &mut config.coordinator.http] {
+        limits.max_connections = 1_000_000;
+        limits.max_connections_per_ip = 1_000_000;
+    }
+    config.node.max_pending_auth = 1_000_000;
+    config
+}
+
+async fn serve_cluster(addr: SocketAddr, nodes: usize) -> anyhow::Result<()> {
+    let mut config = bench_config(nodes);
     config.coordinator_addr = "127.0.0.1:0".parse()?;
     config.first_node_port = if nodes == 1 { addr.port() } else { 0 };
     if nodes > 1 {

@@ -43,9 +43,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `handler` on `listener` until `shutdown` fires, then lets open
 /// connections finish (up to [`SHUTDOWN_GRACE`]). Every connection passes
-/// `gate` first; a refused one gets a short 503 and is closed. Each request
-/// carries its connection's `Arc<Slot>` in its extensions, for a handler
-/// that takes the connection over (a WebSocket upgrade keeps the slot for as
+/// `gate` first; a refused one gets a short 503 and is closed. An upgrade
+/// request carries its connection's `Arc<Slot>` in its extensions, for a
+/// handler that takes the connection over (a WebSocket upgrade keeps the slot for as
 /// long as the socket lives). An upgraded connection belongs to whoever took
 /// it and is not waited for here.
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken, gate: Arc<Gate>)
@@ -82,7 +82,11 @@ where
         conns.spawn(async move {
             let service = service_fn(move |mut req: Request| {
                 let h = handler.clone();
-                req.extensions_mut().insert(slot.clone());
+                // Only a request that may take the connection over needs its slot
+                // (an allocation per request otherwise, on the /route hot path).
+                if req.headers().contains_key(header::UPGRADE) {
+                    req.extensions_mut().insert(slot.clone());
+                }
                 async move { Ok::<_, Infallible>(h(req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
