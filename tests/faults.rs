@@ -25,18 +25,6 @@ async fn get_json(base: &str, path: &str) -> serde_json::Value {
     CoordinatorClient::new(base).expect("url").get::<serde_json::Value>(path).await.unwrap_or_default()
 }
 
-/// A counter's value in a server's `/metrics` (0 when absent).
-async fn metric(base: &str, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut text = String::new();
-    if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await;
-    }
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_and_restarted_at_once_under_its_id_leaves_no_ghosts() {
     let _serial = procs::serial().await;
@@ -71,29 +59,36 @@ async fn a_node_killed_and_restarted_at_once_under_its_id_leaves_no_ghosts() {
     churn.converges(&api, "after node-2 restarted under the same ID").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_node_leaves_no_ghosts_and_its_users_are_back_within_the_bound() {
-    let _serial = procs::serial().await;
-    let setup = Setup::start("pause", 3, None).await;
-    let (url, api) = (setup.url.clone(), setup.api.clone());
+/// Users 0-23 online (one resilient session each, leaving a node that stops
+/// answering after `liveness`) and a watcher of all of them that lives off
+/// `node`; settled. Returns them and the users `node` serves.
+async fn followed_users(url: &str, api: &CoordinatorClient, node: &str, liveness: Duration) -> (Churn, Vec<String>) {
     let ring = api.ring().await.expect("ring");
     let owner = |u: &str| {
         let i = ring["owners"][presence_model::vnode(u) as usize].as_u64().expect("owned") as usize;
         ring["nodes"][i]["id"].as_str().expect("id").to_string()
     };
-    // Applications reconnect, and leave a node that stops answering (liveness 300 ms).
-    let liveness = Duration::from_millis(300);
     let users: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
-    let watcher_id = (0..).map(|i| format!("watcher-{i}")).find(|w| owner(w) != "node-2").expect("a watcher elsewhere");
-    let watcher = Client::resilient(&url, SECRET, &watcher_id, &users, liveness).await;
+    let watcher_id = (0..).map(|i| format!("watcher-{i}")).find(|w| owner(w) != node).expect("a watcher elsewhere");
+    let watcher = Client::resilient(url, SECRET, &watcher_id, &users, liveness).await;
     let mut clients = Vec::new();
     for u in &users {
-        clients.push(Client::resilient(&url, SECRET, u, &[], liveness).await);
+        clients.push(Client::resilient(url, SECRET, u, &[], liveness).await);
     }
-    let on_node2: Vec<String> = users.iter().filter(|u| owner(u) == "node-2").cloned().collect();
-    assert!(!on_node2.is_empty(), "node-2 serves someone");
-    let churn = Churn { users: users.clone(), clients, watchers: vec![watcher], rng: Lcg(1), coordinator: url };
-    churn.converges(&api, "all online").await;
+    let served: Vec<String> = users.iter().filter(|u| owner(u) == node).cloned().collect();
+    assert!(!served.is_empty(), "{node} serves someone");
+    let churn = Churn { users, clients, watchers: vec![watcher], rng: Lcg(1), coordinator: url.to_string() };
+    churn.converges(api, "all online").await;
+    (churn, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_leaves_no_ghosts_and_its_users_are_back_within_the_bound() {
+    let _serial = procs::serial().await;
+    let setup = Setup::start("pause", 3, None).await;
+    let (url, api) = (setup.url.clone(), setup.api.clone());
+    // Applications reconnect, and leave a node that stops answering (liveness 300 ms).
+    let (churn, on_node2) = followed_users(&url, &api, "node-2", Duration::from_millis(300)).await;
 
     // Frozen for four node TTLs: counted out, its vnodes given away; then it wakes up.
     let paused_at = tokio::time::Instant::now();
@@ -156,29 +151,13 @@ async fn a_node_cut_off_from_redis_fences_itself_and_its_users_move_on() {
     let nodes = [sh.node("node-1"), sh.node_with("node-2", &[("REDIS_URL", &cut_url)]), sh.node("node-3")];
     let api = CoordinatorClient::new(&url).expect("url");
     wait_for_nodes(&api, 3).await;
-    let ring = api.ring().await.expect("ring");
-    let owner = |u: &str| {
-        let i = ring["owners"][presence_model::vnode(u) as usize].as_u64().expect("owned") as usize;
-        ring["nodes"][i]["id"].as_str().expect("id").to_string()
-    };
     // The node stays reachable and answers pings: only the fence can move its clients.
-    let liveness = Duration::from_secs(5);
-    let users: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
-    let watcher_id = (0..).map(|i| format!("watcher-{i}")).find(|w| owner(w) != "node-2").expect("a watcher elsewhere");
-    let watcher = Client::resilient(&url, SECRET, &watcher_id, &users, liveness).await;
-    let mut clients = Vec::new();
-    for u in &users {
-        clients.push(Client::resilient(&url, SECRET, u, &[], liveness).await);
-    }
-    let on_node2: Vec<String> = users.iter().filter(|u| owner(u) == "node-2").cloned().collect();
-    assert!(!on_node2.is_empty(), "node-2 serves someone");
-    let churn = Churn { users: users.clone(), clients, watchers: vec![watcher], rng: Lcg(1), coordinator: url };
-    churn.converges(&api, "all online").await;
+    let (churn, on_node2) = followed_users(&url, &api, "node-2", Duration::from_secs(5)).await;
 
     let cut_at = tokio::time::Instant::now();
     proxy.cut();
     common::eventually("node-2 fences itself", || async {
-        metric(&nodes[1].2, "presence_node_fences_total").await >= 1.0
+        common::metric(&nodes[1].2, "presence_node_fences_total").await >= 1.0
     })
     .await;
     churn.converges(&api, "while node-2 is cut off").await;
@@ -242,8 +221,8 @@ async fn a_leader_paused_past_its_lease_cannot_act_when_it_resumes() {
         get_json(&coords[leader].1, "/readyz").await["epoch"].as_u64().is_some_and(|e| e >= epoch)
     })
     .await;
-    let count_outs: f64 = metric(&coords[0].1, "presence_dead_nodes_total").await
-        + metric(&coords[1].1, "presence_dead_nodes_total").await;
+    let count_outs: f64 = common::metric(&coords[0].1, "presence_dead_nodes_total").await
+        + common::metric(&coords[1].1, "presence_dead_nodes_total").await;
     assert_eq!(count_outs, 1.0, "node-3 was counted out exactly once");
     assert_eq!(leader_of(&coords).await, Some(other), "leadership stayed where it went");
     churn.run(20).await;

@@ -170,21 +170,10 @@ async fn a_watcher_reading_100_messages_a_second_ends_with_the_truth() {
     reader.abort();
     let mut conflated = 0.0;
     for base in &metrics {
-        conflated += metric(base, "presence_statuses_conflated_total").await;
+        conflated += common::metric(base, "presence_statuses_conflated_total").await;
     }
     eprintln!("statuses conflated: {conflated}");
     assert!(conflated > 0.0, "the reader was behind: its outbox conflated");
-}
-
-/// A counter's value in a server's `/metrics` (0 when absent).
-async fn metric(base: &str, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut text = String::new();
-    if let Ok(mut s) = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await {
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await;
-    }
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

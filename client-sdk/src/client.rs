@@ -694,28 +694,8 @@ mod tests {
 /// (the server verifies; this only schedules the next refresh). `None` when
 /// the token cannot be read.
 fn token_expiry_ms(token: &str) -> Option<u64> {
-    let payload = token.split('.').nth(1)?;
-    let mut bytes = Vec::with_capacity(payload.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in payload.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            bytes.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let payload = presence_model::auth::base64url(token.split('.').nth(1)?)?;
+    let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
     claims.get("exp")?.as_f64().map(|exp| (exp * 1000.0) as u64)
 }
 

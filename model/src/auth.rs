@@ -295,8 +295,8 @@ fn critical_extensions(token: &str) -> bool {
     serde_json::from_slice::<serde_json::Value>(&header).is_ok_and(|h| h.get("crit").is_some())
 }
 
-/// Decodes unpadded base64url; `None` on any other character.
-fn base64url(s: &str) -> Option<Vec<u8>> {
+/// Decodes unpadded base64url (JWT segments); `None` on any other character.
+pub fn base64url(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for c in s.bytes() {

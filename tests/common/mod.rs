@@ -94,6 +94,18 @@ pub async fn expect_status(conn: &mut Connection, user: &str, n: u64) -> ServerM
     .await
 }
 
+/// A counter's or gauge's value in a server's `/metrics` (0 when absent),
+/// over a plain HTTP/1.0 GET so the test needs no client library.
+pub async fn metric(base: &str, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut text = String::new();
+    if let Ok(mut s) = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await {
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await;
+    }
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
 /// Polls `check` until it returns true or the deadline passes.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

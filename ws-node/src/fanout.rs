@@ -139,22 +139,23 @@ enum Verdict {
 }
 
 impl Fanout {
+    /// Reads these users' states from the store and applies what is newer.
+    async fn reread(&self, users: &[presence_model::UserId]) -> Result<(), presence_backend::StoreError> {
+        let states = self.store.presence(users).await.inspect_err(|_| self.metrics.store_errors.inc())?;
+        let now = presence_model::time::now_ms();
+        for p in &states {
+            self.counts.apply(p, now, None);
+        }
+        Ok(())
+    }
+
     /// Reads one user's state from the store in place of an event not trusted.
     async fn verify(&self, user: &presence_model::UserId) {
         if !self.counts.all_users_contains(user) {
             return;
         }
-        match self.store.presence(std::slice::from_ref(user)).await {
-            Ok(states) => {
-                let now = presence_model::time::now_ms();
-                for p in &states {
-                    self.counts.apply(p, now, None);
-                }
-            }
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::debug!(node = %self.node_id, error = %e, "verify read failed; the next resync repairs it");
-            }
+        if let Err(e) = self.reread(std::slice::from_ref(user)).await {
+            tracing::debug!(node = %self.node_id, error = %e, "verify read failed; the next resync repairs it");
         }
     }
 
@@ -163,18 +164,9 @@ impl Fanout {
         let users = self.counts.all_users();
         self.metrics.resyncs.inc();
         for chunk in users.chunks(1000) {
-            match self.store.presence(chunk).await {
-                Ok(states) => {
-                    let now = presence_model::time::now_ms();
-                    for p in &states {
-                        self.counts.apply(p, now, None);
-                    }
-                }
-                Err(e) => {
-                    self.metrics.store_errors.inc();
-                    tracing::warn!(node = %self.node_id, error = %e, "resync from store failed; the next one retries");
-                    return;
-                }
+            if let Err(e) = self.reread(chunk).await {
+                tracing::warn!(node = %self.node_id, error = %e, "resync from store failed; the next one retries");
+                return;
             }
         }
     }
@@ -301,17 +293,22 @@ mod tests {
         StatusEvent::from_change(&change, node, None, 1, 9, None)
     }
 
-    #[test]
-    fn events_are_judged_before_they_are_trusted() {
-        let f = Fanout {
-            counts: Arc::new(counts()),
+    /// Node `n1`, run `me`, on an empty embedded store.
+    fn fanout_of(counts: Arc<Counts>) -> Fanout {
+        Fanout {
+            counts,
             store: Arc::new(MemoryStore::new()),
             metrics: Arc::new(Metrics::new()),
             node_id: "n1".into(),
             run_id: "me".into(),
             heard_from_others: Arc::default(),
             table: known_table(),
-        };
+        }
+    }
+
+    #[test]
+    fn events_are_judged_before_they_are_trusted() {
+        let f = fanout_of(Arc::new(counts()));
         let now = 1_800_000_000_000_000;
         assert_eq!(f.judge(&event("n1", now, 1), now), Verdict::Apply);
         assert_eq!(f.judge(&event("n1", now, 1).from_run("me"), now), Verdict::Own);
@@ -326,15 +323,7 @@ mod tests {
     async fn events_of_other_nodes_reach_watchers_and_own_echoes_are_skipped() {
         let counts = Arc::new(counts());
         let bus = MemoryBus::default();
-        let fanout = Fanout {
-            counts: counts.clone(),
-            store: Arc::new(MemoryStore::new()),
-            metrics: Arc::new(Metrics::new()),
-            node_id: "n1".into(),
-            run_id: "me".into(),
-            heard_from_others: Arc::default(),
-            table: known_table(),
-        };
+        let fanout = fanout_of(counts.clone());
         let w = Conn::new(7, 16);
         counts.watch(&uid("bob"), w.clone());
         let stop = CancellationToken::new();
