@@ -139,11 +139,6 @@ impl Gate {
             }
         }
     }
-
-    /// Open connections now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
 }
 
 /// One admitted connection; frees its place when dropped.
