@@ -222,8 +222,7 @@ where
 
 fn ring(coord: &Coordinator) -> ApiResult {
     let t = coord.table.get().ok_or(ApiError::NoTable)?;
-    let owners = views::owners_json(&t);
-    Ok(json(StatusCode::OK, &views::ring(&t, coord.table.is_stale(), &owners)))
+    Ok(json(StatusCode::OK, &views::ring(&t, coord.table.is_stale())))
 }
 
 fn readyz(coord: &Coordinator) -> Response {

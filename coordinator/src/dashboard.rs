@@ -54,8 +54,7 @@ impl Default for Dashboard {
 }
 
 fn ring_event(coord: &Coordinator, t: &RoutingTable) -> Bytes {
-    let owners = views::owners_json(t);
-    let ring = serde_json::to_value(views::ring(t, coord.table.is_stale(), &owners)).unwrap_or_default();
+    let ring = serde_json::to_value(views::ring(t, coord.table.is_stale())).unwrap_or_default();
     sse_event("ring", &ring)
 }
 

@@ -57,23 +57,14 @@ pub struct Ring<'a> {
     /// Nodes, in table order, with their vnode counts.
     pub nodes: Vec<RingNode<'a>>,
     /// Owner index per vnode into `nodes`, `null` where unowned (the table's encoding).
-    pub owners: &'a serde_json::Value,
+    pub owners: Vec<Option<u16>>,
 }
 
-/// The ring of `table`. `owners_json` is the table's `owners` as JSON (from
-/// [`owners_json`]), passed in so a caller that renders often can keep it.
-pub fn ring<'a>(table: &'a RoutingTable, stale: bool, owners_json: &'a serde_json::Value) -> Ring<'a> {
+/// The ring of `table`.
+pub fn ring(table: &RoutingTable, stale: bool) -> Ring<'_> {
     let nodes =
         table.nodes.iter().zip(table.counts()).map(|(n, vnodes)| RingNode { id: &n.id, url: &n.url, vnodes }).collect();
-    Ring { epoch: table.epoch, stale, nodes, owners: owners_json }
-}
-
-/// The table's `owners` field as the table serialises it.
-pub fn owners_json(table: &RoutingTable) -> serde_json::Value {
-    serde_json::to_value(table)
-        .ok()
-        .and_then(|mut v| v.get_mut("owners").map(serde_json::Value::take))
-        .unwrap_or_default()
+    Ring { epoch: table.epoch, stale, nodes, owners: table.wire_owners().collect() }
 }
 
 /// The dashboard's periodic snapshot: nodes, totals, leadership.
@@ -101,10 +92,10 @@ mod tests {
     fn ring_uses_the_tables_encoding() {
         let owners: Vec<Option<&str>> = (0..VNODES).map(|v| (v % 2 == 0).then_some("a")).collect();
         let t = RoutingTable::from_owners(4, &owners, |id| format!("ws://{id}"));
-        let o = owners_json(&t);
-        let v = serde_json::to_value(ring(&t, false, &o)).expect("json");
+        let v = serde_json::to_value(ring(&t, false)).expect("json");
         assert_eq!(v["owners"][0], 0);
         assert_eq!(v["owners"][1], serde_json::Value::Null);
+        assert_eq!(v["owners"], serde_json::to_value(&t).expect("table")["owners"], "the table's own encoding");
         assert_eq!(v["nodes"][0]["vnodes"], VNODES / 2);
     }
 }

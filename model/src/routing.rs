@@ -56,7 +56,7 @@ mod owner_indices {
     use super::NO_OWNER;
 
     pub fn serialize<S: Serializer>(owners: &[u16], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(owners.iter().map(|&o| (o != NO_OWNER).then_some(o)))
+        s.collect_seq(owners.iter().map(|&o| super::wire_owner(o)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
@@ -73,6 +73,11 @@ pub struct TableVersion {
     pub epoch: u64,
     /// The table's generation (see [`RoutingTable::generation`]).
     pub generation: String,
+}
+
+/// An owner index as the wire shows it: `None` (null) for [`NO_OWNER`].
+fn wire_owner(index: u16) -> Option<u16> {
+    (index != NO_OWNER).then_some(index)
 }
 
 /// A routing table that does not hold together.
@@ -103,6 +108,12 @@ impl RoutingTable {
     pub fn in_generation(mut self, generation: impl Into<String>) -> Self {
         self.generation = generation.into();
         self
+    }
+
+    /// Owner index per vnode as the wire shows it (`None` where unowned):
+    /// what `owners` serialises to, for views that render it themselves.
+    pub fn wire_owners(&self) -> impl Iterator<Item = Option<u16>> + '_ {
+        self.owners.iter().map(|&o| wire_owner(o))
     }
 
     /// This table's version.
