@@ -2,7 +2,6 @@
 //! together so that every mistake is reported at once (exit 64).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::Parser;
 use presence_runtime::backends::{BackendArgs, BackendConfig};
@@ -69,25 +68,15 @@ impl Args {
             c.id = id.clone();
         }
         // A value that does not parse is reported; the default stays in its place until `finish` fails.
-        if let Some(ms) = p.parse_min("--tick-ms/TICK_MS", &self.tick_ms, 10u64) {
-            c.tick = Duration::from_millis(ms);
-        }
-        if let Some(ms) = p.parse_min("--lease-ttl-ms/LEASE_TTL_MS", &self.lease_ttl_ms, 100u64) {
-            c.lease_ttl = Duration::from_millis(ms);
-        }
+        p.read_ms("--tick-ms/TICK_MS", &self.tick_ms, 10, &mut c.tick);
+        p.read_ms("--lease-ttl-ms/LEASE_TTL_MS", &self.lease_ttl_ms, 100, &mut c.lease_ttl);
         if c.lease_ttl <= c.tick {
             p.add("--lease-ttl-ms/LEASE_TTL_MS", "must be longer than the tick");
         }
-        if let Some(e) = p.parse_min("--rebalance-epsilon/REBALANCE_EPSILON", &self.rebalance_epsilon, 0.0f64) {
-            c.policy.epsilon = e;
-        }
-        if let Some(m) = p.parse_min("--rebalance-max-moves/REBALANCE_MAX_MOVES", &self.rebalance_max_moves, 1usize) {
-            c.policy.max_moves = m;
-        }
-        if let Some(g) = p.parse::<u64>("--rebalance-min-load-gap/REBALANCE_MIN_LOAD_GAP", &self.rebalance_min_load_gap)
-        {
-            c.policy.min_load_gap = g;
-        }
+        p.read_min("--rebalance-epsilon/REBALANCE_EPSILON", &self.rebalance_epsilon, 0.0, &mut c.policy.epsilon);
+        p.read_min("--rebalance-max-moves/REBALANCE_MAX_MOVES", &self.rebalance_max_moves, 1, &mut c.policy.max_moves);
+        let gap = "--rebalance-min-load-gap/REBALANCE_MIN_LOAD_GAP";
+        p.read_min(gap, &self.rebalance_min_load_gap, 0, &mut c.policy.min_load_gap);
         c.http = self.listener.check(&mut p);
         let backends = self.backends.check(&mut p, &c.id);
         p.finish()?;

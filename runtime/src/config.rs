@@ -58,6 +58,25 @@ impl Problems {
         Some(v)
     }
 
+    /// Parses `value`, at least `min`, into `slot`. A bad value is reported
+    /// and `slot` keeps its default (the error is returned by [`Problems::finish`]).
+    pub fn read_min<T>(&mut self, name: &str, value: &str, min: T, slot: &mut T)
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        if let Some(v) = self.parse_min(name, value, min) {
+            *slot = v;
+        }
+    }
+
+    /// [`Problems::read_min`] for a duration given in milliseconds.
+    pub fn read_ms(&mut self, name: &str, value: &str, min_ms: u64, slot: &mut std::time::Duration) {
+        if let Some(ms) = self.parse_min(name, value, min_ms) {
+            *slot = std::time::Duration::from_millis(ms);
+        }
+    }
+
     /// Records that `name` is required.
     pub fn require<'a>(&mut self, name: &str, value: Option<&'a str>, why: &str) -> Option<&'a str> {
         match value.map(str::trim).filter(|v| !v.is_empty()) {

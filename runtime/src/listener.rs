@@ -1,8 +1,6 @@
 //! The listener limits both services take (`#[command(flatten)]`): what
 //! bounds the connections strangers open (`docs/security.md`).
 
-use std::time::Duration;
-
 use presence_http::Limits;
 
 use crate::config::Problems;
@@ -33,20 +31,11 @@ impl ListenerArgs {
     /// Checks the flags, recording problems in `p`.
     pub fn check(&self, p: &mut Problems) -> Limits {
         let mut l = Limits::default();
-        if let Some(ms) = p.parse_min::<u64>("--header-timeout-ms/HEADER_TIMEOUT_MS", &self.header_timeout_ms, 1) {
-            l.header_timeout = Duration::from_millis(ms);
-        }
-        if let Some(n) = p.parse_min("--max-header-bytes/MAX_HEADER_BYTES", &self.max_header_bytes, 8192usize) {
-            l.max_header_bytes = n;
-        }
-        if let Some(n) = p.parse_min("--max-connections/MAX_CONNECTIONS", &self.max_connections, 1usize) {
-            l.max_connections = n;
-        }
-        if let Some(n) =
-            p.parse_min("--max-connections-per-ip/MAX_CONNECTIONS_PER_IP", &self.max_connections_per_ip, 1usize)
-        {
-            l.max_connections_per_ip = n;
-        }
+        p.read_ms("--header-timeout-ms/HEADER_TIMEOUT_MS", &self.header_timeout_ms, 1, &mut l.header_timeout);
+        p.read_min("--max-header-bytes/MAX_HEADER_BYTES", &self.max_header_bytes, 8192, &mut l.max_header_bytes);
+        p.read_min("--max-connections/MAX_CONNECTIONS", &self.max_connections, 1, &mut l.max_connections);
+        let per_ip = "--max-connections-per-ip/MAX_CONNECTIONS_PER_IP";
+        p.read_min(per_ip, &self.max_connections_per_ip, 1, &mut l.max_connections_per_ip);
         l
     }
 }

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use presence_model::auth::{parse_algorithm, ClaimChecks, Verifier};
@@ -124,24 +123,6 @@ pub struct Settings {
     pub backends: BackendConfig,
 }
 
-/// Reads a millisecond flag into `slot`; a bad value is reported and the default stays.
-fn ms(p: &mut Problems, name: &str, v: &str, slot: &mut Duration) {
-    if let Some(ms) = p.parse_min::<u64>(name, v, 1) {
-        *slot = Duration::from_millis(ms);
-    }
-}
-
-/// Reads a count flag (at least 1) into `slot`; a bad value is reported and the default stays.
-fn count<T>(p: &mut Problems, name: &str, v: &str, slot: &mut T)
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + From<u8>,
-    T::Err: std::fmt::Display,
-{
-    if let Some(n) = p.parse_min(name, v, T::from(1)) {
-        *slot = n;
-    }
-}
-
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -239,47 +220,47 @@ impl Args {
             p.add("--node-id/NODE_ID", format!("{node_id:?} must be 1-128 characters without spaces"));
         }
         let mut node = NodeConfig::new(node_id.clone(), public_url);
-        count(&mut p, "--capacity/CAPACITY", &self.capacity, &mut node.capacity);
+        p.read_min("--capacity/CAPACITY", &self.capacity, 1, &mut node.capacity);
         if let Some(v) = &self.assigned_vnodes {
             match parse_vnode_set(v) {
                 Ok(set) => node.pinned = set,
                 Err(e) => p.add("--assigned-vnodes/ASSIGNED_VNODES", e),
             }
         }
-        ms(&mut p, "--heartbeat-ms/HEARTBEAT_MS", &self.heartbeat_ms, &mut node.heartbeat_interval);
-        ms(&mut p, "--node-ttl-ms/NODE_TTL_MS", &self.node_ttl_ms, &mut node.node_ttl);
+        p.read_ms("--heartbeat-ms/HEARTBEAT_MS", &self.heartbeat_ms, 1, &mut node.heartbeat_interval);
+        p.read_ms("--node-ttl-ms/NODE_TTL_MS", &self.node_ttl_ms, 1, &mut node.node_ttl);
         if node.node_ttl <= node.heartbeat_interval {
             p.add("--node-ttl-ms/NODE_TTL_MS", "must be longer than the heartbeat interval");
         }
-        ms(&mut p, "--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms, &mut node.handoff_timeout);
-        ms(&mut p, "--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms, &mut node.auth_timeout);
-        ms(&mut p, "--write-timeout-ms/WRITE_TIMEOUT_MS", &self.write_timeout_ms, &mut node.write_timeout);
-        ms(
-            &mut p,
+        p.read_ms("--handoff-timeout-ms/HANDOFF_TIMEOUT_MS", &self.handoff_timeout_ms, 1, &mut node.handoff_timeout);
+        p.read_ms("--auth-timeout-ms/AUTH_TIMEOUT_MS", &self.auth_timeout_ms, 1, &mut node.auth_timeout);
+        p.read_ms("--write-timeout-ms/WRITE_TIMEOUT_MS", &self.write_timeout_ms, 1, &mut node.write_timeout);
+        p.read_ms(
             "--reconcile-interval-ms/RECONCILE_INTERVAL_MS",
             &self.reconcile_interval_ms,
+            1,
             &mut node.reconcile_interval,
         );
-        count(&mut p, "--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, &mut node.max_subscriptions);
-        count(&mut p, "--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, &mut node.outbound_queue);
-        count(&mut p, "--outbound-rate/OUTBOUND_RATE", &self.outbound_rate, &mut node.outbound_rate);
-        count(&mut p, "--outbound-burst/OUTBOUND_BURST", &self.outbound_burst, &mut node.outbound_burst);
-        count(
-            &mut p,
+        p.read_min("--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, 1, &mut node.max_subscriptions);
+        p.read_min("--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, 1, &mut node.outbound_queue);
+        p.read_min("--outbound-rate/OUTBOUND_RATE", &self.outbound_rate, 1, &mut node.outbound_rate);
+        p.read_min("--outbound-burst/OUTBOUND_BURST", &self.outbound_burst, 1, &mut node.outbound_burst);
+        p.read_min(
             "--max-pending-writes/MAX_PENDING_WRITES",
             &self.max_pending_writes,
+            1,
             &mut node.max_pending_writes,
         );
         node.http = self.listener.check(&mut p);
-        count(&mut p, "--max-pending-auth/MAX_PENDING_AUTH", &self.max_pending_auth, &mut node.max_pending_auth);
-        count(
-            &mut p,
+        p.read_min("--max-pending-auth/MAX_PENDING_AUTH", &self.max_pending_auth, 1, &mut node.max_pending_auth);
+        p.read_min(
             "--max-connections-per-user/MAX_CONNECTIONS_PER_USER",
             &self.max_connections_per_user,
+            1,
             &mut node.max_connections_per_user,
         );
-        count(&mut p, "--message-rate/MESSAGE_RATE", &self.message_rate, &mut node.message_rate);
-        count(&mut p, "--message-burst/MESSAGE_BURST", &self.message_burst, &mut node.message_burst);
+        p.read_min("--message-rate/MESSAGE_RATE", &self.message_rate, 1, &mut node.message_rate);
+        p.read_min("--message-burst/MESSAGE_BURST", &self.message_burst, 1, &mut node.message_burst);
         let backends = self.backends.check(&mut p, &node_id);
         let verifier = verifier(self, &mut p);
         p.finish()?;
