@@ -88,9 +88,12 @@ pub enum Command {
 /// Which coordinator to ask, and how to print.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Coordinator base URL.
-    #[arg(long, env = "PRESENCE_COORDINATOR", default_value = "http://127.0.0.1:8080")]
+    /// The coordinator's admin URL (ADMIN_ADDR; it answers routes too).
+    #[arg(long, env = "PRESENCE_COORDINATOR", default_value = "http://127.0.0.1:8081")]
     pub coordinator: String,
+    /// The admin API key, when the coordinator has one.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +111,12 @@ pub struct DemoArgs {
     /// Coordinator listen address (a free port is used if it is taken).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Coordinator admin address: dashboard, /nodes, /ring, /metrics, /presence (loopback only without a key).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+    /// Key the admin listener asks for (at least 16 bytes).
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
     /// Port of the first ws-node; the others follow.
     #[arg(long, default_value_t = 9001)]
     pub node_port: u16,
@@ -302,7 +311,22 @@ fn event_json(e: &presence_client::Event) -> serde_json::Value {
 }
 
 fn client(target: &Target) -> anyhow::Result<CoordinatorClient> {
-    Ok(CoordinatorClient::new(&target.coordinator)?.with_timeout(Duration::from_secs(5)))
+    let c = CoordinatorClient::new(&target.coordinator)?.with_timeout(Duration::from_secs(5));
+    Ok(match &target.api_key {
+        Some(key) => c.with_api_key(key)?,
+        None => c,
+    })
+}
+
+/// The demo's admin key, checked the way the coordinator checks its own
+/// flags: beyond loopback the admin listener needs one.
+fn demo_admin_key(args: &DemoArgs) -> anyhow::Result<Option<presence_coordinator::admin::AdminKey>> {
+    let key = args.admin_api_key.as_deref().map(presence_coordinator::admin::AdminKey::new).transpose();
+    let key = key.map_err(|e| anyhow::anyhow!("--admin-api-key/ADMIN_API_KEY: {e}"))?;
+    if key.is_none() && !args.admin_listen.ip().is_loopback() {
+        anyhow::bail!("--admin-listen/ADMIN_ADDR: beyond loopback the admin listener needs ADMIN_API_KEY");
+    }
+    Ok(key)
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -311,6 +335,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let mut config = ClusterConfig::demo(args.nodes.unwrap_or(3) as usize, &args.jwt_secret);
     config.coordinator_addr = args.listen;
+    config.admin_addr = args.admin_listen;
+    config.coordinator.admin_key = demo_admin_key(&args)?;
     config.first_node_port = args.node_port;
     config.host = args.listen.ip().to_string();
     let backends = presence_runtime::backends::connect(&presence_runtime::backends::BackendConfig {
@@ -374,7 +400,7 @@ async fn join(args: DemoArgs) -> anyhow::Result<()> {
 pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String {
     use std::fmt::Write;
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "presence".into());
-    let c = &cluster.coordinator_url;
+    let (c, admin) = (&cluster.coordinator_url, &cluster.admin_url);
     let token = presence_model::auth::mint_hs256(secret.as_bytes(), "alice", 86_400);
     let alice = cluster
         .coordinator
@@ -390,17 +416,25 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
     let mut s = String::new();
     let _ = writeln!(s, "\npresence demo: 1 coordinator + {} ws-nodes, {backends}\n", cluster.nodes.len());
     let width = cluster.nodes.iter().map(|n| n.node.config.node_id.len()).max().unwrap_or(0).max("coordinator".len());
-    let _ = writeln!(s, "  {:<width$}  {c}", "coordinator");
-    let _ = writeln!(s, "  {:<width$}  {c}/", "dashboard");
+    let _ = writeln!(s, "  {:<width$}  {c}   (public: /route, /healthz, /readyz)", "coordinator");
+    let _ = writeln!(s, "  {:<width$}  {admin}   (private: /nodes, /ring, /presence, /metrics)", "admin");
+    let _ = writeln!(s, "  {:<width$}  {admin}/", "dashboard");
     for n in &cluster.nodes {
         let _ = writeln!(s, "  {:<width$}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
     }
     let _ = writeln!(s, "\nInspect the cluster (another terminal):");
     let _ = writeln!(s, "  alias presence='{exe}'");
-    let _ = writeln!(s, "  presence nodes --coordinator {c}");
-    let _ = writeln!(s, "  presence route alice --coordinator {c}");
-    let _ = writeln!(s, "  presence status alice bob --coordinator {c}");
-    let _ = writeln!(s, "  curl '{c}/ring'    curl '{c}/presence?userId=alice'    curl '{c}/metrics'");
+    let _ = writeln!(s, "  presence nodes --coordinator {admin}");
+    let _ = writeln!(s, "  presence route alice --coordinator {admin}");
+    let _ = writeln!(s, "  presence status alice bob --coordinator {admin}");
+    let _ =
+        writeln!(s, "  curl '{c}/route?userId=alice'    curl '{admin}/presence?userId=alice'    curl '{admin}/ring'");
+    if cluster.coordinator.config.admin_key.is_some() {
+        let _ = writeln!(
+            s,
+            "  (the admin listener asks for ADMIN_API_KEY: curl -H \"Authorization: Bearer $ADMIN_API_KEY\" ...)"
+        );
+    }
     let _ = writeln!(
         s,
         "\nConnect as alice (token valid 24 h, HS256 with JWT_SECRET{}):",

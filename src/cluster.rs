@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 pub struct ClusterConfig {
     /// Number of ws-nodes.
     pub nodes: usize,
-    /// Coordinator listen address (port 0: any free port).
+    /// Coordinator public listen address (port 0: any free port).
     pub coordinator_addr: SocketAddr,
+    /// Coordinator admin listen address (dashboard, `/nodes`, `/presence`...).
+    pub admin_addr: SocketAddr,
     /// Port of the first node (the others follow); 0: any free ports.
     pub first_node_port: u16,
     /// Host the nodes bind and advertise.
@@ -36,11 +38,12 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// The demo's defaults: coordinator on 8080, nodes on 9001.., production timings.
+    /// The demo's defaults: coordinator on 8080 (admin 8081), nodes on 9001.., production timings.
     pub fn demo(nodes: usize, jwt_secret: &str) -> Self {
         Self {
             nodes,
             coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             first_node_port: 9001,
             host: "127.0.0.1".into(),
             jwt_secret: jwt_secret.into(),
@@ -54,6 +57,7 @@ impl ClusterConfig {
     pub fn for_tests(nodes: usize, jwt_secret: &str) -> Self {
         let mut c = Self::demo(nodes, jwt_secret);
         c.coordinator_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c.first_node_port = 0;
         c.node.heartbeat_interval = Duration::from_millis(100);
         c.node.node_ttl = Duration::from_millis(1000);
@@ -81,8 +85,10 @@ pub struct RunningNode {
 
 /// A running cluster.
 pub struct Cluster {
-    /// The coordinator's base URL.
+    /// The coordinator's public base URL (`/route`).
     pub coordinator_url: String,
+    /// The coordinator's admin base URL (dashboard, `/nodes`, `/ring`, `/metrics`, `/presence`).
+    pub admin_url: String,
     /// The coordinator's state.
     pub coordinator: Arc<Coordinator>,
     /// The nodes, in start order.
@@ -180,16 +186,30 @@ impl Cluster {
     /// coordinator's first round, so the first table already spreads the vnodes.
     pub async fn start_on(config: ClusterConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
         let verifier = verifier(&config)?;
-        let listener = bind_or_any(config.coordinator_addr).await?;
-        let coordinator_url = format!("http://{}", listener.local_addr()?);
+        let public = bind_or_any(config.coordinator_addr).await?;
+        let coordinator_url = format!("http://{}", public.local_addr()?);
+        let admin = bind_or_any(config.admin_addr).await?;
+        let admin_url = format!("http://{}", admin.local_addr()?);
         let stop = CancellationToken::new();
         let mut nodes = Vec::new();
         for i in 1..=config.nodes {
             nodes.push(spawn_node(&config, &format!("node-{i}"), i, &verifier, &store, &bus, &stop).await?);
         }
         let coordinator = Coordinator::new(config.coordinator.clone(), store.clone(), bus.clone());
-        let coordinator_task = tokio::spawn(presence_coordinator::run(listener, coordinator.clone(), stop.clone()));
-        Ok(Self { coordinator_url, coordinator, nodes, config, verifier, store, bus, stop, coordinator_task })
+        let listeners = presence_coordinator::Listeners { public, admin };
+        let coordinator_task = tokio::spawn(presence_coordinator::run(listeners, coordinator.clone(), stop.clone()));
+        Ok(Self {
+            coordinator_url,
+            admin_url,
+            coordinator,
+            nodes,
+            config,
+            verifier,
+            store,
+            bus,
+            stop,
+            coordinator_task,
+        })
     }
 
     /// Starts one more node; it joins through the coordinator like any other.

@@ -6,19 +6,111 @@ use common::*;
 use presence_client::Error;
 
 async fn raw(url: &str, method: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = request(url, method, body, None).await;
+    (status, body)
+}
+
+/// The status of a GET, without reading the body (the dashboard stream never ends).
+async fn status_of(url: &str) -> u16 {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, http_body_util::Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    client.get(url.parse().expect("uri")).await.expect("response").status().as_u16()
+}
+
+/// One request with an optional `Authorization` header: status, `WWW-Authenticate`, JSON body.
+async fn request(url: &str, method: &str, body: &str, auth: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .expect("request");
+    let mut req = http::Request::builder().method(method).uri(url);
+    if let Some(a) = auth {
+        req = req.header(http::header::AUTHORIZATION, a);
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body.to_string()))).expect("request");
     let res = client.request(req).await.expect("response");
     let status = res.status().as_u16();
+    let challenge = res.headers().get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(String::from);
     let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (status, challenge, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_listener_serves_routing_and_health_only() {
+    let c = cluster(1).await;
+    let public = &c.coordinator_url;
+    for path in ["/route?userId=alice", "/healthz", "/readyz"] {
+        assert_eq!(raw(&format!("{public}{path}"), "GET", "").await.0, 200, "{path} on the public listener");
+    }
+    for path in ["/", "/dashboard/stream", "/nodes", "/ring", "/metrics", "/presence?userId=alice"] {
+        let (status, body) = raw(&format!("{public}{path}"), "GET", "").await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{path} on the public listener");
+        assert_eq!(status_of(&format!("{}{path}", c.admin_url)).await, 200, "{path} on the admin listener");
+    }
+    let (status, _) = raw(&format!("{public}/presence"), "POST", r#"{"userIds":["a"]}"#).await;
+    assert_eq!(status, 404, "POST /presence is not public either");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_api_key_admin_routes_and_presence_ask_for_it() {
+    const KEY: &str = "test-admin-key-0123456789";
+    let mut config = presence::cluster::ClusterConfig::for_tests(1, SECRET);
+    config.coordinator.admin_key = Some(presence_coordinator::admin::AdminKey::new(KEY).expect("key"));
+    let c = presence::cluster::Cluster::start(config).await.expect("cluster starts");
+    c.wait_settled(WAIT).await.expect("cluster settles");
+    let (public, admin) = (&c.coordinator_url, &c.admin_url);
+    let bearer = format!("Bearer {KEY}");
+    // The server API on either listener: refused without the key, served with it.
+    for base in [public, admin] {
+        let url = format!("{base}/presence?userId=alice");
+        let (status, challenge, body) = request(&url, "GET", "", None).await;
+        assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{url}: {body}");
+        assert!(challenge.is_some_and(|c| c.starts_with("Basic")), "{url}: a browser is asked for the key");
+        assert_eq!(request(&url, "GET", "", Some("Bearer wrong-key-0123456789")).await.0, 401);
+        let (status, _, body) = request(&url, "GET", "", Some(&bearer)).await;
+        assert_eq!((status, body["online"].as_bool()), (200, Some(false)), "{url}: {body}");
+    }
+    // The rest of the admin side needs it too; a browser sends it as the Basic password.
+    let basic = format!("Basic {}", base64_of(&format!("operator:{KEY}")));
+    for path in ["/nodes", "/ring", "/metrics", "/"] {
+        assert_eq!(request(&format!("{admin}{path}"), "GET", "", None).await.0, 401, "{path}");
+        assert_eq!(request(&format!("{admin}{path}"), "GET", "", Some(&basic)).await.0, 200, "{path}");
+        assert_eq!(request(&format!("{public}{path}"), "GET", "", Some(&bearer)).await.0, 404, "{path} stays private");
+    }
+    // Health checks stay open for load balancers and orchestrators; routing stays public.
+    for base in [public, admin] {
+        for path in ["/healthz", "/readyz", "/route?userId=alice"] {
+            assert_eq!(request(&format!("{base}{path}"), "GET", "", None).await.0, 200, "{base}{path}");
+        }
+    }
+    // The SDK's coordinator client carries the key.
+    let api = presence_client::CoordinatorClient::new(public).expect("url");
+    assert!(matches!(api.presence("alice").await, Err(Error::Api { status: 401, .. })));
+    let api = api.with_api_key(KEY).expect("key");
+    assert!(!api.presence("alice").await.expect("presence with the key").online);
+    // Each refusal counted: 2 listeners x (no key, wrong key), 4 admin paths, the SDK without the key.
+    assert_eq!(metric_with(admin, &bearer, "presence_admin_unauthorized_total").await, 9.0);
+    c.shutdown().await;
+}
+
+/// Standard base64 with padding (HTTP Basic credentials), written out so the test checks the server's decoder.
+fn base64_of(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +155,7 @@ async fn route_single_and_batch_agree_with_the_table() {
         let (status, body) = raw(&format!("{base}/route"), "POST", bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
-    let (status, body) = raw(&format!("{base}/presence"), "POST", "{\"userIds\":[\"a\",\"b\"]}").await;
+    let (status, body) = raw(&format!("{}/presence", c.admin_url), "POST", "{\"userIds\":[\"a\",\"b\"]}").await;
     assert_eq!(status, 200);
     assert_eq!(body["users"].as_array().map(Vec::len), Some(2));
     assert_eq!(body["users"][0], serde_json::json!({"userId":"a","online":false,"connections":0,"lastSeen":null}));
@@ -85,7 +177,7 @@ async fn cluster_views_and_health() {
     assert_eq!(ready["leader"], true);
     let (status, body) = raw(&format!("{}/nope", c.coordinator_url), "GET", "").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
-    let (status, _) = raw(&format!("{}/nodes", c.coordinator_url), "DELETE", "").await;
+    let (status, _) = raw(&format!("{}/nodes", c.admin_url), "DELETE", "").await;
     assert_eq!(status, 405);
     match api.get::<serde_json::Value>("/route?userId=").await {
         Err(Error::Api { status: 400, .. }) => {}
@@ -107,16 +199,22 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
 }
 
 async fn metric(url: &str, name: &str) -> f64 {
-    let (_, text) = {
-        use http_body_util::BodyExt;
-        use hyper_util::client::legacy::Client;
-        use hyper_util::rt::TokioExecutor;
-        let client: Client<_, http_body_util::Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let res = client.get(format!("{url}/metrics").parse().expect("uri")).await.expect("metrics");
-        let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8(bytes.to_vec()).expect("utf8"))
-    };
+    metric_with(url, "", name).await
+}
+
+/// A metric's value, sending `auth` (if not empty) as the `Authorization` header.
+async fn metric_with(url: &str, auth: &str, name: &str) -> f64 {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, http_body_util::Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::get(format!("{url}/metrics"));
+    if !auth.is_empty() {
+        req = req.header(http::header::AUTHORIZATION, auth);
+    }
+    let res = client.request(req.body(Default::default()).expect("request")).await.expect("metrics");
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).expect("utf8");
     parse_prometheus(&text).into_iter().find(|(n, _)| n == name).map(|(_, v)| v).unwrap_or(0.0)
 }
 
@@ -135,7 +233,7 @@ async fn metrics_parse_and_the_connection_gauge_follows() {
     assert!(metric(&node, "presence_connects_total").await >= 2.0);
     let api = coordinator(&c);
     api.route("alice").await.expect("route");
-    assert!(metric(&c.coordinator_url, "presence_route_duration_seconds_count").await >= 1.0);
-    assert_eq!(metric(&c.coordinator_url, "presence_coordinator_leader").await, 1.0);
+    assert!(metric(&c.admin_url, "presence_route_duration_seconds_count").await >= 1.0);
+    assert_eq!(metric(&c.admin_url, "presence_coordinator_leader").await, 1.0);
     c.shutdown().await;
 }

@@ -103,8 +103,7 @@ async fn the_dashboard_renders_and_updates_live() {
 
     let (ws, _) = tokio_tungstenite::connect_async(&endpoint).await.expect("devtools");
     let mut page = Page { ws, session: String::new(), next_id: 0 };
-    let target =
-        page.call("Target.createTarget", serde_json::json!({"url": format!("{}/", c.coordinator_url)}), false).await;
+    let target = page.call("Target.createTarget", serde_json::json!({"url": format!("{}/", c.admin_url)}), false).await;
     let attached = page
         .call("Target.attachToTarget", serde_json::json!({"targetId": target["targetId"], "flatten": true}), false)
         .await;

@@ -53,8 +53,8 @@ async fn slow_headers_and_idle_connections_are_closed_on_both_servers() {
         let answer = read_until_closed(&mut s, Duration::from_secs(3)).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{base}: {answer}");
     }
-    let metrics = reqwest_free_get(&c.coordinator_url, "/metrics").await;
-    assert!(metrics.contains("presence_http_header_timeouts_total 2"), "{metrics}");
+    let metrics = reqwest_free_get(&c.admin_url, "/metrics").await;
+    assert!(metrics.contains("presence_http_header_timeouts_total{listener=\"public\"} 2"), "{metrics}");
     c.shutdown().await;
 }
 

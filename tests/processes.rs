@@ -263,10 +263,21 @@ async fn demo_join_adds_nodes_and_the_ring_rebalances() {
             .kill_on_drop(true);
         cmd.spawn().expect("presence starts")
     };
-    let mut demo = presence(&["demo", "--listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"]);
+    let mut demo = presence(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--node-port",
+        "0",
+        "--nodes",
+        "2",
+    ]);
     let mut out = BufReader::new(demo.stdout.take().expect("stdout")).lines();
-    let url = banner_value(&mut out, "coordinator").await;
-    let api = CoordinatorClient::new(&url).expect("url");
+    let admin = banner_value(&mut out, "admin").await;
+    let url = admin.split_whitespace().next().expect("the admin URL");
+    let api = CoordinatorClient::new(url).expect("url");
     wait_for_nodes(&api, 2).await;
 
     let mut joiner = presence(&["demo", "--join", "--nodes", "1"]);
@@ -308,7 +319,19 @@ async fn bad_configuration_exits_64_listing_every_problem_without_secrets() {
                 "RS256",
             ],
         ),
-        ("coordinator", vec!["--tick-ms", "x", "--redis-url", "redis://:super-secret-value@h:1", "--listen-addr", "?"]),
+        (
+            "coordinator",
+            vec![
+                "--tick-ms",
+                "x",
+                "--redis-url",
+                "redis://:super-secret-value@h:1",
+                "--listen-addr",
+                "?",
+                "--admin-addr",
+                "0.0.0.0:8081",
+            ],
+        ),
     ] {
         let out = std::process::Command::new(procs::bin(bin))
             .args(&args)
@@ -321,6 +344,9 @@ async fn bad_configuration_exits_64_listing_every_problem_without_secrets() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("LISTEN_ADDR") && err.contains("KAFKA_BROKERS"), "{bin}: {err}");
         assert!(!err.contains("super-secret-value"), "{bin} leaked a secret: {err}");
+        if bin == "coordinator" {
+            assert!(err.contains("ADMIN_ADDR") && err.contains("needs ADMIN_API_KEY"), "an open admin listener: {err}");
+        }
     }
 }
 

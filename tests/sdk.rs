@@ -55,7 +55,7 @@ async fn connect_through_the_coordinator_count_and_status() {
     b.close().await;
     until(&mut a, "bob offline again", status_of("bob", 0)).await;
     a.unsubscribe(&["bob"]).await.expect("unsubscribe");
-    let status = client.status(&["alice", "bob"]).await.expect("status");
+    let status = coordinator(&c).status(&["alice", "bob"]).await.expect("status");
     assert_eq!((status[0].connections, status[1].connections), (2, 0));
     a2.close().await;
     until(&mut a, "count 1", |e| matches!(e, Event::Count { connections: 1 })).await;
@@ -197,7 +197,7 @@ async fn presence_watch_prints_the_count_as_it_changes() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::process::Command;
     let mut demo = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
         .env("JWT_SECRET", SECRET)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -206,8 +206,8 @@ async fn presence_watch_prints_the_count_as_it_changes() {
     let mut banner = BufReader::new(demo.stdout.take().expect("stdout")).lines();
     let coordinator = tokio::time::timeout(WAIT, async {
         while let Ok(Some(line)) = banner.next_line().await {
-            if let Some(url) = line.trim().strip_prefix("coordinator") {
-                return url.trim().to_string();
+            if let Some(rest) = line.trim().strip_prefix("coordinator") {
+                return rest.split_whitespace().next().expect("a URL").to_string();
             }
         }
         panic!("the demo printed no coordinator line");
@@ -244,6 +244,8 @@ async fn the_demo_banner_has_one_header_that_names_the_backends() {
         assert_eq!(banner.matches("presence demo:").count(), 1, "{banner}");
         assert!(banner.contains(says), "{banner}");
         assert_eq!(banner.contains("embedded"), store == "memory", "{banner}");
+        let admin = format!("dashboard    {}/", c.admin_url);
+        assert!(banner.contains(&admin), "the dashboard is on the admin listener: {banner}");
     }
     c.shutdown().await;
 }

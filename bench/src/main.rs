@@ -351,6 +351,7 @@ async fn fanout(rate: u32, seconds: u32, outbound_rate: Option<u32>) -> anyhow::
     // Production timings, free ports.
     let mut config = bench_config(2);
     config.coordinator_addr = "127.0.0.1:0".parse()?;
+    config.admin_addr = "127.0.0.1:0".parse()?;
     config.first_node_port = 0;
     if let Some(r) = outbound_rate {
         config.node.outbound_rate = r;
@@ -492,6 +493,7 @@ fn bench_config(nodes: usize) -> ClusterConfig {
 async fn serve_cluster(addr: SocketAddr, nodes: usize) -> anyhow::Result<()> {
     let mut config = bench_config(nodes);
     config.coordinator_addr = "127.0.0.1:0".parse()?;
+    config.admin_addr = "127.0.0.1:0".parse()?;
     config.first_node_port = if nodes == 1 { addr.port() } else { 0 };
     if nodes > 1 {
         config.coordinator_addr = addr;

@@ -220,7 +220,10 @@ impl Client {
         Ok(Self { coordinator: CoordinatorClient::new(coordinator)? })
     }
 
-    /// The coordinator API (`route`, `status`, `nodes`, `ring`).
+    /// The coordinator API. A client of the public listener can route; the
+    /// presence of others comes through [`Session::subscribe`] (what a user
+    /// may see), or from the server API on the admin listener
+    /// (`CoordinatorClient::with_api_key`), for an app backend.
     pub fn coordinator(&self) -> &CoordinatorClient {
         &self.coordinator
     }
@@ -228,11 +231,6 @@ impl Client {
     /// Where `user_id` connects.
     pub async fn route(&self, user_id: &str) -> Result<crate::Route, Error> {
         self.coordinator.route(user_id).await
-    }
-
-    /// Presence of up to 1000 users.
-    pub async fn status(&self, user_ids: &[&str]) -> Result<Vec<crate::PresenceView>, Error> {
-        self.coordinator.status(user_ids).await
     }
 
     /// Connects as `user_id` and keeps the connection up until the session is closed.

@@ -17,12 +17,19 @@ use crate::Error;
 /// Default time allowed for one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client of one coordinator (`http://host:port`). Cheap to clone; clones share connections.
+/// A client of one coordinator listener (`http://host:port`). Cheap to
+/// clone; clones share connections.
+///
+/// The public listener answers [`route`](Self::route) and
+/// [`routes`](Self::routes); presence, nodes and the ring are on the admin
+/// listener, which asks for the API key when one is configured
+/// ([`with_api_key`](Self::with_api_key)). See `docs/security.md`.
 #[derive(Clone)]
 pub struct CoordinatorClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    authorization: Option<http::HeaderValue>,
 }
 
 impl CoordinatorClient {
@@ -32,7 +39,22 @@ impl CoordinatorClient {
         if !base.starts_with("http://") {
             return Err(Error::InvalidUrl { url: base, reason: "expected http://host:port".into() });
         }
-        Ok(Self { base, http: Client::builder(TokioExecutor::new()).build_http(), timeout: DEFAULT_TIMEOUT })
+        Ok(Self {
+            base,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            timeout: DEFAULT_TIMEOUT,
+            authorization: None,
+        })
+    }
+
+    /// Sends the admin API key (`ADMIN_API_KEY`) with every request, as a bearer token.
+    pub fn with_api_key(mut self, key: &str) -> Result<Self, Error> {
+        let value = http::HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| Error::InvalidUrl {
+            url: self.base.clone(),
+            reason: "the API key is not a valid header".into(),
+        })?;
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// Sets the per-request timeout.
@@ -102,10 +124,14 @@ impl CoordinatorClient {
     }
 
     async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Bytes) -> Result<T, Error> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path))
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = &self.authorization {
+            req = req.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| Error::InvalidUrl { url: self.base.clone(), reason: e.to_string() })?;
         let exchange = async {

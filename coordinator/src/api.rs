@@ -18,7 +18,7 @@ use presence_model::wire::code;
 use presence_model::{RoutingTable, UserId, UserIdError};
 use serde::Deserialize;
 
-use crate::{views, Coordinator};
+use crate::{views, Coordinator, Listener};
 
 /// Most user IDs in one batch request.
 pub const MAX_BATCH: usize = 1000;
@@ -72,6 +72,9 @@ pub enum ApiError {
     /// The path exists, the method does not.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// An admin route without the API key.
+    #[error("this route needs the admin API key (Authorization: Bearer <key>)")]
+    Unauthorized,
 }
 
 impl ApiError {
@@ -88,25 +91,62 @@ impl ApiError {
             Self::NoTable | Self::NoOwner | Self::StoreDown => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE),
             Self::NotFound => (StatusCode::NOT_FOUND, code::NOT_FOUND),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED),
         }
     }
 
     /// The JSON error response.
     pub fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        presence_http::error(status, code, &self.to_string())
+        let mut res = presence_http::error(status, code, &self.to_string());
+        if matches!(self, Self::Unauthorized) {
+            // Browsers ask for the key (as the password) and send it on with the dashboard's stream.
+            let challenge = http::HeaderValue::from_static("Basic realm=\"presence admin\", charset=\"UTF-8\"");
+            res.headers_mut().insert(http::header::WWW_AUTHENTICATE, challenge);
+        }
+        res
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Routes one request, counting it by route and status class.
-pub async fn handle<B>(coord: Arc<Coordinator>, req: http::Request<B>) -> Response
+/// Who may call a path on a listener ([`crate::admin`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Access {
+    /// Anyone.
+    Open,
+    /// Whoever carries the admin key.
+    Keyed,
+    /// Not served here: answered 404, as if it did not exist.
+    Hidden,
+}
+
+fn access(listener: Listener, keyed: bool, path: &str) -> Access {
+    let private = matches!(path, "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/metrics" | "/presence");
+    match listener {
+        _ if matches!(path, "/route" | "/healthz" | "/readyz") => Access::Open,
+        Listener::Public if path == "/presence" && keyed => Access::Keyed,
+        Listener::Public if private => Access::Hidden,
+        Listener::Admin if private && keyed => Access::Keyed,
+        _ => Access::Open,
+    }
+}
+
+/// Routes one request that arrived on `listener`, counting it by route and status class.
+pub async fn handle<B>(coord: Arc<Coordinator>, listener: Listener, req: http::Request<B>) -> Response
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (route, result) = dispatch(&coord, req).await;
+    let key = coord.config.admin_key.as_ref();
+    let (route, result) = match access(listener, key.is_some(), req.uri().path()) {
+        Access::Hidden => ("other", Err(ApiError::NotFound)),
+        Access::Keyed if !key.is_some_and(|k| k.admits(req.headers())) => {
+            coord.metrics.unauthorized.inc();
+            ("unauthorized", Err(ApiError::Unauthorized))
+        }
+        Access::Open | Access::Keyed => dispatch(&coord, req).await,
+    };
     let res = result.unwrap_or_else(ApiError::into_response);
     let class = match res.status().as_u16() {
         200..=299 => "2xx",
@@ -271,10 +311,32 @@ mod tests {
             .uri(uri)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("request");
-        let res = handle(c.clone(), req).await;
+        let res = handle(c.clone(), Listener::Admin, req).await;
         let status = res.status();
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[test]
+    fn what_each_listener_serves() {
+        use Access::*;
+        use Listener::*;
+        let cases = [
+            ("/route", [Open, Open, Open, Open]),
+            ("/healthz", [Open, Open, Open, Open]),
+            ("/readyz", [Open, Open, Open, Open]),
+            ("/presence", [Hidden, Keyed, Open, Keyed]),
+            ("/nodes", [Hidden, Hidden, Open, Keyed]),
+            ("/ring", [Hidden, Hidden, Open, Keyed]),
+            ("/metrics", [Hidden, Hidden, Open, Keyed]),
+            ("/", [Hidden, Hidden, Open, Keyed]),
+            ("/dashboard/stream", [Hidden, Hidden, Open, Keyed]),
+            ("/nope", [Open, Open, Open, Open]), // answered 404 by the router
+        ];
+        for (path, want) in cases {
+            let got = [(Public, false), (Public, true), (Admin, false), (Admin, true)].map(|(l, k)| access(l, k, path));
+            assert_eq!(got, want, "{path}: [public, public+key, admin, admin+key]");
+        }
     }
 
     #[tokio::test]
@@ -334,7 +396,7 @@ mod tests {
                     let Ok(req) = http::Request::builder().method(method).uri(&uri).body(Full::new(Bytes::from(body.clone()))) else {
                         continue;
                     };
-                    let res = handle(c.clone(), req).await;
+                    let res = handle(c.clone(), Listener::Admin, req).await;
                     let status = res.status();
                     let bytes = res.into_body().collect().await.expect("body").to_bytes();
                     let v: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON always");

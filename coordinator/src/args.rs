@@ -7,6 +7,7 @@ use clap::Parser;
 use presence_runtime::backends::{BackendArgs, BackendConfig};
 use presence_runtime::config::{ConfigError, Problems};
 
+use crate::admin::AdminKey;
 use crate::CoordinatorConfig;
 
 /// A default as clap shows and applies it, read from [`CoordinatorConfig`]:
@@ -19,9 +20,15 @@ fn default_of<T: ToString>(field: impl Fn(&CoordinatorConfig) -> T) -> String {
 #[derive(Debug, Parser)]
 #[command(name = "coordinator", version, about = "Presence coordinator: routing, vnode assignment, presence API.")]
 pub struct Args {
-    /// Address to listen on.
+    /// Public address: /route, /healthz, /readyz (and /presence with an API key).
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: String,
+    /// Admin address: dashboard, /nodes, /ring, /metrics, /presence. Beyond loopback only with an API key.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_addr: String,
+    /// Key that admin requests must carry (Bearer, or Basic password); at least 16 bytes.
+    #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
     /// Unique coordinator ID (the leader-lease holder name); default random.
     #[arg(long, env = "COORDINATOR_ID")]
     pub coordinator_id: Option<String>,
@@ -50,8 +57,10 @@ pub struct Args {
 
 /// Everything a coordinator needs, checked.
 pub struct Settings {
-    /// Where to listen.
+    /// Where to listen for clients.
     pub listen: SocketAddr,
+    /// Where to listen for the operator and app backends.
+    pub admin: SocketAddr,
     /// Coordinator settings.
     pub coordinator: CoordinatorConfig,
     /// Store and bus.
@@ -63,7 +72,23 @@ impl Args {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let mut p = Problems::new();
         let listen = p.parse::<SocketAddr>("--listen-addr/LISTEN_ADDR", &self.listen_addr);
+        let admin = p.parse::<SocketAddr>("--admin-addr/ADMIN_ADDR", &self.admin_addr);
         let mut c = CoordinatorConfig::new();
+        if let Some(key) = &self.admin_api_key {
+            match AdminKey::new(key) {
+                Ok(k) => c.admin_key = Some(k),
+                Err(e) => p.add("--admin-api-key/ADMIN_API_KEY", e),
+            }
+        }
+        if let Some(a) = admin {
+            if !a.ip().is_loopback() && self.admin_api_key.is_none() {
+                let why = "the admin listener shows everyone's presence; beyond loopback it needs ADMIN_API_KEY";
+                p.add("--admin-addr/ADMIN_ADDR", why);
+            }
+            if listen.is_some_and(|l| l.port() == a.port() && a.port() != 0) {
+                p.add("--admin-addr/ADMIN_ADDR", "must be another port than LISTEN_ADDR");
+            }
+        }
         if let Some(id) = &self.coordinator_id {
             c.id = id.clone();
         }
@@ -80,8 +105,10 @@ impl Args {
         c.http = self.listener.check(&mut p);
         let backends = self.backends.check(&mut p, &c.id);
         p.finish()?;
-        let listen = listen.ok_or_else(|| ConfigError(vec!["--listen-addr/LISTEN_ADDR: unreadable".into()]))?;
-        Ok(Settings { listen, backends, coordinator: c })
+        let unreadable = |flag: &str| ConfigError(vec![format!("{flag}: unreadable")]);
+        let listen = listen.ok_or_else(|| unreadable("--listen-addr/LISTEN_ADDR"))?;
+        let admin = admin.ok_or_else(|| unreadable("--admin-addr/ADMIN_ADDR"))?;
+        Ok(Settings { listen, admin, backends, coordinator: c })
     }
 }
 
@@ -110,5 +137,33 @@ mod tests {
         for needle in ["TICK_MS", "REBALANCE_EPSILON", "LISTEN_ADDR", "REDIS_URL", "KAFKA_BROKERS"] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    /// Only what these flags say, whatever the test environment exports.
+    fn parsed(flags: &[&str]) -> Args {
+        let a = Args::try_parse_from([&["coordinator"], flags].concat()).expect("parses");
+        let backends = BackendArgs { redis_url: None, kafka_brokers: None, ..a.backends.clone() };
+        let key = flags.iter().position(|f| *f == "--admin-api-key").map(|i| flags[i + 1].to_string());
+        Args { backends, admin_api_key: key, ..a }
+    }
+
+    fn problems(flags: &[&str]) -> String {
+        match parsed(flags).settings() {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_admin_listener_leaves_loopback_only_with_a_key() {
+        assert!(!problems(&[]).contains("ADMIN"), "loopback by default: {}", problems(&[]));
+        let open = problems(&["--admin-addr", "0.0.0.0:8081"]);
+        assert!(open.contains("needs ADMIN_API_KEY"), "{open}");
+        let keyed = problems(&["--admin-addr", "0.0.0.0:8081", "--admin-api-key", "0123456789abcdef0123"]);
+        assert!(!keyed.contains("ADMIN"), "{keyed}");
+        let weak = problems(&["--admin-api-key", "secret"]);
+        assert!(weak.contains("at least 16 bytes"), "{weak}");
+        let same = problems(&["--listen-addr", "127.0.0.1:9000", "--admin-addr", "127.0.0.1:9000"]);
+        assert!(same.contains("another port"), "{same}");
     }
 }

@@ -18,8 +18,11 @@ pub struct CoordinatorConfig {
     pub table_poll: Duration,
     /// The rebalancing policy.
     pub policy: Policy,
-    /// Limits of the HTTP listener.
+    /// Limits of each HTTP listener (public and admin count separately).
     pub http: presence_http::Limits,
+    /// The admin API key (`ADMIN_API_KEY`); without one the admin listener
+    /// must be on loopback (`crate::admin`).
+    pub admin_key: Option<crate::admin::AdminKey>,
 }
 
 impl CoordinatorConfig {
@@ -32,6 +35,7 @@ impl CoordinatorConfig {
             table_poll: Duration::from_secs(1),
             policy: Policy::default(),
             http: presence_http::Limits::default(),
+            admin_key: None,
         }
     }
 }

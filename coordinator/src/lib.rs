@@ -4,6 +4,7 @@
 //! * [`args`]: the `coordinator` command line and its checks.
 //! * [`config`]: what a coordinator is told at start.
 //! * [`api`]: the HTTP API (`docs/protocol.md`), served from the cached table.
+//! * [`admin`]: which listener serves what, and the admin API key.
 //! * [`views`]: the node list, the ring and the dashboard snapshot, rendered
 //!   for the API and the dashboard alike.
 //! * [`control`]: the leader's loop: membership, rebalancing, dead nodes.
@@ -15,6 +16,7 @@
 //! and the one holding the leader lease is the only one that changes the
 //! table (by compare-and-set on the epoch).
 
+pub mod admin;
 pub mod api;
 pub mod args;
 pub mod config;
@@ -33,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use admin::Listener;
 pub use config::CoordinatorConfig;
 
 /// A running coordinator's shared state.
@@ -61,8 +64,11 @@ pub struct Coordinator {
     pub metrics: metrics::Metrics,
     /// Feed of the live dashboard.
     pub dashboard: dashboard::Dashboard,
-    /// The listener's connection limits.
-    pub gate: std::sync::Arc<presence_http::Gate>,
+    /// The public listener's connection limits.
+    pub gate: Arc<presence_http::Gate>,
+    /// The admin listener's, counted apart so that a flood of clients
+    /// cannot lock the operator out.
+    pub admin_gate: Arc<presence_http::Gate>,
 }
 
 impl Coordinator {
@@ -70,9 +76,13 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
         let holder = format!("{}/{}", config.id, uuid::Uuid::new_v4().simple());
         let metrics = metrics::Metrics::new();
-        let gate = presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry));
+        let gate = |name| {
+            presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry, name))
+        };
+        let (public_gate, admin_gate) = (gate("public"), gate("admin"));
         Arc::new(Self {
-            gate,
+            gate: public_gate,
+            admin_gate,
             holder,
             config,
             store,
@@ -114,15 +124,36 @@ impl Coordinator {
     }
 }
 
-/// Serves the API on `listener` and runs the control loop and table refresh
-/// until `shutdown`; gives the leader lease up on the way out.
-pub async fn run(listener: TcpListener, coord: Arc<Coordinator>, shutdown: CancellationToken) {
+/// The coordinator's two listeners ([`admin`]).
+pub struct Listeners {
+    /// Clients: `/route` and health.
+    pub public: TcpListener,
+    /// The operator and app backends: everything.
+    pub admin: TcpListener,
+}
+
+/// Serves the API on both listeners and runs the control loop and table
+/// refresh until `shutdown`; gives the leader lease up on the way out.
+pub async fn run(listeners: Listeners, coord: Arc<Coordinator>, shutdown: CancellationToken) {
     let mut tasks = JoinSet::new();
     tasks.spawn(coord.table.clone().run_refresh(coord.store.clone(), coord.config.table_poll, shutdown.clone()));
     tasks.spawn(control::supervise(coord.clone(), shutdown.clone()));
     tasks.spawn(dashboard::run(coord.clone(), shutdown.clone()));
-    let c = coord.clone();
-    presence_http::serve(listener, move |req| api::handle(c.clone(), req), shutdown, coord.gate.clone()).await;
+    let (c, a) = (coord.clone(), coord.clone());
+    tokio::join!(
+        presence_http::serve(
+            listeners.public,
+            move |req| api::handle(c.clone(), Listener::Public, req),
+            shutdown.clone(),
+            coord.gate.clone()
+        ),
+        presence_http::serve(
+            listeners.admin,
+            move |req| api::handle(a.clone(), Listener::Admin, req),
+            shutdown,
+            coord.admin_gate.clone()
+        ),
+    );
     while tasks.join_next().await.is_some() {}
     let bus = coord.bus.clone();
     let _ = tokio::task::spawn_blocking(move || bus.flush(std::time::Duration::from_secs(5))).await;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Leave events the bus refused while counting out a dead node.
     pub bus_errors: IntCounter,
+    /// Admin requests refused for a missing or wrong API key.
+    pub unauthorized: IntCounter,
     /// Open dashboard pages.
     pub dashboard_clients: IntGauge,
     /// Dashboard feed entries dropped for pages that read too slowly.
@@ -79,6 +81,11 @@ impl Metrics {
             ),
             store_errors: counter(&r, "presence_store_errors_total", "Store operations that failed."),
             bus_errors: counter(&r, "presence_bus_errors_total", "Leave events the bus refused."),
+            unauthorized: counter(
+                &r,
+                "presence_admin_unauthorized_total",
+                "Admin API requests refused for a missing or wrong API key.",
+            ),
             dashboard_clients: gauge(&r, "presence_dashboard_clients", "Open dashboard pages."),
             dashboard_dropped: counter(
                 &r,

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
-use crate::metric::{counter, counter_vec, gauge};
+use prometheus::Opts;
+
+use crate::metric::registered;
 
 /// A listener's limits.
 #[derive(Debug, Clone)]
@@ -64,7 +66,8 @@ impl Refusal {
     }
 }
 
-/// The listener's metrics, registered on the server's registry.
+/// The listener's metrics, registered on the server's registry with a
+/// `listener` label (`public`, `admin`), so one process may run several.
 #[derive(Clone)]
 pub struct HttpMetrics {
     /// Open connections, HTTP and WebSocket.
@@ -76,20 +79,30 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// Registers the listener's metrics on `r`.
-    pub fn new(r: &Registry) -> Self {
+    /// Registers the metrics of the listener called `listener` on `r`.
+    pub fn new(r: &Registry, listener: &str) -> Self {
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("listener", listener);
         Self {
-            open: gauge(r, "presence_http_connections", "Open connections on the listener, HTTP and WebSocket."),
-            refused: counter_vec(
+            open: registered(
                 r,
-                "presence_http_refused_total",
-                "Connections turned away by a connection limit.",
-                &["limit"],
+                IntGauge::with_opts(opts(
+                    "presence_http_connections",
+                    "Open connections on the listener, HTTP and WebSocket.",
+                )),
             ),
-            header_timeouts: counter(
+            refused: registered(
                 r,
-                "presence_http_header_timeouts_total",
-                "Connections closed because request headers did not arrive in time, or the connection idled.",
+                IntCounterVec::new(
+                    opts("presence_http_refused_total", "Connections turned away by a connection limit."),
+                    &["limit"],
+                ),
+            ),
+            header_timeouts: registered(
+                r,
+                IntCounter::with_opts(opts(
+                    "presence_http_header_timeouts_total",
+                    "Connections closed because request headers did not arrive in time, or the connection idled.",
+                )),
             ),
         }
     }
@@ -168,7 +181,7 @@ mod tests {
     #[test]
     fn caps_hold_and_free_on_drop() {
         let limits = Limits { max_connections: 3, max_connections_per_ip: 2, ..Limits::default() };
-        let gate = Gate::new(limits, HttpMetrics::new(&Registry::new()));
+        let gate = Gate::new(limits, HttpMetrics::new(&Registry::new(), "test"));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().expect("ip"), "10.0.0.2".parse().expect("ip"));
         let a1 = gate.admit(a).expect("first");
         let _a2 = gate.admit(a).expect("second");

@@ -262,30 +262,32 @@ pub mod metric {
     use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
     /// Registers `m` on `r` and hands it back.
-    fn registered<M: Collector + Clone + 'static>(r: &Registry, name: &str, m: prometheus::Result<M>) -> M {
-        let m = m.unwrap_or_else(|e| panic!("metric {name}: {e}"));
-        let _ = r.register(Box::new(m.clone()));
+    pub fn registered<M: Collector + Clone + 'static>(r: &Registry, m: prometheus::Result<M>) -> M {
+        let m = m.unwrap_or_else(|e| panic!("metric: {e}"));
+        if let Err(e) = r.register(Box::new(m.clone())) {
+            panic!("metric {:?}: {e}", m.desc().first().map(|d| &d.fq_name));
+        }
         m
     }
 
     /// A counter registered on `r`.
     pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-        registered(r, name, IntCounter::new(name, help))
+        registered(r, IntCounter::new(name, help))
     }
 
     /// A gauge registered on `r`.
     pub fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-        registered(r, name, IntGauge::new(name, help))
+        registered(r, IntGauge::new(name, help))
     }
 
     /// A counter with these labels (any number), registered on `r`.
     pub fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        registered(r, name, IntCounterVec::new(Opts::new(name, help), labels))
+        registered(r, IntCounterVec::new(Opts::new(name, help), labels))
     }
 
     /// A histogram with these bucket bounds (seconds), registered on `r`.
     pub fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-        registered(r, name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
+        registered(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
     }
 }
 

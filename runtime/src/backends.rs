@@ -63,13 +63,15 @@ pub async fn connect_and_bind(
             std::process::exit(69);
         }
     };
-    match presence_http::bind(listen) {
-        Ok(l) => (backends, l),
-        Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
-            std::process::exit(71);
-        }
-    }
+    (backends, bind_or_exit(listen))
+}
+
+/// Binds `addr`, or exits with 71 and says why.
+pub fn bind_or_exit(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    presence_http::bind(addr).unwrap_or_else(|e| {
+        eprintln!("error: cannot listen on {addr}: {e}");
+        std::process::exit(71);
+    })
 }
 
 /// Where the shared state and events live.

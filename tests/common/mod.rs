@@ -22,8 +22,9 @@ pub async fn cluster(nodes: usize) -> Cluster {
     c
 }
 
+/// A client of the coordinator's admin listener (it serves `/route` too).
 pub fn coordinator(c: &Cluster) -> CoordinatorClient {
-    CoordinatorClient::new(&c.coordinator_url).expect("coordinator url")
+    CoordinatorClient::new(&c.admin_url).expect("coordinator url")
 }
 
 /// The node ID and URL that own `user`.

@@ -252,16 +252,18 @@ impl Shared {
             .env("RUST_LOG", "info");
     }
 
-    /// A coordinator with fast timings; returns it and its URL.
+    /// A coordinator with fast timings; returns it and its admin URL (the
+    /// admin listener answers `/route` too, so clients may use it).
     pub fn coordinator(&self, id: &str) -> (Proc, String) {
-        let port = free_port();
+        let (port, admin) = (free_port(), free_port());
         let mut cmd = Command::new(bin("coordinator"));
         self.common(&mut cmd);
         cmd.env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{admin}"))
             .env("COORDINATOR_ID", id)
             .env("TICK_MS", "100")
             .env("LEASE_TTL_MS", "1000");
-        (Proc::spawn(id, cmd, &self.log_dir), format!("http://127.0.0.1:{port}"))
+        (Proc::spawn(id, cmd, &self.log_dir), format!("http://127.0.0.1:{admin}"))
     }
 
     /// A ws-node with fast timings; returns it, its WebSocket URL and its HTTP URL.

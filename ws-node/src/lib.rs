@@ -150,7 +150,8 @@ impl Node {
         };
         let membership =
             Arc::new(Membership::new(config.clone(), run_id.clone(), fanout.clone(), pending.clone(), table.clone()));
-        let gate = presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry));
+        let gate =
+            presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry, "public"));
         let node = Arc::new(Node {
             gate,
             pending_auth: Arc::default(),
