@@ -98,7 +98,7 @@ impl KafkaBus {
     /// Creates the topic if it does not exist.
     pub async fn ensure_topic(&self) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> =
-            self.config.base_admin().create().map_err(|e| BusError::Unavailable(format!("Kafka admin: {e}")))?;
+            self.config.admin().create().map_err(|e| BusError::Unavailable(format!("Kafka admin: {e}")))?;
         let topic =
             NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(self.config.replication));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -122,14 +122,6 @@ impl KafkaBus {
 impl Drop for KafkaBus {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-impl KafkaConfig {
-    fn base_admin(&self) -> rdkafka::ClientConfig {
-        let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers).set("client.id", format!("{}-admin", self.client_id));
-        c
     }
 }
 

@@ -11,4 +11,4 @@ mod bus;
 mod config;
 
 pub use bus::KafkaBus;
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, Security};

@@ -11,4 +11,4 @@ pub mod keys;
 pub mod scripts;
 pub mod store;
 
-pub use store::{connect, RedisConfig, RedisStore};
+pub use store::{connect, RedisConfig, RedisStore, TlsFiles};

@@ -33,6 +33,42 @@ pub struct RedisConfig {
     pub op_timeout: Duration,
     /// How long an offline user's record (lastSeen) is kept.
     pub retention: Duration,
+    /// TLS files for `rediss://` URLs (`docs/security.md`).
+    pub tls: TlsFiles,
+}
+
+/// Certificates for Redis over TLS (`rediss://`). Without a CA file the
+/// system's trust store is used (`SSL_CERT_FILE` and `SSL_CERT_DIR` are
+/// honoured); a client certificate and key are for servers that ask for one
+/// (`tls-auth-clients yes`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// PEM file of the CA(s) that signed the server's certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (mutual TLS), with [`key`](Self::key).
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// The certificates as the Redis client takes them, files read now;
+    /// `None` when nothing is configured (the system trust store applies).
+    fn load(&self) -> Result<Option<redis::TlsCertificates>, StoreError> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| StoreError::Unavailable(format!("reading the Redis TLS {what} {}: {e}", path.display())))
+        };
+        let root_cert = self.ca.as_deref().map(|p| read("CA file", p)).transpose()?;
+        let client_tls = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                Some(redis::ClientTlsConfig { client_cert: read("certificate", c)?, client_key: read("key", k)? })
+            }
+            (None, None) => None,
+            _ => return Err(StoreError::Unavailable("a Redis TLS client certificate needs its key, and back".into())),
+        };
+        Ok((root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert }))
+    }
 }
 
 impl RedisConfig {
@@ -45,6 +81,7 @@ impl RedisConfig {
             prefix: "presence".into(),
             op_timeout: Duration::from_secs(2),
             retention: Duration::from_secs(30 * 24 * 3600),
+            tls: TlsFiles::default(),
         }
     }
 
@@ -85,14 +122,26 @@ const PURGED_MARKER_MS: u64 = 86_400_000;
 /// while Redis is down; a cluster needs one reachable node to learn the slots.
 pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError> {
     let first = config.urls.first().ok_or_else(|| StoreError::Unavailable("no Redis URL given".into()))?;
-    let notice_client = redis::Client::open(first.as_str()).map_err(unavailable)?;
+    if config.urls.iter().any(|u| u.starts_with("rediss://")) {
+        // rustls needs one process-wide crypto provider; this build carries
+        // ring. Installing fails harmlessly when one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let certs = config.tls.load()?;
+    let open = |url: &str| match &certs {
+        Some(c) => redis::Client::build_with_tls(url, c.clone()),
+        None => redis::Client::open(url),
+    };
+    let notice_client = open(first).map_err(unavailable)?;
     if config.cluster {
-        let client = redis::cluster::ClusterClient::builder(config.urls.iter().map(String::as_str))
+        let mut builder = redis::cluster::ClusterClient::builder(config.urls.iter().map(String::as_str))
             .connection_timeout(config.op_timeout)
             .response_timeout(config.op_timeout)
-            .retries(2)
-            .build()
-            .map_err(unavailable)?;
+            .retries(2);
+        if let Some(c) = &certs {
+            builder = builder.certs(c.clone());
+        }
+        let client = builder.build().map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Arc::new(RedisStore::new(conn, notice_client, config, "redis-cluster")))
     } else {
@@ -101,7 +150,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError>
             .set_response_timeout(Some(config.op_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let client = redis::Client::open(first.as_str()).map_err(unavailable)?;
+        let client = open(first).map_err(unavailable)?;
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, mgr_config).map_err(unavailable)?;
         Ok(Arc::new(RedisStore::new(conn, notice_client, config, "redis")))
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use presence_backend::{Bus, MemoryBus, MemoryStore, Store};
-use presence_kafka::{KafkaBus, KafkaConfig};
+use presence_kafka::{KafkaBus, KafkaConfig, Security};
 use presence_redis::RedisConfig;
 
 /// The Redis and Kafka flags both services take (`#[command(flatten)]`).
@@ -15,6 +15,15 @@ pub struct BackendArgs {
     /// Key prefix in Redis.
     #[arg(long, env = "REDIS_PREFIX", default_value_t = RedisConfig::new(Vec::new()).prefix)]
     pub redis_prefix: String,
+    /// For rediss:// URLs: PEM file of the CA that signed Redis's certificate (default: the system trust store).
+    #[arg(long, env = "REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+    /// For rediss:// URLs: PEM client certificate, when Redis asks for one.
+    #[arg(long, env = "REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<std::path::PathBuf>,
+    /// For rediss:// URLs: PEM key of the client certificate.
+    #[arg(long, env = "REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<std::path::PathBuf>,
     /// Kafka bootstrap brokers, host:port[,host:port].
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
@@ -36,14 +45,30 @@ impl BackendArgs {
                 p.add("--redis-url/REDIS_URL", "every URL must start with redis:// or rediss://");
             }
         }
+        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
+            p.add("--redis-tls-cert/REDIS_TLS_CERT", "a client certificate and its key (REDIS_TLS_KEY) go together");
+        }
+        let redis_tls = presence_redis::TlsFiles {
+            ca: self.redis_tls_ca.clone(),
+            cert: self.redis_tls_cert.clone(),
+            key: self.redis_tls_key.clone(),
+        };
         let kafka = p.require("--kafka-brokers/KAFKA_BROKERS", self.kafka_brokers.as_deref(), why);
+        let kafka_security = Security::from_env(std::env::vars()).unwrap_or_else(|problems| {
+            for problem in problems {
+                p.add("Kafka security", problem);
+            }
+            Security::default()
+        });
         let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
         BackendConfig {
             redis_url: redis.map(str::to_string),
             redis_prefix: Some(self.redis_prefix.clone()),
+            redis_tls,
             kafka_brokers: kafka.map(str::to_string),
             kafka_topic: Some(self.kafka_topic.clone()),
             kafka_partitions: partitions,
+            kafka_security,
             client_id: client_id.to_string(),
         }
     }
@@ -81,12 +106,16 @@ pub struct BackendConfig {
     pub redis_url: Option<String>,
     /// Key prefix in Redis.
     pub redis_prefix: Option<String>,
+    /// TLS files for `rediss://`.
+    pub redis_tls: presence_redis::TlsFiles,
     /// `KAFKA_BROKERS`.
     pub kafka_brokers: Option<String>,
     /// Topic of status events.
     pub kafka_topic: Option<String>,
     /// Partitions when the topic is created.
     pub kafka_partitions: Option<i32>,
+    /// TLS and SASL settings for Kafka (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`).
+    pub kafka_security: Security,
     /// Client ID (node or coordinator ID) for Kafka.
     pub client_id: String,
 }
@@ -114,6 +143,7 @@ pub async fn connect(config: &BackendConfig) -> Result<Backends, String> {
             if let Some(p) = &config.redis_prefix {
                 rc.prefix = p.clone();
             }
+            rc.tls = config.redis_tls.clone();
             presence_redis::connect(&rc).await.map_err(|e| format!("Redis at {}: {e}", redact(url)))?
         }
         None => Arc::new(MemoryStore::new()),
@@ -128,6 +158,7 @@ pub async fn connect(config: &BackendConfig) -> Result<Backends, String> {
                 kc.partitions = p;
             }
             kc.client_id = format!("presence-{}", config.client_id);
+            kc.security = config.kafka_security.clone();
             Arc::new(KafkaBus::connect(kc).await.map_err(|e| format!("Kafka at {brokers}: {e}"))?)
         }
         None => Arc::new(MemoryBus::default()),
