@@ -52,9 +52,39 @@ async fn slow_headers_and_idle_connections_are_closed_on_both_servers() {
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
         let answer = read_until_closed(&mut s, Duration::from_secs(3)).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{base}: {answer}");
+        // A trickle: a byte every 50 ms keeps the socket busy but the head never ends.
+        let mut s = TcpStream::connect(addr(&base)).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let mut closed = false;
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Trickle: ".iter().cycle().take(60) {
+            if s.write_all(&[*b]).await.is_err() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(closed, "{base}: a trickled head was still read after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(2), "{base}: closed after {:?}", started.elapsed());
     }
     let metrics = reqwest_free_get(&c.admin_url, "/metrics").await;
-    assert!(metrics.contains("presence_http_header_timeouts_total{listener=\"public\"} 2"), "{metrics}");
+    assert!(metrics.contains("presence_http_header_timeouts_total{listener=\"public\"} 3"), "{metrics}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_outlives_the_header_timeout() {
+    let c = cluster_with(|c| c.coordinator.http.header_timeout = Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(addr(&c.admin_url)).await.expect("connect");
+    s.write_all(b"GET /dashboard/stream HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    // Snapshots come every second: three of them take far longer than the header timeout.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while String::from_utf8_lossy(&seen).matches("event: snapshot").count() < 3 {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("events in time").expect("read");
+        assert!(n > 0, "the stream was closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
     c.shutdown().await;
 }
 

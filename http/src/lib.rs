@@ -80,6 +80,8 @@ where
         let limits = gate.limits.clone();
         let timeouts = gate.metrics.header_timeouts.clone();
         conns.spawn(async move {
+            let watch = Arc::new(HeadWatch::new(limits.header_timeout));
+            let w = watch.clone();
             let service = service_fn(move |mut req: Request| {
                 let h = handler.clone();
                 // Only a request that may take the connection over needs its slot
@@ -87,12 +89,16 @@ where
                 if req.headers().contains_key(header::UPGRADE) {
                     req.extensions_mut().insert(slot.clone());
                 }
-                async move { Ok::<_, Infallible>(h(req).await) }
+                let busy = Busy::new(w.clone());
+                async move {
+                    let res = h(req).await;
+                    // Busy until hyper has written the whole body and dropped it
+                    // (a streamed body, such as Server-Sent Events, included).
+                    Ok::<_, Infallible>(res.map(|inner| Guarded { inner, _busy: busy }))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
@@ -100,11 +106,13 @@ where
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
-                        if e.is_timeout() {
-                            timeouts.inc();
-                        }
                         tracing::debug!(%peer, error = %e, "http connection ended with an error");
                     }
+                }
+                () = watch.expired() => {
+                    // Dropping the connection closes the socket.
+                    timeouts.inc();
+                    tracing::debug!(%peer, "request headers did not arrive in time, or the connection idled");
                 }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
@@ -116,6 +124,100 @@ where
         while conns.try_join_next().is_some() {}
     }
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+}
+
+/// The header timeout of one connection, kept by one timer per connection
+/// rather than hyper's timer per request (which cost about 15% of `/route`
+/// throughput; `BENCHMARKS.md`). While no request is being handled, the
+/// next request's head must arrive within the timeout of the connection
+/// opening or of the last response: a slowloris head and an idle keep-alive
+/// connection are both closed then. A request being handled is bounded by
+/// its own body and write deadlines instead.
+struct HeadWatch {
+    timeout: Duration,
+    opened: tokio::time::Instant,
+    /// Requests being handled.
+    busy: std::sync::atomic::AtomicU32,
+    /// When the connection last became idle, in ms since `opened`.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl HeadWatch {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            opened: tokio::time::Instant::now(),
+            busy: std::sync::atomic::AtomicU32::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn finished(&self) {
+        let now = self.opened.elapsed().as_millis() as u64;
+        self.idle_since_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.busy.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been idle (no request being handled,
+    /// no complete head received) for the whole timeout.
+    async fn expired(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut deadline = self.opened + self.timeout;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            if self.busy.load(Relaxed) > 0 {
+                deadline = tokio::time::Instant::now() + self.timeout;
+                continue;
+            }
+            let idle_since = self.opened + Duration::from_millis(self.idle_since_ms.load(Relaxed));
+            if idle_since + self.timeout <= tokio::time::Instant::now() {
+                return;
+            }
+            deadline = idle_since + self.timeout;
+        }
+    }
+}
+
+/// One request being handled, from its head to the end of its response.
+struct Busy(Arc<HeadWatch>);
+
+impl Busy {
+    fn new(watch: Arc<HeadWatch>) -> Self {
+        watch.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(watch)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
+/// A response body that keeps its request [`Busy`] until it is dropped.
+struct Guarded {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Answers a connection the gate turned away: a short 503 (with a bounded
