@@ -41,6 +41,7 @@ pub async fn run_all(store: &dyn Store, tag: &str) {
     counts_sum_over_nodes_and_seq_grows(store, tag).await;
     offline_reasons_are_kept(store, tag).await;
     user_ids_with_any_characters(store, tag).await;
+    live_feeds_carry_followed_changes(store, tag).await;
     // The lease-holding checks share the store's one lease: one at a time.
     purge_counts_a_node_out(store, tag).await;
     table_compare_and_set_with_notice(store, tag).await;
@@ -56,6 +57,39 @@ async fn lead(st: &dyn Store, holder: &str, ttl: Duration) {
         assert!(tokio::time::Instant::now() < deadline, "lease never free");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The next live message within a few seconds.
+async fn next_live(rx: &mut tokio::sync::mpsc::Receiver<crate::Live>) -> crate::Live {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a live message in time").expect("feed open")
+}
+
+async fn live_feeds_carry_followed_changes(st: &dyn Store, tag: &str) {
+    let (followed, other, node) = (format!("{tag}-live-a"), format!("{tag}-live-b"), format!("{tag}-live-node"));
+    let (a, mut a_rx) = st.live_feed().await.expect("feed");
+    let (b, mut b_rx) = st.live_feed().await.expect("feed");
+    a.follow(&[uid(&followed)]).await.expect("follow");
+    b.follow(&[uid(&other)]).await.expect("follow");
+    // The change as the store wrote it, on the follower's feed only.
+    let c = st.set_counts(&node, &[upd(&followed, 2), upd(&other, 1)], 1).await.expect("up");
+    let want = c[0].clone().expect("changed").presence;
+    assert_eq!(next_live(&mut a_rx).await, crate::Live::Change(want.clone()));
+    let theirs = next_live(&mut b_rx).await;
+    assert!(matches!(&theirs, crate::Live::Change(p) if p.user_id == uid(&other)), "{theirs:?}");
+    // An offline change carries its reason and lastSeen; seq only grows.
+    let gone = CountUpdate { reason: Some(EventReason::Closed), ..upd(&followed, 0) };
+    st.set_counts(&node, &[gone], 5).await.expect("up");
+    let crate::Live::Change(off) = next_live(&mut a_rx).await else { panic!("a change") };
+    assert_eq!((off.connections, off.last_seen, off.reason), (0, Some(5), Some(EventReason::Closed)));
+    assert!(off.seq > want.seq);
+    // Unfollowed: nothing more arrives (checked after a later followed change).
+    a.unfollow(&[uid(&followed)]).await.expect("unfollow");
+    a.follow(&[uid(&other)]).await.expect("follow");
+    st.set_counts(&node, &[upd(&followed, 1)], 6).await.expect("up");
+    st.set_counts(&node, &[upd(&other, 0)], 7).await.expect("up");
+    let next = next_live(&mut a_rx).await;
+    assert!(matches!(&next, crate::Live::Change(p) if p.user_id == uid(&other)), "unfollowed user delivered: {next:?}");
+    st.set_counts(&node, &[upd(&followed, 0)], 8).await.expect("up");
 }
 
 async fn offline_reasons_are_kept(st: &dyn Store, tag: &str) {

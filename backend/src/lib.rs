@@ -4,6 +4,7 @@
 //! * [`store`]: the [`Store`] trait: routing table with epoch, node
 //!   membership with TTL, per-user presence with sequence numbers, leader lease.
 //! * [`bus`]: the [`Bus`] trait: join/leave events to and from every node.
+//! * [`live`]: the fast path: a node's feed of the changes of the users it follows.
 //! * [`memory`]: embedded in-process implementations of both.
 //! * `conformance` (feature `conformance`): the test suite every store must pass.
 //! * [`table_cache`]: a reader's cached copy of the routing table, refreshed
@@ -14,11 +15,13 @@
 pub mod bus;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod live;
 pub mod memory;
 pub mod store;
 pub mod table_cache;
 
 pub use bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
+pub use live::{Live, LiveFeed, LiveSender};
 pub use memory::{MemoryBus, MemoryStore};
 pub use store::{CountUpdate, Registration, Store, StoreError};
 pub use table_cache::TableCache;

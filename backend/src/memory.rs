@@ -19,6 +19,7 @@ use presence_model::{
 use tokio::sync::{broadcast, watch};
 
 use crate::bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
+use crate::live::{Live, LiveFeed, LiveSender};
 use crate::store::{next_seq, CountUpdate, Registration, Store, StoreError};
 
 /// One user's record.
@@ -77,6 +78,30 @@ struct Inner {
     notices: watch::Sender<u64>,
     /// Simulated outage switch for tests of the degraded paths.
     down: AtomicBool,
+    /// Open live feeds (one per node), as Redis keeps its subscribers.
+    feeds: Mutex<Vec<Arc<MemoryFeed>>>,
+}
+
+/// One node's live feed on the embedded store.
+struct MemoryFeed {
+    users: Mutex<HashSet<UserId>>,
+    tx: Arc<LiveSender>,
+}
+
+#[async_trait]
+impl LiveFeed for MemoryFeed {
+    async fn follow(&self, users: &[UserId]) -> Result<(), StoreError> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner()).extend(users.iter().cloned());
+        Ok(())
+    }
+
+    async fn unfollow(&self, users: &[UserId]) -> Result<(), StoreError> {
+        let mut mine = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        for u in users {
+            mine.remove(u);
+        }
+        Ok(())
+    }
 }
 
 impl Default for MemoryStore {
@@ -93,19 +118,47 @@ impl MemoryStore {
                 state: Mutex::new(State::default()),
                 notices: watch::channel(0).0,
                 down: AtomicBool::new(false),
+                feeds: Mutex::new(Vec::new()),
             }),
         }
     }
 
     /// Makes every operation fail with [`StoreError::Unavailable`] (or succeed
     /// again), to exercise the paths a Redis outage takes.
+    /// Live feeds see a gap, as Redis subscribers lose their connection.
     pub fn set_down(&self, down: bool) {
         self.inner.down.store(down, Ordering::SeqCst);
+        self.each_feed(|f| f.tx.send(Live::Gap));
     }
 
-    /// Drops all data, as a Redis restart without persistence does.
+    /// Drops all data, as a Redis restart without persistence does (live feeds see a gap).
     pub fn wipe(&self) {
         *self.lock() = State::default();
+        self.each_feed(|f| f.tx.send(Live::Gap));
+    }
+
+    /// Runs `f` on every open feed, forgetting closed ones.
+    fn each_feed(&self, f: impl Fn(&MemoryFeed)) {
+        let mut feeds = self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        feeds.retain(|feed| !feed.tx.is_closed());
+        feeds.iter().for_each(|feed| f(feed));
+    }
+
+    /// Announces changes to the feeds that follow their users (called with
+    /// the state locked, so feeds see one user's changes in write order).
+    fn publish<'a>(&self, changes: impl Iterator<Item = &'a PresenceChange>) {
+        let mut changes = changes.peekable();
+        if changes.peek().is_none() {
+            return;
+        }
+        let feeds = self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for c in changes {
+            for f in &feeds {
+                if f.users.lock().unwrap_or_else(|p| p.into_inner()).contains(&c.presence.user_id) {
+                    f.tx.send(Live::Change(c.presence.clone()));
+                }
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -246,7 +299,10 @@ impl Store for MemoryStore {
         now_ms: u64,
     ) -> Result<Vec<Option<PresenceChange>>, StoreError> {
         let mut s = self.up()?;
-        Ok(updates.iter().map(|u| set_count(&mut s, node_id, u, now_ms)).collect())
+        let changes: Vec<Option<PresenceChange>> =
+            updates.iter().map(|u| set_count(&mut s, node_id, u, now_ms)).collect();
+        self.publish(changes.iter().flatten());
+        Ok(changes)
     }
 
     async fn node_counts(&self, node_id: &str) -> Result<Vec<(UserId, u32)>, StoreError> {
@@ -272,7 +328,7 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         }
         let users: Vec<UserId> = s.node_users.get(node_id).map(|u| u.iter().cloned().collect()).unwrap_or_default();
-        let changes = users
+        let changes: Vec<PresenceChange> = users
             .into_iter()
             .filter_map(|user_id| {
                 let zero = CountUpdate { user_id, connections: 0, reason: Some(EventReason::NodeLost) };
@@ -280,6 +336,7 @@ impl Store for MemoryStore {
             })
             .collect();
         s.purged.insert(node_id.to_string());
+        self.publish(changes.iter());
         Ok(changes)
     }
 
@@ -318,6 +375,13 @@ impl Store for MemoryStore {
             s.lease = None;
         }
         Ok(())
+    }
+
+    async fn live_feed(&self) -> Result<(Arc<dyn LiveFeed>, tokio::sync::mpsc::Receiver<Live>), StoreError> {
+        let (tx, rx) = LiveSender::channel();
+        let feed = Arc::new(MemoryFeed { users: Mutex::new(HashSet::new()), tx });
+        self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner()).push(feed.clone());
+        Ok((feed, rx))
     }
 }
 

@@ -16,11 +16,14 @@
 //! Sequence numbers are `max(previous + 1, store clock in µs)`: they only grow
 //! for a user, even when the store loses its data and starts again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use presence_model::{EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, TableVersion, UserId};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::live::{Live, LiveFeed};
 
 /// A store operation failed; the caller keeps its state and retries.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,6 +155,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the lease up if `holder` holds it.
     async fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
+
+    /// A feed of the changes of the users its caller follows (the fast path,
+    /// [`crate::live`]). Each call opens a feed of its own; a node opens one.
+    async fn live_feed(&self) -> Result<(Arc<dyn LiveFeed>, mpsc::Receiver<Live>), StoreError>;
 }
 
 /// The next sequence number after `previous` on a store whose clock reads `now_us`.

@@ -4,6 +4,9 @@
 -- ARGV[1] node ID, ARGV[2] the node's count, ARGV[3] now (ms), ARGV[4] user ID,
 -- ARGV[5] retention of an offline user's record (ms), ARGV[6] why the count
 -- changed ('' when not said), kept as the offline reason when the total is 0.
+-- ARGV[7] the user's channel (same hash tag), ARGV[8] 'PUBLISH' or 'SPUBLISH'
+-- (Redis Cluster): the new presence is announced there as JSON in this same
+-- atomic step, so subscribers see the store's order and seq (the fast path).
 -- Returns nil when the node's count already was ARGV[2] (nothing changed, no
 -- sequence number spent); else {total, previous total, seq, lastSeen or "",
 -- offline reason or ""}.
@@ -57,4 +60,12 @@ else
   redis.call('HDEL', KEYS[1], 'or')
   redis.call('PERSIST', KEYS[1])
 end
-return {string.format('%d', total), string.format('%d', previous), seq_s, redis.call('HGET', KEYS[1], 'ls') or '', why}
+local ls = redis.call('HGET', KEYS[1], 'ls') or ''
+-- Built by hand: cjson would print the 16-digit seq in floating point.
+local json = '{"userId":' .. cjson.encode(ARGV[4]) .. ',"connections":' .. string.format('%d', total)
+  .. ',"seq":' .. seq_s .. ',"lastSeen":' .. (ls == '' and 'null' or ls)
+if why ~= '' then
+  json = json .. ',"reason":' .. cjson.encode(why)
+end
+redis.call(ARGV[8], ARGV[7], json .. '}')
+return {string.format('%d', total), string.format('%d', previous), seq_s, ls, why}

@@ -69,6 +69,13 @@ impl Keys {
         format!("{{{}:v{vnode}}}:user:{user}", self.prefix)
     }
 
+    /// The pub/sub channel of a user's changes (the fast path). Same hash tag
+    /// as the user's hash, so the write script may `SPUBLISH` to it on a
+    /// Redis Cluster, and subscribers of one vnode meet on one shard.
+    pub fn channel(&self, vnode: Vnode, user: &str) -> String {
+        format!("{{{}:v{vnode}}}:ch:{user}", self.prefix)
+    }
+
     /// The users of `vnode` that `node` has connections of.
     pub fn node_users(&self, vnode: Vnode, node: &str) -> String {
         format!("{{{}:v{vnode}}}:nodeusers:{node}", self.prefix)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use presence_backend::{CountUpdate, Registration, Store, StoreError};
+use presence_backend::{CountUpdate, Live, LiveFeed, Registration, Store, StoreError};
 use presence_model::{
     EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, TableVersion, UserId, Vnode, VNODES,
 };
@@ -100,6 +100,10 @@ pub struct RedisStore<C> {
     op_timeout: Duration,
     retention_ms: u64,
     kind: &'static str,
+    /// A Redis Cluster: changes are published with `SPUBLISH`.
+    cluster: bool,
+    /// Where live feeds connect.
+    feeds: crate::live::Source,
     /// Stops the notice listener when the store goes away.
     _listener: DropGuard,
 }
@@ -133,6 +137,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError>
         None => redis::Client::open(url),
     };
     let notice_client = open(first).map_err(unavailable)?;
+    let feeds = crate::live::Source::new(&config.urls, config.cluster, certs.clone(), config.op_timeout);
     if config.cluster {
         let mut builder = redis::cluster::ClusterClient::builder(config.urls.iter().map(String::as_str))
             .connection_timeout(config.op_timeout)
@@ -143,7 +148,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError>
         }
         let client = builder.build().map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
-        Ok(Arc::new(RedisStore::new(conn, notice_client, config, "redis-cluster")))
+        Ok(Arc::new(RedisStore::new(conn, notice_client, config, feeds)))
     } else {
         let mgr_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout))
@@ -152,7 +157,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError>
             .set_max_delay(Duration::from_secs(1));
         let client = open(first).map_err(unavailable)?;
         let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, mgr_config).map_err(unavailable)?;
-        Ok(Arc::new(RedisStore::new(conn, notice_client, config, "redis")))
+        Ok(Arc::new(RedisStore::new(conn, notice_client, config, feeds)))
     }
 }
 
@@ -160,8 +165,9 @@ impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// A store on `conn`; `notice_client` subscribes to epoch notices.
-    pub fn new(conn: C, notice_client: redis::Client, config: &RedisConfig, kind: &'static str) -> Self {
+    /// A store on `conn`; `notice_client` subscribes to epoch notices, live
+    /// feeds connect through `feeds`.
+    pub(crate) fn new(conn: C, notice_client: redis::Client, config: &RedisConfig, feeds: crate::live::Source) -> Self {
         let keys = Keys::new(&config.prefix);
         let notices = watch::channel(0).0;
         let stop = CancellationToken::new();
@@ -173,7 +179,9 @@ where
             notices,
             op_timeout: config.op_timeout,
             retention_ms: config.retention.as_millis() as u64,
-            kind,
+            kind: if config.cluster { "redis-cluster" } else { "redis" },
+            cluster: config.cluster,
+            feeds,
             _listener: stop.drop_guard(),
         }
     }
@@ -197,7 +205,9 @@ where
             .arg(now_ms)
             .arg(u.user_id.as_str())
             .arg(self.retention_ms)
-            .arg(u.reason.map_or("", EventReason::as_str));
+            .arg(u.reason.map_or("", EventReason::as_str))
+            .arg(self.keys.channel(v, u.user_id.as_str()))
+            .arg(if self.cluster { "SPUBLISH" } else { "PUBLISH" });
         let reply: Option<Vec<String>> = self.op(inv.invoke_async(&mut conn)).await?;
         let Some(reply) = reply else { return Ok(None) };
         let num = |i: usize| -> Result<u64, StoreError> {
@@ -491,5 +501,9 @@ where
         inv.key(self.keys.leader()).arg(holder);
         let _: i64 = self.op(inv.invoke_async(&mut conn)).await?;
         Ok(())
+    }
+
+    async fn live_feed(&self) -> Result<(Arc<dyn LiveFeed>, tokio::sync::mpsc::Receiver<Live>), StoreError> {
+        self.feeds.open(self.keys.clone()).await
     }
 }
