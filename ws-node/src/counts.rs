@@ -74,12 +74,19 @@ pub struct Moved {
 pub struct Counts {
     shards: Box<[Mutex<HashMap<UserId, Entry>>]>,
     metrics: std::sync::Arc<Metrics>,
+    /// Users whose first watcher came or last watcher left here, for the
+    /// live feed ([`crate::live`]).
+    pub interest: crate::live::Interest,
 }
 
 impl Counts {
     /// Empty bookkeeping reporting to `metrics`.
     pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), metrics }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            metrics,
+            interest: crate::live::Interest::default(),
+        }
     }
 
     fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, Entry>> {
@@ -129,6 +136,9 @@ impl Counts {
     pub fn watch(&self, user: &UserId, conn: Conn) -> Option<Presence> {
         let mut s = self.shard(user);
         let e = s.entry(user.clone()).or_default();
+        if e.watchers.is_empty() {
+            self.interest.note(user, true);
+        }
         e.watchers.insert(conn.id(), conn);
         e.state.clone()
     }
@@ -137,7 +147,9 @@ impl Counts {
     pub fn unwatch(&self, user: &UserId, conn_id: u64) {
         let mut s = self.shard(user);
         if let Some(e) = s.get_mut(user) {
-            e.watchers.remove(&conn_id);
+            if e.watchers.remove(&conn_id).is_some() && e.watchers.is_empty() {
+                self.interest.note(user, false);
+            }
             if e.is_empty() {
                 s.remove(user);
             }
@@ -242,6 +254,15 @@ impl Counts {
         let mut out = Vec::new();
         for s in self.each_shard() {
             out.extend(s.keys().cloned());
+        }
+        out
+    }
+
+    /// Users with at least one watcher here: what the live feed follows.
+    pub fn watched_users(&self) -> Vec<UserId> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            out.extend(s.iter().filter(|(_, e)| !e.watchers.is_empty()).map(|(u, _)| u.clone()));
         }
         out
     }

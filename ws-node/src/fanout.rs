@@ -140,7 +140,7 @@ enum Verdict {
 
 impl Fanout {
     /// Reads these users' states from the store and applies what is newer.
-    async fn reread(&self, users: &[presence_model::UserId]) -> Result<(), presence_backend::StoreError> {
+    pub(crate) async fn reread(&self, users: &[presence_model::UserId]) -> Result<(), presence_backend::StoreError> {
         let states = self.store.presence(users).await.inspect_err(|_| self.metrics.store_errors.inc())?;
         let now = presence_model::time::now_ms();
         for p in &states {

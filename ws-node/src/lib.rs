@@ -12,6 +12,7 @@
 //! * [`counts`]: per-user bookkeeping: connections, watchers, known state.
 //! * [`writer`]: the store writer: counts to the store, events to the bus.
 //! * [`fanout`]: delivery to connections and watchers, bus consumption, resync.
+//! * [`live`]: the fast path: following watched users on the store's live feed.
 //! * [`membership`]: registration, heartbeat, drain, self-fencing.
 //! * [`reconcile`]: the drift reconciler (store vs. local counts).
 //! * [`handoff`]: ownership changes, `reconnect`, the 4011 deadline.
@@ -27,6 +28,7 @@ pub mod conn;
 pub mod counts;
 pub mod fanout;
 pub mod handoff;
+pub mod live;
 pub mod membership;
 pub mod metrics;
 pub mod reconcile;
@@ -187,6 +189,13 @@ impl Node {
         bg.spawn(self.membership.clone().run(stop.clone()));
         bg.spawn(self.membership.clone().watch_fence(stop.clone()));
         bg.spawn(fanout.clone().run(events, stop.clone()));
+        bg.spawn(live::run(
+            self.store.clone(),
+            self.counts.clone(),
+            fanout.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        ));
         bg.spawn(fanout.watch_departures(
             self.table.clone(),
             bg.clone(),

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub events_rejected: IntCounterVec,
     /// Resyncs of held users from the store.
     pub resyncs: IntCounter,
+    /// Changes heard on the live feed (the fast path).
+    pub live_changes: IntCounter,
+    /// Gaps on the live feed (lost connection, overflow): watched users re-read.
+    pub live_gaps: IntCounter,
+    /// Users this node follows on the live feed.
+    pub live_followed: IntGauge,
     /// Events the bus confirmed delivered.
     pub bus_delivered: IntCounter,
     /// Events the bus gave up on after retrying.
@@ -140,6 +146,13 @@ impl Metrics {
                 &["reason"],
             ),
             resyncs: counter(&r, "presence_resyncs_total", "Resyncs of held users from the store."),
+            live_changes: counter(&r, "presence_live_changes_total", "Changes heard on the live feed (the fast path)."),
+            live_gaps: counter(
+                &r,
+                "presence_live_gaps_total",
+                "Gaps on the live feed (lost connection or overflow); watched users were re-read.",
+            ),
+            live_followed: gauge(&r, "presence_live_followed_users", "Users this node follows on the live feed."),
             bus_delivered: counter(&r, "presence_bus_delivered_total", "Status events the bus confirmed delivered."),
             bus_delivery_errors: counter(
                 &r,
