@@ -1,0 +1,119 @@
+//! The floors of the fan-out path, measured on the same machine and the same
+//! servers as the product: how fast a bare Redis pub/sub message and a bare
+//! librdkafka produce-to-consume go, with nothing of the product in between.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+use crate::percentile;
+
+/// Prints p50, p99 and max of `l` (sorted here).
+pub fn report(what: &str, l: &mut [Duration], sent: usize) {
+    l.sort();
+    if l.is_empty() {
+        println!("  {what}: nothing received of {sent}");
+        return;
+    }
+    println!(
+        "  {what:<46} {} of {sent}; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        l.len(),
+        percentile(l, 0.5),
+        percentile(l, 0.99),
+        percentile(l, 1.0)
+    );
+}
+
+/// The send times of `total` messages at `rate` per second, as offsets.
+fn schedule(rate: u32, total: usize) -> impl Iterator<Item = Duration> {
+    (0..total).map(move |i| Duration::from_secs_f64(i as f64 / f64::from(rate)))
+}
+
+/// PUBLISH on one connection, SUBSCRIBE on another: publish to receipt.
+pub async fn redis(url: &str, rate: u32, seconds: u32) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let channel = format!("bench-floor-{}", std::process::id());
+    let mut sub = client.get_async_pubsub().await?;
+    sub.subscribe(&channel).await?;
+    let mut publisher = client.get_multiplexed_async_connection().await?;
+    let total = (rate * seconds) as usize;
+    let start = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut got = Vec::with_capacity(total);
+        let mut stream = sub.on_message();
+        while got.len() < total {
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(Some(m)) => {
+                    let sent_us: u64 = m.get_payload().unwrap_or(0);
+                    got.push(start.elapsed().saturating_sub(Duration::from_micros(sent_us)));
+                }
+                _ => break,
+            }
+        }
+        got
+    });
+    for at in schedule(rate, total) {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
+        let sent_us = start.elapsed().as_micros() as u64;
+        redis::cmd("PUBLISH").arg(&channel).arg(sent_us).exec_async(&mut publisher).await?;
+    }
+    let mut got = receiver.await?;
+    report("bare Redis PUBLISH -> SUBSCRIBE", &mut got, total);
+    Ok(())
+}
+
+/// librdkafka produce (the product's producer settings) to a consumer
+/// assigned every partition (the product's consumer settings).
+pub async fn kafka(brokers: &str, partitions: i32, rate: u32, seconds: u32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let topic = format!("bench-floor-{}-{partitions}", std::process::id());
+    let mut c = presence_kafka::KafkaConfig::new(brokers);
+    c.topic = topic.clone();
+    c.partitions = partitions;
+    let admin: AdminClient<_> = c.admin().create()?;
+    let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+    admin.create_topics(&[new], &AdminOptions::new()).await?;
+    let producer: FutureProducer = c.producer().create()?;
+    let consumer: StreamConsumer = c.consumer("floor").create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(&topic, p, rdkafka::Offset::End)?;
+    }
+    consumer.assign(&assignment)?;
+    // Let the consumer reach the end of every partition before sending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let total = (rate * seconds) as usize;
+    let start = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut got = Vec::with_capacity(total);
+        let mut stream = consumer.stream();
+        while got.len() < total {
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(Some(Ok(m))) => {
+                    let sent_us: u64 =
+                        m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    got.push(start.elapsed().saturating_sub(Duration::from_micros(sent_us)));
+                }
+                Ok(Some(Err(_))) => {}
+                _ => break,
+            }
+        }
+        got
+    });
+    for (i, at) in schedule(rate, total).enumerate() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
+        let payload = (start.elapsed().as_micros() as u64).to_string();
+        let key = format!("user-{i}");
+        let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+        // Not awaited one by one: the product does not wait for each delivery either.
+        let _ = producer.send_result(record).map_err(|(e, _)| e).context("enqueue")?;
+    }
+    let mut got = receiver.await?;
+    report(&format!("bare librdkafka produce -> consume ({partitions} partitions)"), &mut got, total);
+    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
+    Ok(())
+}

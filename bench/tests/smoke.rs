@@ -1,0 +1,68 @@
+//! Every benchmark runs in a short mode in the normal test run, so that none
+//! of them rots. The figures of a debug build on a busy machine mean
+//! nothing; the checks are that each finishes, prints its comparison, and
+//! (for the fan-out) misses nothing. The full runs are in BENCHMARKS.md.
+
+use std::process::Command;
+
+/// Runs `presence-bench` with `args`; its stdout. `env` adds variables, and
+/// the backends' variables are removed unless given there.
+fn bench(args: &[&str], env: &[(&str, String)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presence-bench"));
+    cmd.args(args).env_remove("REDIS_URL").env_remove("KAFKA_BROKERS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("presence-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "presence-bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// "X of Y changes seen" with X == Y.
+fn nothing_missed(out: &str) {
+    let line = out.lines().find(|l| l.contains("changes seen")).unwrap_or_else(|| panic!("no tally in:\n{out}"));
+    let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(nums.len() == 2 && nums[0] == nums[1] && nums[0] > 0, "changes missed: {line}\n{out}");
+}
+
+#[test]
+fn vnode_and_watchers() {
+    assert!(bench(&["vnode"], &[]).contains("ns per lookup"));
+    let out = bench(&["watchers", "--sizes", "100,1000"], &[]);
+    assert!(out.contains("1000"), "{out}");
+}
+
+#[test]
+fn route_against_hello() {
+    let out = bench(&["route", "--seconds", "1", "--connections", "8"], &[]);
+    assert!(out.contains("ratio: throughput"), "{out}");
+}
+
+#[test]
+fn idle_memory_and_connect_rate() {
+    let out = bench(&["idle", "--count", "300"], &[]);
+    assert!(out.contains("bare tungstenite echo"), "{out}");
+    let out = bench(&["connect-rate", "--count", "300", "--concurrency", "16"], &[]);
+    assert!(out.contains("connections"), "{out}");
+}
+
+#[test]
+fn fanout_embedded() {
+    nothing_missed(&bench(&["fanout", "--rate", "40", "--seconds", "1"], &[]));
+}
+
+#[test]
+fn fanout_on_redis_and_kafka_beside_the_floors() {
+    let var =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
+    let env = [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))];
+    let out = bench(&["fanout", "--rate", "40", "--seconds", "1"], &env);
+    nothing_missed(&out);
+    assert!(out.contains("store redis, bus kafka"), "{out}");
+    assert!(out.contains("bare Redis PUBLISH -> SUBSCRIBE") && out.contains("bare librdkafka"), "{out}");
+}
