@@ -109,8 +109,9 @@ pub async fn kafka(brokers: &str, partitions: i32, rate: u32, seconds: u32) -> a
         let payload = (start.elapsed().as_micros() as u64).to_string();
         let key = format!("user-{i}");
         let record = FutureRecord::to(&topic).key(&key).payload(&payload);
-        // Not awaited one by one: the product does not wait for each delivery either.
-        let _ = producer.send_result(record).map_err(|(e, _)| e).context("enqueue")?;
+        // Enqueued now; the delivery report is not awaited one by one (the
+        // product does not wait for each either), so its future is dropped.
+        drop(producer.send_result(record).map_err(|(e, _)| e).context("enqueue")?);
     }
     let mut got = receiver.await?;
     report(&format!("bare librdkafka produce -> consume ({partitions} partitions)"), &mut got, total);
