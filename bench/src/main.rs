@@ -65,10 +65,10 @@ enum What {
         /// Seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
-        /// Messages per second the watcher's connection may be sent (the
-        /// node's OUTBOUND_RATE); default: the product default.
+        /// Frames the watcher's connection may have unread (the node's
+        /// OUTBOUND_WINDOW); default: the product default.
         #[arg(long)]
-        outbound_rate: Option<u32>,
+        outbound_window: Option<u32>,
         /// Redis to run on (else the embedded store).
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
@@ -113,8 +113,8 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::Route { connections, seconds } => route(connections, seconds).await,
         What::Idle { count } => idle(count).await,
         What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
-        What::Fanout { rate, seconds, outbound_rate, redis_url, kafka_brokers } => {
-            fanout(rate, seconds, outbound_rate, redis_url.as_deref(), kafka_brokers.as_deref()).await
+        What::Fanout { rate, seconds, outbound_window, redis_url, kafka_brokers } => {
+            fanout(rate, seconds, outbound_window, redis_url.as_deref(), kafka_brokers.as_deref()).await
         }
         What::Watchers { sizes } => watchers(&sizes),
         What::ServeHello { addr } => serve_hello(addr).await,
@@ -362,7 +362,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn fanout(
     rate: u32,
     seconds: u32,
-    outbound_rate: Option<u32>,
+    outbound_window: Option<u32>,
     redis_url: Option<&str>,
     kafka_brokers: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -371,9 +371,8 @@ async fn fanout(
     config.coordinator_addr = "127.0.0.1:0".parse()?;
     config.admin_addr = "127.0.0.1:0".parse()?;
     config.first_node_port = 0;
-    if let Some(r) = outbound_rate {
-        config.node.outbound_rate = r;
-        config.node.outbound_burst = r;
+    if let Some(w) = outbound_window {
+        config.node.outbound_window = w;
     }
     // A namespace of this run's own on shared servers.
     let run = format!("bench-{}", std::process::id());

@@ -94,12 +94,9 @@ pub struct Args {
     /// Longest a write to a client may take before it is dropped as a slow consumer, ms.
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = default_of(|c| c.write_timeout.as_millis()))]
     pub write_timeout_ms: String,
-    /// Messages per second a connection is sent after its burst (more statuses conflate and batch).
-    #[arg(long, env = "OUTBOUND_RATE", default_value_t = default_of(|c| c.outbound_rate))]
-    pub outbound_rate: String,
-    /// Messages a connection may be sent at once before the rate applies.
-    #[arg(long, env = "OUTBOUND_BURST", default_value_t = default_of(|c| c.outbound_burst))]
-    pub outbound_burst: String,
+    /// Frames a connection may have unread (acknowledged by its pongs) before its statuses wait and conflate.
+    #[arg(long, env = "OUTBOUND_WINDOW", default_value_t = default_of(|c| c.outbound_window))]
+    pub outbound_window: String,
     /// Messages other than status and count (which conflate) queued per connection before a slow client is dropped.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = default_of(|c| c.outbound_queue))]
     pub outbound_queue: String,
@@ -243,8 +240,7 @@ impl Args {
         );
         p.read_min("--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, 1, &mut node.max_subscriptions);
         p.read_min("--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, 1, &mut node.outbound_queue);
-        p.read_min("--outbound-rate/OUTBOUND_RATE", &self.outbound_rate, 1, &mut node.outbound_rate);
-        p.read_min("--outbound-burst/OUTBOUND_BURST", &self.outbound_burst, 1, &mut node.outbound_burst);
+        p.read_min("--outbound-window/OUTBOUND_WINDOW", &self.outbound_window, 1, &mut node.outbound_window);
         p.read_min(
             "--max-pending-writes/MAX_PENDING_WRITES",
             &self.max_pending_writes,

@@ -39,11 +39,9 @@ pub struct NodeConfig {
     /// Longest a write to a client may take; a client that takes no frame
     /// for this long is dropped as a slow consumer.
     pub write_timeout: Duration,
-    /// Messages per second a connection's outbox sends after its burst
-    /// (statuses beyond that conflate and batch).
-    pub outbound_rate: u32,
-    /// Messages a connection's outbox may send at once before the rate applies.
-    pub outbound_burst: u32,
+    /// Outbox frames a connection may have unacknowledged (`conn::Window`):
+    /// how far behind a slow reader can be before its statuses conflate.
+    pub outbound_window: u32,
     /// tungstenite's per-connection read buffer, in bytes (eagerly allocated).
     pub read_buffer_bytes: usize,
     /// Users whose count may wait for the store before a full resync is scheduled instead.
@@ -83,8 +81,7 @@ impl NodeConfig {
             max_frame_bytes: 16 * 1024,
             outbound_queue: 64,
             write_timeout: Duration::from_secs(10),
-            outbound_rate: 50,
-            outbound_burst: 20,
+            outbound_window: 8,
             read_buffer_bytes: 1024,
             max_pending_writes: 100_000,
             write_batch: 256,

@@ -226,12 +226,8 @@ impl Conn {
     }
 }
 
-/// Paces a connection's outbox writes: a token bucket of `burst` messages
-/// refilled at `rate` per second. A watcher's occasional update finds a token
-/// and goes out at once; during a burst the statuses wait in the outbox,
-/// conflate, and leave as fewer, larger `statuses` messages. So a client is
-/// never sent more messages than it can plausibly read, and a slow one is
-/// not left behind by small messages queued in kernel buffers.
+/// A token bucket of `burst` messages refilled at `rate` per second: how
+/// fast a client may send (`MESSAGE_RATE`, `MESSAGE_BURST`).
 #[derive(Debug)]
 pub struct Pace {
     tokens: f64,
@@ -257,6 +253,65 @@ impl Pace {
             Ok(())
         } else {
             Err(now + std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// Flow control of a connection's outbox by the client's own reading.
+///
+/// At most `size` outbox frames are out unacknowledged. Halfway through, a
+/// WebSocket ping carrying a probe number follows the frames; every client
+/// answers a ping with a pong once it has read up to it (browsers and
+/// tungstenite do so by themselves), so the pong acknowledges every frame
+/// before its ping. A client that reads as fast as it is sent never fills
+/// the window and gets each status at once; one that reads slowly fills it,
+/// and meanwhile its statuses wait in the outbox, conflate, and leave as
+/// fewer, larger `statuses` messages. So a slow reader is never more than a
+/// window behind, however fast its followed users change, and nobody pays a
+/// fixed pace for it. A window that stays full for the write timeout is a
+/// client that stopped reading: it is dropped as a slow consumer.
+#[derive(Debug)]
+pub struct Window {
+    size: u32,
+    unacked: u32,
+    /// The probe in flight: its number and the frames it acknowledges.
+    probe: Option<(u64, u32)>,
+    next_probe: u64,
+}
+
+/// Probe pings carry this prefix and an 8-byte number (keep-alive pings are empty).
+const PROBE: &[u8] = b"w";
+
+impl Window {
+    /// A window of `size` frames (at least 1).
+    pub fn new(size: u32) -> Self {
+        Self { size: size.max(1), unacked: 0, probe: None, next_probe: 0 }
+    }
+
+    /// Whether another frame may go out now.
+    pub fn is_open(&self) -> bool {
+        self.unacked < self.size
+    }
+
+    /// Counts a frame written; returns the payload of a probe ping to send
+    /// after it when one is due (halfway through the window, one at a time).
+    pub fn sent(&mut self) -> Option<Vec<u8>> {
+        self.unacked += 1;
+        if self.probe.is_some() || self.unacked < self.size.div_ceil(2) {
+            return None;
+        }
+        self.next_probe += 1;
+        self.probe = Some((self.next_probe, self.unacked));
+        Some([PROBE, &self.next_probe.to_be_bytes()].concat())
+    }
+
+    /// A pong arrived: if it answers the probe, what was before it was read.
+    pub fn pong(&mut self, payload: &[u8]) {
+        if let Some((id, frames)) = self.probe {
+            if payload.strip_prefix(PROBE) == Some(&id.to_be_bytes()[..]) {
+                self.unacked -= frames;
+                self.probe = None;
+            }
         }
     }
 }
@@ -339,6 +394,23 @@ mod tests {
         c.push(Outbound::Text("y".into()), &m);
         assert_eq!(m.slow_consumers.get(), 1);
         assert!(futures_util::FutureExt::now_or_never(c.overflowed()).is_some());
+    }
+
+    #[test]
+    fn the_window_closes_until_the_probe_is_answered() {
+        let mut w = Window::new(4);
+        assert!(w.is_open());
+        assert_eq!(w.sent(), None);
+        let probe = w.sent().expect("a probe halfway");
+        assert_eq!(w.sent(), None, "one probe at a time");
+        assert_eq!(w.sent(), None);
+        assert!(!w.is_open(), "four frames out, none acknowledged");
+        w.pong(b"");
+        w.pong(b"w\0\0\0\0\0\0\0\x09");
+        assert!(!w.is_open(), "keep-alive pongs and strangers' pongs acknowledge nothing");
+        w.pong(&probe);
+        assert!(w.is_open(), "the two frames before the probe were read");
+        assert!(w.sent().is_some(), "still half a window out: the next frame brings a new probe");
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{statuses_frame, Conn, Outbound, Pace, Taken};
+use crate::conn::{statuses_frame, Conn, Outbound, Pace, Taken, Window};
 use crate::handoff::{self, Deadline};
 use crate::Node;
 
@@ -267,17 +267,19 @@ impl Session {
         let mut last_heard = Instant::now();
         let closing = self.node.closing();
         let conn = self.conn.clone();
-        let mut pace = Pace::new(cfg.outbound_rate, cfg.outbound_burst);
+        let mut window = Window::new(cfg.outbound_window);
+        // Since when the window has been full with frames waiting: the client
+        // is not reading. Past the write timeout it is dropped.
+        let mut stalled_since: Option<Instant> = None;
         // Inbound: a client sends at most `message_rate` messages a second
         // after a burst; beyond, its messages are refused, and a client that
         // keeps going for another whole burst is closed (4029).
         let mut inbound = Pace::new(cfg.message_rate, cfg.message_burst);
         let mut refused = 0u32;
-        let mut paced_until: Option<Instant> = None;
         loop {
-            let paced = async move {
-                match paced_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
+            let stall = async move {
+                match stalled_since {
+                    Some(at) => tokio::time::sleep_until(at + cfg.write_timeout).await,
                     None => std::future::pending().await,
                 }
             };
@@ -296,16 +298,15 @@ impl Session {
                     let m = ServerMessage::error(code::TOKEN_EXPIRED, "the token expired; send a fresh auth before it does");
                     return Some(Ending::after(m, close::UNAUTHORIZED, "token expired").because(EventReason::TokenExpired));
                 }
-                _ = conn.ready(), if paced_until.is_none() => {
-                    if !self.write_outbox(ws, &mut pace, &mut paced_until).await {
+                _ = conn.ready(), if window.is_open() => {
+                    if !self.write_outbox(ws, &mut window, &mut stalled_since).await {
                         return None;
                     }
                 }
-                _ = paced => {
-                    paced_until = None;
-                    if !self.write_outbox(ws, &mut pace, &mut paced_until).await {
-                        return None;
-                    }
+                _ = stall => {
+                    self.node.metrics.slow_consumers.inc();
+                    tracing::debug!(node = %self.node.config.node_id, "client read nothing within the write timeout; dropped");
+                    return None;
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= cfg.pong_timeout {
@@ -349,7 +350,16 @@ impl Session {
                                 return None;
                             }
                         }
-                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Pong(payload))) => {
+                            window.pong(&payload);
+                            if window.is_open() {
+                                stalled_since = None;
+                                if conn.pending() > 0 && !self.write_outbox(ws, &mut window, &mut stalled_since).await {
+                                    return None;
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Frame(_))) => {}
                         Some(Err(WsError::Capacity(_))) => return Some(too_large(&self.node)),
                         Some(Ok(Message::Close(_))) => return Some(Ending::new(close::NORMAL, "bye")),
                         Some(Err(_)) | None => return None,
@@ -359,10 +369,11 @@ impl Session {
         }
     }
 
-    /// Writes what the outbox holds, a few messages per turn and as the pace
-    /// allows; when the pace says wait, `paced_until` is set and the outbox
-    /// keeps conflating meanwhile. `false` when a write failed.
-    async fn write_outbox<S>(&mut self, ws: &mut S, pace: &mut Pace, paced_until: &mut Option<Instant>) -> bool
+    /// Writes what the outbox holds, a few messages per turn and as the
+    /// window allows; once the window is full, `stalled_since` is set and the
+    /// outbox conflates until the client's pong opens it. `false` when a
+    /// write failed.
+    async fn write_outbox<S>(&mut self, ws: &mut S, window: &mut Window, stalled_since: &mut Option<Instant>) -> bool
     where
         S: Sink<Message, Error = WsError> + Unpin,
     {
@@ -371,8 +382,7 @@ impl Session {
             if conn.pending() == 0 {
                 return true;
             }
-            if let Err(at) = pace.take() {
-                *paced_until = Some(at);
+            if !window.is_open() {
                 return true;
             }
             let Some(taken) = conn.take(MAX_BATCH) else { return true };
@@ -386,6 +396,15 @@ impl Session {
             };
             if !self.write(ws, Message::Text(text)).await {
                 return false;
+            }
+            if let Some(probe) = window.sent() {
+                if !self.write(ws, Message::Ping(probe.into())).await {
+                    return false;
+                }
+            }
+            if !window.is_open() {
+                // A reading client answers the probe within a round trip.
+                stalled_since.get_or_insert_with(Instant::now);
             }
         }
         // More to write: come back after the other duties had their turn.
