@@ -33,6 +33,28 @@ fn schedule(rate: u32, total: usize) -> impl Iterator<Item = Duration> {
     (0..total).map(move |i| Duration::from_secs_f64(i as f64 / f64::from(rate)))
 }
 
+/// Reads `total` messages (or until 5 s pass without one): for each, how long
+/// since it was sent, by the send time (µs since `start`) it carries.
+async fn receive<S: futures_util::Stream + Unpin>(
+    mut stream: S,
+    total: usize,
+    start: Instant,
+    sent_us: impl Fn(S::Item) -> Option<u64>,
+) -> Vec<Duration> {
+    let mut got = Vec::with_capacity(total);
+    while got.len() < total {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(m)) => {
+                if let Some(us) = sent_us(m) {
+                    got.push(start.elapsed().saturating_sub(Duration::from_micros(us)));
+                }
+            }
+            _ => break,
+        }
+    }
+    got
+}
+
 /// PUBLISH on one connection, SUBSCRIBE on another: publish to receipt.
 pub async fn redis(url: &str, rate: u32, seconds: u32) -> anyhow::Result<()> {
     let client = redis::Client::open(url)?;
@@ -42,20 +64,8 @@ pub async fn redis(url: &str, rate: u32, seconds: u32) -> anyhow::Result<()> {
     let mut publisher = client.get_multiplexed_async_connection().await?;
     let total = (rate * seconds) as usize;
     let start = Instant::now();
-    let receiver = tokio::spawn(async move {
-        let mut got = Vec::with_capacity(total);
-        let mut stream = sub.on_message();
-        while got.len() < total {
-            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-                Ok(Some(m)) => {
-                    let sent_us: u64 = m.get_payload().unwrap_or(0);
-                    got.push(start.elapsed().saturating_sub(Duration::from_micros(sent_us)));
-                }
-                _ => break,
-            }
-        }
-        got
-    });
+    let receiver =
+        tokio::spawn(async move { receive(sub.on_message(), total, start, |m| m.get_payload::<u64>().ok()).await });
     for at in schedule(rate, total) {
         tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
         let sent_us = start.elapsed().as_micros() as u64;
@@ -89,20 +99,10 @@ pub async fn kafka(brokers: &str, partitions: i32, rate: u32, seconds: u32) -> a
     let total = (rate * seconds) as usize;
     let start = Instant::now();
     let receiver = tokio::spawn(async move {
-        let mut got = Vec::with_capacity(total);
-        let mut stream = consumer.stream();
-        while got.len() < total {
-            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-                Ok(Some(Ok(m))) => {
-                    let sent_us: u64 =
-                        m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse().ok()).unwrap_or(0);
-                    got.push(start.elapsed().saturating_sub(Duration::from_micros(sent_us)));
-                }
-                Ok(Some(Err(_))) => {}
-                _ => break,
-            }
-        }
-        got
+        let sent_us = |m: Result<rdkafka::message::BorrowedMessage<'_>, _>| {
+            m.ok()?.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse().ok())
+        };
+        receive(consumer.stream(), total, start, sent_us).await
     });
     for (i, at) in schedule(rate, total).enumerate() {
         tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
