@@ -69,6 +69,9 @@ enum What {
         /// OUTBOUND_WINDOW); default: the product default.
         #[arg(long)]
         outbound_window: Option<u32>,
+        /// Without the fast path: status crosses nodes by the bus alone.
+        #[arg(long)]
+        no_fast_path: bool,
         /// Redis to run on (else the embedded store).
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
@@ -113,8 +116,9 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::Route { connections, seconds } => route(connections, seconds).await,
         What::Idle { count } => idle(count).await,
         What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
-        What::Fanout { rate, seconds, outbound_window, redis_url, kafka_brokers } => {
-            fanout(rate, seconds, outbound_window, redis_url.as_deref(), kafka_brokers.as_deref()).await
+        What::Fanout { rate, seconds, outbound_window, no_fast_path, redis_url, kafka_brokers } => {
+            let config = FanoutConfig { rate, seconds, outbound_window, fast_path: !no_fast_path };
+            fanout(config, redis_url.as_deref(), kafka_brokers.as_deref()).await
         }
         What::Watchers { sizes } => watchers(&sizes),
         What::ServeHello { addr } => serve_hello(addr).await,
@@ -359,13 +363,16 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn fanout(
+/// What the fan-out benchmark is asked to do.
+struct FanoutConfig {
     rate: u32,
     seconds: u32,
     outbound_window: Option<u32>,
-    redis_url: Option<&str>,
-    kafka_brokers: Option<&str>,
-) -> anyhow::Result<()> {
+    fast_path: bool,
+}
+
+async fn fanout(f: FanoutConfig, redis_url: Option<&str>, kafka_brokers: Option<&str>) -> anyhow::Result<()> {
+    let FanoutConfig { rate, seconds, outbound_window, fast_path } = f;
     // Production timings, free ports.
     let mut config = bench_config(2);
     config.coordinator_addr = "127.0.0.1:0".parse()?;
@@ -374,6 +381,7 @@ async fn fanout(
     if let Some(w) = outbound_window {
         config.node.outbound_window = w;
     }
+    config.node.fast_path = fast_path;
     // A namespace of this run's own on shared servers.
     let run = format!("bench-{}", std::process::id());
     let backends = presence_runtime::backends::connect(&presence_runtime::backends::BackendConfig {
@@ -470,7 +478,8 @@ async fn fanout(
         }
     }
     println!(
-        "status fan-out to a subscriber on another node, store {store_kind}, bus {bus_kind}, {rate} changes/s for {seconds} s:"
+        "status fan-out to a subscriber on another node, store {store_kind}, bus {bus_kind}, fast path {}, {rate} changes/s for {seconds} s:",
+        if fast_path { "on" } else { "off" }
     );
     println!("  {} of {} changes seen", on.len() + off.len(), sent.len());
     let mut all: Vec<Duration> = on.iter().chain(&off).copied().collect();
@@ -478,6 +487,16 @@ async fn fanout(
     floors::report("comes online (from the client's connect call)", &mut on, sent.iter().filter(|s| s.1 == 1).count());
     floors::report("both", &mut all, sent.len());
     println!("  target: p50 <= 3 ms, p99 <= 10 ms, nothing missed");
+    for n in &cluster.nodes {
+        let m = &n.node.metrics;
+        println!(
+            "  {}: {} changes heard on the live feed, {} events from the bus ({} already known)",
+            n.node.config.node_id,
+            m.live_changes.get(),
+            m.events_received.get(),
+            m.events_stale.get()
+        );
+    }
     cluster.shutdown().await;
     if let Some(url) = redis_url {
         floors::redis(url.split(',').next().unwrap_or(url), rate, seconds).await?;

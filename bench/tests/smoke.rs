@@ -23,6 +23,14 @@ fn bench(args: &[&str], env: &[(&str, String)]) -> String {
     stdout
 }
 
+/// The changes each node heard on its live feed ("node-N: X changes heard ...").
+fn heard_live(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter(|l| l.contains("changes heard on the live feed"))
+        .filter_map(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .collect()
+}
+
 /// "X of Y changes seen" with X == Y.
 fn nothing_missed(out: &str) {
     let line = out.lines().find(|l| l.contains("changes seen")).unwrap_or_else(|| panic!("no tally in:\n{out}"));
@@ -64,5 +72,12 @@ fn fanout_on_redis_and_kafka_beside_the_floors() {
     let out = bench(&["fanout", "--rate", "40", "--seconds", "1"], &env);
     nothing_missed(&out);
     assert!(out.contains("store redis, bus kafka"), "{out}");
+    assert!(heard_live(&out).iter().any(|&n| n > 0), "the watcher's node heard the fast path:\n{out}");
     assert!(out.contains("bare Redis PUBLISH -> SUBSCRIBE") && out.contains("bare librdkafka"), "{out}");
+    // The bus path alone, for its own comparison with librdkafka.
+    let out = bench(&["fanout", "--rate", "40", "--seconds", "1", "--no-fast-path"], &env);
+    nothing_missed(&out);
+    assert!(out.contains("fast path off"), "{out}");
+    let heard = heard_live(&out);
+    assert!(heard.len() == 2 && heard.iter().all(|&n| n == 0), "no node followed anyone:\n{out}");
 }

@@ -103,6 +103,9 @@ pub struct Args {
     /// How often the drift reconciler compares Redis with this node's counts, ms.
     #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = default_of(|c| c.reconcile_interval.as_millis()))]
     pub reconcile_interval_ms: String,
+    /// Follow watched users over Redis pub/sub (true) or let status cross nodes by Kafka alone (false).
+    #[arg(long, env = "FAST_PATH", default_value_t = default_of(|c| c.fast_path))]
+    pub fast_path: String,
     /// Users whose count may wait for Redis before a full resync is scheduled instead.
     #[arg(long, env = "MAX_PENDING_WRITES", default_value_t = default_of(|c| c.max_pending_writes))]
     pub max_pending_writes: String,
@@ -240,6 +243,9 @@ impl Args {
         );
         p.read_min("--max-subscriptions/MAX_SUBSCRIPTIONS", &self.max_subscriptions, 1, &mut node.max_subscriptions);
         p.read_min("--outbound-queue/OUTBOUND_QUEUE", &self.outbound_queue, 1, &mut node.outbound_queue);
+        if let Some(on) = p.parse::<bool>("--fast-path/FAST_PATH", &self.fast_path) {
+            node.fast_path = on;
+        }
         p.read_min("--outbound-window/OUTBOUND_WINDOW", &self.outbound_window, 1, &mut node.outbound_window);
         p.read_min(
             "--max-pending-writes/MAX_PENDING_WRITES",

@@ -50,6 +50,10 @@ pub struct NodeConfig {
     pub write_batch: usize,
     /// How often the drift reconciler compares the store with this node's counts.
     pub reconcile_interval: Duration,
+    /// Follow watched users on the store's live feed (the fast path,
+    /// `crate::live`). Off, status crosses nodes by the bus alone (slower):
+    /// for a Redis whose ACLs forbid pub/sub, or to measure the bus path.
+    pub fast_path: bool,
     /// Limits of the HTTP/WebSocket listener.
     pub http: presence_http::Limits,
     /// WebSocket connections waiting for their `auth` message at most.
@@ -86,6 +90,7 @@ impl NodeConfig {
             max_pending_writes: 100_000,
             write_batch: 256,
             reconcile_interval: Duration::from_secs(30),
+            fast_path: true,
             http: presence_http::Limits::default(),
             max_pending_auth: 10_000,
             max_connections_per_user: 100,

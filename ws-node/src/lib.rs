@@ -189,13 +189,11 @@ impl Node {
         bg.spawn(self.membership.clone().run(stop.clone()));
         bg.spawn(self.membership.clone().watch_fence(stop.clone()));
         bg.spawn(fanout.clone().run(events, stop.clone()));
-        bg.spawn(live::run(
-            self.store.clone(),
-            self.counts.clone(),
-            fanout.clone(),
-            self.metrics.clone(),
-            stop.clone(),
-        ));
+        if self.config.fast_path {
+            let live =
+                live::run(self.store.clone(), self.counts.clone(), fanout.clone(), self.metrics.clone(), stop.clone());
+            bg.spawn(live);
+        }
         bg.spawn(fanout.watch_departures(
             self.table.clone(),
             bg.clone(),
