@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use http::{Method, StatusCode};
 use presence_http::{json, metrics_response, query_param, read_body, BodyError, NotUtf8, Response};
-use presence_model::api::{PresenceView, Route};
+use presence_model::api::PresenceView;
 use presence_model::user_id::{parse_list, ListError};
 use presence_model::wire::code;
 use presence_model::{RoutingTable, UserId, UserIdError};
@@ -148,12 +148,7 @@ where
         Access::Open | Access::Keyed => dispatch(&coord, req).await,
     };
     let res = result.unwrap_or_else(ApiError::into_response);
-    let class = match res.status().as_u16() {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    coord.metrics.requests.with_label_values(&[route, class]).inc();
+    coord.metrics.request(route, res.status().as_u16());
     res
 }
 
@@ -209,14 +204,28 @@ where
     }
 }
 
-fn route_of(table: &RoutingTable, user: &UserId, stale: bool) -> Route {
+/// A route as answered, borrowing from the request and the table: the
+/// `/route` hot path serialises it without copying any string.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RouteAnswer<'a> {
+    user_id: &'a str,
+    vnode: u16,
+    node_id: Option<&'a str>,
+    url: Option<&'a str>,
+    epoch: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stale: bool,
+}
+
+fn route_of<'a>(table: &'a RoutingTable, user: &'a UserId, stale: bool) -> RouteAnswer<'a> {
     let vnode = user.vnode();
     let owner = table.owner_of_vnode(vnode);
-    Route {
-        user_id: user.to_string(),
+    RouteAnswer {
+        user_id: user.as_str(),
         vnode,
-        node_id: owner.map(|n| n.id.clone()),
-        url: owner.map(|n| n.url.clone()),
+        node_id: owner.map(|n| n.id.as_str()),
+        url: owner.map(|n| n.url.as_str()),
         epoch: table.epoch,
         stale,
     }
@@ -237,7 +246,7 @@ where
         }
         return Ok(json(StatusCode::OK, &r));
     }
-    let routes: Vec<Route> = users.iter().map(|u| route_of(&table, u, stale)).collect();
+    let routes: Vec<RouteAnswer<'_>> = users.iter().map(|u| route_of(&table, u, stale)).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "routes": routes })))
 }
 
