@@ -268,8 +268,8 @@ impl Session {
         let closing = self.node.closing();
         let conn = self.conn.clone();
         let mut window = Window::new(cfg.outbound_window);
-        // Since when the window has been full with frames waiting: the client
-        // is not reading. Past the write timeout it is dropped.
+        // Since when the window has been full: a reading client answers the
+        // probe within a round trip, so past the write timeout it is dropped.
         let mut stalled_since: Option<Instant> = None;
         // Inbound: a client sends at most `message_rate` messages a second
         // after a burst; beyond, its messages are refused, and a client that
