@@ -17,6 +17,7 @@ use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
 
 mod floors;
+mod redis_memory;
 
 const SECRET: &str = "bench-secret";
 
@@ -86,6 +87,15 @@ enum What {
         #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
         sizes: Vec<usize>,
     },
+    /// Redis memory per online user and per followed user (REDIS_URL).
+    RedisMemory {
+        /// Users to write and follow.
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// The Redis to measure (a single Redis).
+        #[arg(long, env = "REDIS_URL")]
+        redis_url: String,
+    },
     /// (child) a bare hyper hello-world server.
     ServeHello { addr: SocketAddr },
     /// (child) a coordinator of an in-process cluster on embedded backends.
@@ -121,6 +131,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             fanout(config, redis_url.as_deref(), kafka_brokers.as_deref()).await
         }
         What::Watchers { sizes } => watchers(&sizes),
+        What::RedisMemory { users, redis_url } => redis_memory::run(&redis_url, users).await,
         What::ServeHello { addr } => serve_hello(addr).await,
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,
         What::ServeNode { addr } => serve_cluster(addr, 1).await,

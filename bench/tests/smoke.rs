@@ -81,3 +81,10 @@ fn fanout_on_redis_and_kafka_beside_the_floors() {
     let heard = heard_live(&out);
     assert!(heard.len() == 2 && heard.iter().all(|&n| n == 0), "no node followed anyone:\n{out}");
 }
+
+#[test]
+fn redis_memory_per_user() {
+    let url = std::env::var("REDIS_URL").expect("REDIS_URL is not set: run the tests through ./scripts/test");
+    let out = bench(&["redis-memory", "--users", "2000"], &[("REDIS_URL", url)]);
+    assert!(out.contains("per online user") && out.contains("per followed user"), "{out}");
+}

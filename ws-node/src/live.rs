@@ -88,6 +88,10 @@ pub async fn run(
         counts.interest.take();
         counts.interest.restore(counts.watched_users().into_iter().map(|u| (u, true)));
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // Nobody may note anything soon: follow the watched users now.
+        if !update(feed.as_ref(), &counts.interest, &metrics).await {
+            retry_at = Some(tokio::time::Instant::now() + RETRY);
+        }
         loop {
             let retry = async {
                 match retry_at {
