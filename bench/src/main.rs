@@ -17,6 +17,7 @@ use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
 
 mod floors;
+mod hot_user;
 mod redis_memory;
 
 const SECRET: &str = "bench-secret";
@@ -87,6 +88,12 @@ enum What {
         #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
         sizes: Vec<usize>,
     },
+    /// One user watched by many connections over 3 nodes: time to the last watcher.
+    HotUser {
+        /// Watchers (the process limit is 20,000 files on each side).
+        #[arg(long, default_value_t = 19_000)]
+        watchers: usize,
+    },
     /// Redis memory per online user and per followed user (REDIS_URL).
     RedisMemory {
         /// Users to write and follow.
@@ -131,6 +138,7 @@ async fn run(what: What) -> anyhow::Result<()> {
             fanout(config, redis_url.as_deref(), kafka_brokers.as_deref()).await
         }
         What::Watchers { sizes } => watchers(&sizes),
+        What::HotUser { watchers } => hot_user::run(watchers).await,
         What::RedisMemory { users, redis_url } => redis_memory::run(&redis_url, users).await,
         What::ServeHello { addr } => serve_hello(addr).await,
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,

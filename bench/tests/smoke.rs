@@ -88,3 +88,12 @@ fn redis_memory_per_user() {
     let out = bench(&["redis-memory", "--users", "2000"], &[("REDIS_URL", url)]);
     assert!(out.contains("per online user") && out.contains("per followed user"), "{out}");
 }
+
+#[test]
+fn hot_user() {
+    let out = bench(&["hot-user", "--watchers", "300"], &[]);
+    for what in ["comes online", "goes offline"] {
+        let line = out.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} line:\n{out}"));
+        assert!(line.contains("300 of 300 watchers"), "every watcher heard it: {line}");
+    }
+}

@@ -1,0 +1,104 @@
+//! A hot user: one user watched by many connections spread over the nodes of
+//! a 3-node cluster (a child process, embedded backends); how long from the
+//! user's connect (and close) until the last watcher has the `status`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use presence_client::{ClientMessage, Connection, CoordinatorClient, Frame, ServerMessage, UserId};
+
+use crate::{child, percentile, welcomed, SECRET};
+
+fn token(user: &str) -> String {
+    presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
+}
+
+/// Waits for a `status` with `online` (batches come unfolded), then reports when it came.
+async fn until_status(c: &mut Connection, online: bool) -> Option<Instant> {
+    loop {
+        match c.next().await? {
+            Frame::Message(ServerMessage::Status { online: o, .. }) if o == online => return Some(Instant::now()),
+            _ => {}
+        }
+    }
+}
+
+/// Runs the measurement with `watchers` connections.
+pub async fn run(watchers: usize) -> anyhow::Result<()> {
+    let (_cluster, addr) = child("serve-route").await?;
+    let api = CoordinatorClient::new(&format!("http://{addr}"))?;
+    let hot = "hot-user";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let hot_url = loop {
+        match api.route(hot).await {
+            Ok(r) if r.url.is_some() => break r.url.context("url")?,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => anyhow::bail!("no route for the hot user: {other:?}"),
+        }
+    };
+    // Where each watcher lives, a thousand routes per call.
+    let names: Vec<String> = (0..watchers).map(|i| format!("watcher-{i}")).collect();
+    let mut urls = Vec::with_capacity(watchers);
+    for chunk in names.chunks(1000) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        urls.extend(api.routes(&refs).await?.into_iter().map(|r| r.url.unwrap_or_default()));
+    }
+    let started = Instant::now();
+    let opens = futures_util::stream::iter(names.iter().zip(&urls)).map(|(name, url)| async move {
+        let mut c = welcomed(url, token(name)).await?;
+        c.send(&ClientMessage::Subscribe { user_ids: vec![UserId::parse(hot)?] }).await?;
+        until_status(&mut c, false).await.context("the snapshot")?;
+        Ok::<_, anyhow::Error>(c)
+    });
+    let mut conns = Vec::with_capacity(watchers);
+    let mut opens = opens.buffer_unordered(256);
+    while let Some(c) = opens.next().await {
+        conns.push(c?);
+    }
+    drop(opens);
+    println!(
+        "{watchers} watchers of one user over 3 nodes, connected and subscribed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut hot_conn: Option<Connection> = None;
+    for (what, online) in
+        [("comes online (from the connect call)", true), ("goes offline (from the close call)", false)]
+    {
+        let waits: Vec<_> = conns
+            .drain(..)
+            .map(|mut c| {
+                tokio::spawn(async move {
+                    let at = until_status(&mut c, online).await;
+                    (c, at)
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        match hot_conn.take() {
+            None => hot_conn = Some(welcomed(&hot_url, token(hot)).await?),
+            Some(c) => c.close().await,
+        }
+        let mut lat = Vec::with_capacity(watchers);
+        for w in waits {
+            let (c, at) = w.await?;
+            if let Some(at) = at {
+                lat.push(at - t0);
+            }
+            conns.push(c);
+        }
+        lat.sort();
+        if lat.is_empty() {
+            anyhow::bail!("no watcher heard the change");
+        }
+        println!(
+            "  {what:<38} {} of {watchers} watchers; p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 1.0)
+        );
+    }
+    println!("  target: the last watcher within 50 ms (19,000 watchers)");
+    Ok(())
+}
