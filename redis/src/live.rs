@@ -105,11 +105,7 @@ impl Source {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(format!("live feed: {e}"));
         let (conn, timeout) = match self {
             Self::Single { url, certs, timeout } => {
-                let client = match certs {
-                    Some(c) => redis::Client::build_with_tls(url.as_str(), c.clone()),
-                    None => redis::Client::open(url.as_str()),
-                }
-                .map_err(unavailable)?;
+                let client = crate::store::client(url, certs.as_ref()).map_err(unavailable)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(*timeout))
                     .set_response_timeout(Some(*timeout))
@@ -120,15 +116,11 @@ impl Source {
                 (Subscriber::Single(conn), *timeout)
             }
             Self::Cluster { urls, certs, timeout } => {
-                let mut builder = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
-                    .connection_timeout(*timeout)
-                    .response_timeout(*timeout)
+                let client = crate::store::cluster_builder(urls, certs.as_ref(), *timeout)
                     .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(push);
-                if let Some(c) = certs {
-                    builder = builder.certs(c.clone());
-                }
-                let client = builder.build().map_err(unavailable)?;
+                    .push_sender(push)
+                    .build()
+                    .map_err(unavailable)?;
                 let conn = client.get_async_connection().await.map_err(unavailable)?;
                 (Subscriber::Cluster(conn), *timeout)
             }

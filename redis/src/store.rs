@@ -132,21 +132,11 @@ pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError>
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let certs = config.tls.load()?;
-    let open = |url: &str| match &certs {
-        Some(c) => redis::Client::build_with_tls(url, c.clone()),
-        None => redis::Client::open(url),
-    };
-    let notice_client = open(first).map_err(unavailable)?;
+    let notice_client = client(first, certs.as_ref()).map_err(unavailable)?;
     let feeds = crate::live::Source::new(&config.urls, config.cluster, certs.clone(), config.op_timeout);
     if config.cluster {
-        let mut builder = redis::cluster::ClusterClient::builder(config.urls.iter().map(String::as_str))
-            .connection_timeout(config.op_timeout)
-            .response_timeout(config.op_timeout)
-            .retries(2);
-        if let Some(c) = &certs {
-            builder = builder.certs(c.clone());
-        }
-        let client = builder.build().map_err(unavailable)?;
+        let client =
+            cluster_builder(&config.urls, certs.as_ref(), config.op_timeout).retries(2).build().map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
         Ok(Arc::new(RedisStore::new(conn, notice_client, config, feeds)))
     } else {
@@ -155,9 +145,33 @@ pub async fn connect(config: &RedisConfig) -> Result<Arc<dyn Store>, StoreError>
             .set_response_timeout(Some(config.op_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let client = open(first).map_err(unavailable)?;
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, mgr_config).map_err(unavailable)?;
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(notice_client.clone(), mgr_config)
+            .map_err(unavailable)?;
         Ok(Arc::new(RedisStore::new(conn, notice_client, config, feeds)))
+    }
+}
+
+/// A client of one Redis, over TLS with `certs` when given (`rediss://`).
+pub(crate) fn client(url: &str, certs: Option<&redis::TlsCertificates>) -> RedisResult<redis::Client> {
+    match certs {
+        Some(c) => redis::Client::build_with_tls(url, c.clone()),
+        None => redis::Client::open(url),
+    }
+}
+
+/// A Redis Cluster client with the operation timeout and TLS settings; the
+/// caller adds what its connection needs.
+pub(crate) fn cluster_builder(
+    urls: &[String],
+    certs: Option<&redis::TlsCertificates>,
+    timeout: Duration,
+) -> redis::cluster::ClusterClientBuilder {
+    let builder = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout);
+    match certs {
+        Some(c) => builder.certs(c.clone()),
+        None => builder,
     }
 }
 

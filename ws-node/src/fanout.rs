@@ -140,7 +140,7 @@ enum Verdict {
 
 impl Fanout {
     /// Reads these users' states from the store and applies what is newer.
-    pub(crate) async fn reread(&self, users: &[presence_model::UserId]) -> Result<(), presence_backend::StoreError> {
+    async fn reread(&self, users: &[presence_model::UserId]) -> Result<(), presence_backend::StoreError> {
         let states = self.store.presence(users).await.inspect_err(|_| self.metrics.store_errors.inc())?;
         let now = presence_model::time::now_ms();
         for p in &states {
@@ -161,14 +161,21 @@ impl Fanout {
 
     /// Re-reads every held user's state from the store (after missed events).
     pub async fn resync_held(&self) {
-        let users = self.counts.all_users();
         self.metrics.resyncs.inc();
-        for chunk in users.chunks(1000) {
-            if let Err(e) = self.reread(chunk).await {
-                tracing::warn!(node = %self.node_id, error = %e, "resync from store failed; the next one retries");
-                return;
-            }
+        if let Err(e) = self.reread_all(&self.counts.all_users()).await {
+            tracing::warn!(node = %self.node_id, error = %e, "resync from store failed; the next one retries");
         }
+    }
+
+    /// Re-reads these users' states a thousand at a time; stops at the first failure.
+    pub(crate) async fn reread_all(
+        &self,
+        users: &[presence_model::UserId],
+    ) -> Result<(), presence_backend::StoreError> {
+        for chunk in users.chunks(1000) {
+            self.reread(chunk).await?;
+        }
+        Ok(())
     }
 
     fn judge(&self, e: &StatusEvent, now_us: u64) -> Verdict {

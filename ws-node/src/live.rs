@@ -87,11 +87,8 @@ pub async fn run(
         metrics.live_followed.set(0);
         counts.interest.take();
         counts.interest.restore(counts.watched_users().into_iter().map(|u| (u, true)));
-        let mut retry_at: Option<tokio::time::Instant> = None;
         // Nobody may note anything soon: follow the watched users now.
-        if !update(feed.as_ref(), &counts.interest, &metrics).await {
-            retry_at = Some(tokio::time::Instant::now() + RETRY);
-        }
+        let mut retry_at = update(feed.as_ref(), &counts.interest, &metrics).await;
         loop {
             let retry = async {
                 match retry_at {
@@ -112,16 +109,12 @@ pub async fn run(
                     }
                     None => break,
                 },
-                _ = counts.interest.wake.notified() => {
-                    if retry_at.is_none() && !update(feed.as_ref(), &counts.interest, &metrics).await {
-                        retry_at = Some(tokio::time::Instant::now() + RETRY);
-                    }
+                // While a retry is due, new notes wait for it.
+                _ = counts.interest.wake.notified(), if retry_at.is_none() => {
+                    retry_at = update(feed.as_ref(), &counts.interest, &metrics).await;
                 }
                 _ = retry => {
-                    retry_at = None;
-                    if !update(feed.as_ref(), &counts.interest, &metrics).await {
-                        retry_at = Some(tokio::time::Instant::now() + RETRY);
-                    }
+                    retry_at = update(feed.as_ref(), &counts.interest, &metrics).await;
                 }
             }
         }
@@ -131,21 +124,17 @@ pub async fn run(
 
 /// Re-reads the watched users from the store (changes may have been missed).
 async fn resync_watched(counts: &Counts, fanout: &Fanout) {
-    let users = counts.watched_users();
-    for chunk in users.chunks(1000) {
-        if let Err(e) = fanout.reread(chunk).await {
-            tracing::debug!(node = %fanout.node_id, error = %e, "re-read after a live gap failed; the bus repairs it");
-            return;
-        }
+    if let Err(e) = fanout.reread_all(&counts.watched_users()).await {
+        tracing::debug!(node = %fanout.node_id, error = %e, "re-read after a live gap failed; the bus repairs it");
     }
 }
 
-/// Applies the pending follow/unfollow words. `false` when the feed failed
-/// (what was not done is kept for the next try).
-async fn update(feed: &dyn LiveFeed, interest: &Interest, metrics: &Metrics) -> bool {
+/// Applies the pending follow/unfollow words. When the feed failed, what
+/// was not done is kept and the time of the next try is returned.
+async fn update(feed: &dyn LiveFeed, interest: &Interest, metrics: &Metrics) -> Option<tokio::time::Instant> {
     let changes = interest.take();
     if changes.is_empty() {
-        return true;
+        return None;
     }
     let (follow, unfollow): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(_, w)| *w);
     let follow: Vec<UserId> = follow.into_iter().map(|(u, _)| u).collect();
@@ -163,12 +152,12 @@ async fn update(feed: &dyn LiveFeed, interest: &Interest, metrics: &Metrics) -> 
                     let rest = users[i * BATCH..].iter().map(|u| (u.clone(), watched));
                     let later = if watched { Vec::new() } else { follow.iter().map(|u| (u.clone(), true)).collect() };
                     interest.restore(rest.chain(later));
-                    return false;
+                    return Some(tokio::time::Instant::now() + RETRY);
                 }
             }
         }
     }
-    true
+    None
 }
 
 #[cfg(test)]
