@@ -17,10 +17,14 @@ use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
 
 mod floors;
+mod heap;
 mod hot_user;
 mod redis_memory;
 
 const SECRET: &str = "bench-secret";
+
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
 
 #[derive(Parser)]
 #[command(about = "Speed and size benchmarks (see BENCHMARKS.md).")]
@@ -115,11 +119,11 @@ enum What {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Servers get one thread; drivers two.
     // Servers get one thread (BENCH_SERVER_THREADS to change it), drivers two.
     let server_threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
     let threads = match cli.what {
         What::ServeHello { .. } | What::ServeRoute { .. } | What::ServeNode { .. } | What::ServeEcho { .. } => {
+            heap::report_if_asked();
             server_threads
         }
         _ => 2,
@@ -197,8 +201,15 @@ fn vnode() -> anyhow::Result<()> {
 async fn child(sub: &str) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let child = tokio::process::Command::new(std::env::current_exe()?)
+    // BENCH_WRAP runs the server under a profiler, e.g. `heaptrack` or `perf record -g`
+    // (the resident-memory figures are then the profiler's, not the server's).
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace().map(String::from).collect::<Vec<_>>();
+    words.push(std::env::current_exe()?.to_string_lossy().into_owned());
+    let child = tokio::process::Command::new(&words[0])
+        .args(&words[1..])
         .args([sub, &addr.to_string()])
+        .env(heap::FILE_VAR, heap_file(addr))
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -211,6 +222,11 @@ async fn child(sub: &str) -> anyhow::Result<(tokio::process::Child, SocketAddr)>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("{sub} did not start")
+}
+
+/// Where the server child on `addr` reports its live heap bytes.
+fn heap_file(addr: SocketAddr) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("presence-bench-heap-{}-{}", std::process::id(), addr.port()))
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -307,31 +323,70 @@ async fn open_many(url: &str, count: usize, auth: bool, concurrency: usize) -> a
     Ok(conns)
 }
 
-/// RSS growth of server `pid` per connection while `count` connections are open.
-async fn per_connection(pid: u32, url: &str, count: usize, auth: bool) -> anyhow::Result<f64> {
+/// What one connection costs a server: resident memory growth and live heap growth.
+struct PerConnection {
+    rss: f64,
+    heap: f64,
+    /// The allocation sizes that grew most: (class upper bound, allocations per connection).
+    sizes: Vec<(usize, f64)>,
+}
+
+impl PerConnection {
+    fn print_sizes(&self) {
+        let classes: Vec<String> = self.sizes.iter().map(|(size, n)| format!("{n:.2} x <={size} B")).collect();
+        println!("    heap per connection by allocation size: {}", classes.join(", "));
+    }
+}
+
+/// Growth of server `pid` (reporting its heap into `heap`) per connection while `count` connections are open.
+async fn per_connection(
+    pid: u32,
+    heap: &std::path::Path,
+    url: &str,
+    count: usize,
+    auth: bool,
+) -> anyhow::Result<PerConnection> {
     // A first small batch warms allocator pools and the server's maps.
     let warm = open_many(url, 200, auth, 64).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(pid)?;
+    let (rss_before, heap_before) = (rss_kib(pid)?, heap::read(heap));
     let conns = open_many(url, count, auth, 256).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid)?;
+    let (rss_after, heap_after) = (rss_kib(pid)?, heap::read(heap));
     drop(conns);
     drop(warm);
-    Ok((after.saturating_sub(before)) as f64 * 1024.0 / count as f64)
+    Ok(PerConnection {
+        rss: (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / count as f64,
+        heap: (heap_after.live - heap_before.live) as f64 / count as f64,
+        sizes: heap_after
+            .grown_since(&heap_before, 12)
+            .into_iter()
+            .map(|(size, n)| (size, n as f64 / count as f64))
+            .collect(),
+    })
 }
 
 async fn idle(count: usize) -> anyhow::Result<()> {
     let (node, addr) = child("serve-node").await?;
-    let ours = per_connection(node.id().context("pid")?, &format!("ws://{addr}/socket"), count, true).await?;
+    let ours = per_connection(node.id().context("pid")?, &heap_file(addr), &format!("ws://{addr}/socket"), count, true)
+        .await?;
     drop(node);
     let (echo, addr) = child("serve-echo").await?;
-    let bare = per_connection(echo.id().context("pid")?, &format!("ws://{addr}/"), count, false).await?;
+    let bare =
+        per_connection(echo.id().context("pid")?, &heap_file(addr), &format!("ws://{addr}/"), count, false).await?;
     drop(echo);
-    println!("{count} idle connections, resident memory growth of the server per connection:");
-    println!("  ws-node, authenticated (welcome sent, counted, in the hub): {:>8.0} bytes", ours);
-    println!("  bare tungstenite echo server, default configuration:       {:>8.0} bytes", bare);
-    println!("  target: at most 3 KiB = 3072 bytes");
+    println!("{count} idle connections, growth of the server per connection (resident; of it, live heap):");
+    println!(
+        "  ws-node, authenticated (welcome sent, counted, in the hub): {:>8.0} bytes resident, {:>8.0} bytes heap",
+        ours.rss, ours.heap
+    );
+    ours.print_sizes();
+    println!(
+        "  bare tungstenite echo server, default configuration:       {:>8.0} bytes resident, {:>8.0} bytes heap",
+        bare.rss, bare.heap
+    );
+    bare.print_sizes();
+    println!("  target: at most 3 KiB = 3072 bytes resident");
     Ok(())
 }
 

@@ -42,7 +42,9 @@ pub struct NodeConfig {
     /// Outbox frames a connection may have unacknowledged (`conn::Window`):
     /// how far behind a slow reader can be before its statuses conflate.
     pub outbound_window: u32,
-    /// tungstenite's per-connection read buffer, in bytes (eagerly allocated).
+    /// tungstenite's per-connection read buffer, in bytes (eagerly allocated,
+    /// so every idle connection pays it). Client messages are small; a
+    /// larger frame grows the buffer to its size (up to `max_frame_bytes`).
     pub read_buffer_bytes: usize,
     /// Users whose count may wait for the store before a full resync is scheduled instead.
     pub max_pending_writes: usize,
@@ -86,7 +88,7 @@ impl NodeConfig {
             outbound_queue: 64,
             write_timeout: Duration::from_secs(10),
             outbound_window: 8,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 128,
             max_pending_writes: 100_000,
             write_batch: 256,
             reconcile_interval: Duration::from_secs(30),

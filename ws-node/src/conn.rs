@@ -20,6 +20,7 @@
 //! handoff) goes through these `push` methods, which never wait.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use presence_model::UserId;
@@ -87,8 +88,21 @@ struct ConnShared {
     outbox: Mutex<Outbox>,
     /// Rung when something was queued.
     ready: Notify,
-    /// Rung when the queue of other messages overflowed: the session drops the client.
-    overflow: Notify,
+    /// Rung when the session must end: the queue of other messages
+    /// overflowed (the session drops the client), or the node closes. One
+    /// signal for both keeps an idle session's wait small.
+    control: Notify,
+    overflowed: AtomicBool,
+    closing: AtomicBool,
+}
+
+/// Why a session was told to end (see [`Conn::told`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Told {
+    /// The node is closing.
+    Closing,
+    /// The queue of other messages overflowed.
+    Overflow,
 }
 
 impl Conn {
@@ -99,7 +113,9 @@ impl Conn {
             max_others: max_others.max(1),
             outbox: Mutex::new(Outbox::default()),
             ready: Notify::new(),
-            overflow: Notify::new(),
+            control: Notify::new(),
+            overflowed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         };
         Self { inner: Arc::new(shared) }
     }
@@ -113,9 +129,24 @@ impl Conn {
         self.inner.id
     }
 
-    /// Waits until a push found the queue of other messages full.
-    pub async fn overflowed(&self) {
-        self.inner.overflow.notified().await
+    /// Waits until the session must end: the node closes, or a push found
+    /// the queue of other messages full.
+    pub async fn told(&self) -> Told {
+        loop {
+            if self.inner.closing.load(Ordering::Acquire) {
+                return Told::Closing;
+            }
+            if self.inner.overflowed.load(Ordering::Acquire) {
+                return Told::Overflow;
+            }
+            self.inner.control.notified().await;
+        }
+    }
+
+    /// Tells the session that the node closes.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.inner.control.notify_one();
     }
 
     /// Waits until something may be waiting to be taken.
@@ -165,14 +196,15 @@ impl Conn {
     }
 
     /// Queues another message. A full queue means the client reads too
-    /// slowly: it is told to go (see [`Conn::overflowed`]) and counted.
+    /// slowly: it is told to go (see [`Conn::told`]) and counted.
     pub fn push(&self, out: Outbound, metrics: &Metrics) {
         {
             let mut o = self.outbox();
             if o.others.len() >= self.inner.max_others {
                 drop(o);
                 metrics.slow_consumers.inc();
-                self.inner.overflow.notify_one();
+                self.inner.overflowed.store(true, Ordering::Release);
+                self.inner.control.notify_one();
                 return;
             }
             o.others.push_back(out);
@@ -393,7 +425,9 @@ mod tests {
         c.push(Outbound::Text("x".into()), &m);
         c.push(Outbound::Text("y".into()), &m);
         assert_eq!(m.slow_consumers.get(), 1);
-        assert!(futures_util::FutureExt::now_or_never(c.overflowed()).is_some());
+        assert_eq!(futures_util::FutureExt::now_or_never(c.told()), Some(Told::Overflow));
+        c.close();
+        assert_eq!(futures_util::FutureExt::now_or_never(c.told()), Some(Told::Closing), "closing comes first");
     }
 
     #[test]

@@ -198,6 +198,15 @@ impl Counts {
         Some(fanout::deliver(e, now_ms, quiet))
     }
 
+    /// Tells every connection's session that the node closes.
+    pub fn close_all(&self) {
+        for s in self.each_shard() {
+            for e in s.values() {
+                e.conns.iter().for_each(Conn::close);
+            }
+        }
+    }
+
     /// The node's live connections of each user: what the writer writes.
     pub fn local_counts(&self, users: &[UserId]) -> Vec<CountUpdate> {
         users

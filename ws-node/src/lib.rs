@@ -285,6 +285,8 @@ impl Node {
     pub async fn shutdown(&self) {
         let life = &self.lifecycle;
         life.sessions.cancel();
+        // Sessions wait on their connection's signal, not on the token.
+        self.counts.close_all();
         life.session_tasks.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, life.session_tasks.wait()).await;
         // The writer ends with a final flush; only then are all events queued on the bus.

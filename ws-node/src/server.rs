@@ -81,6 +81,29 @@ fn request_token(req: &Request) -> Result<Option<String>, presence_http::NotUtf8
     }
 }
 
+/// The session task: waits for hyper to hand over the socket, then runs the
+/// session on it. Everything it holds lives as long as the connection, so it
+/// holds little (see [`session::run`]).
+#[allow(clippy::manual_async_fn)] // see `session::run`: an `async fn` would hold its arguments twice
+fn upgraded(
+    node: Arc<Node>,
+    upgrade: hyper::upgrade::OnUpgrade,
+    slot: Option<Arc<presence_http::Slot>>,
+    start: Box<session::Start>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let _slot = slot;
+        match upgrade.await {
+            Ok(io) => {
+                let config = node.config.websocket();
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
+                session::run(node, ws, start).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
+        }
+    }
+}
+
 fn upgrade(node: Arc<Node>, req: Request) -> Response {
     let headers = req.headers();
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
@@ -135,17 +158,10 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
     // The connection's place under the listener's caps stays taken while the socket lives.
     let slot = req.extensions().get::<std::sync::Arc<presence_http::Slot>>().cloned();
     let accept = derive_accept_key(key.as_bytes());
-    let ws_config = node.config.websocket();
-    node.clone().spawn_session(async move {
-        let _slot = slot;
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(node, ws, pre_auth, waiting).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade did not complete"),
-        }
-    });
+    // The request is dropped here: the session task keeps only what it needs.
+    let upgrade = hyper::upgrade::on(req);
+    let start = Box::new(session::Start { pre_auth, waiting });
+    node.clone().spawn_session(upgraded(node, upgrade, slot, start));
     let mut res = Response::new(presence_http::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();

@@ -23,12 +23,12 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use presence_model::auth::Identity;
 use presence_model::wire::{close, code, parse_client, ClientMessage, ServerMessage};
 use presence_model::{EventReason, UserId};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::conn::{statuses_frame, Conn, Outbound, Pace, Taken, Window};
+use crate::conn::{statuses_frame, Conn, Outbound, Pace, Taken, Told, Window};
 use crate::handoff::{self, Deadline};
 use crate::Node;
 
@@ -70,21 +70,65 @@ impl Ending {
     }
 }
 
-/// Runs a connection. `pre_auth` is the user when the upgrade request carried
-/// a valid token; otherwise the first message must be `auth`, and `waiting`
-/// holds the connection's place among those waiting for it until it came.
-pub async fn run<S>(node: Arc<Node>, mut ws: S, pre_auth: Option<Identity>, waiting: Option<crate::PendingAuth>)
+/// How a connection starts: the user when the upgrade request carried a
+/// valid token (else the first message must be `auth`), and the connection's
+/// place among those waiting for it until it came.
+pub struct Start {
+    /// The user of a token sent with the upgrade.
+    pub pre_auth: Option<Identity>,
+    /// The place held among connections waiting to authenticate.
+    pub waiting: Option<crate::PendingAuth>,
+}
+
+/// Runs a connection.
+///
+/// Memory: an idle connection is this task's future and little else, so its
+/// size is the per-connection cost (`BENCHMARKS.md`). Only what an idle
+/// connection waits on lives in it inline: the start (authentication,
+/// ownership checks, `welcome`), the handling of each client frame and the
+/// goodbye are boxed futures that exist only while they run.
+///
+/// Not an `async fn`: that would hold the socket twice, once as the argument
+/// and once as the body's binding of it (rust-lang/rust#62958); the block
+/// below uses the captured socket in place.
+#[allow(clippy::manual_async_fn)] // see `session::run`: an `async fn` would hold its arguments twice
+pub fn run<S>(node: Arc<Node>, mut ws: S, start: Box<Start>) -> impl std::future::Future<Output = ()>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
+    async move {
+        let Some(mut opened) = Box::pin(open(&node, &mut ws, start)).await else { return };
+        let end = if opened.welcomed { opened.session.serve(&mut ws).await } else { None };
+        Box::pin(finish(&node, &mut ws, opened, end)).await;
+    }
+}
+
+/// An accepted connection: counted, and (if `welcomed`) told so.
+struct Opened {
+    session: Session,
+    conn_uuid: uuid::Uuid,
+    welcomed: bool,
+}
+
+/// Authenticates, checks that this node serves the user, counts the
+/// connection and sends `welcome`; `None` when the connection was refused
+/// (and closed).
+async fn open<S>(node: &Arc<Node>, ws: &mut S, start: Box<Start>) -> Option<Opened>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let Start { pre_auth, waiting } = *start;
     let identity = match pre_auth {
         Some(i) => i,
         None => {
-            let authenticated = authenticate(&node, &mut ws).await;
+            let authenticated = authenticate(node, ws).await;
             drop(waiting);
             match authenticated {
                 Ok(i) => i,
-                Err(end) => return close_with(&node, &mut ws, end).await,
+                Err(end) => {
+                    close_with(node, ws, end).await;
+                    return None;
+                }
             }
         }
     };
@@ -98,23 +142,27 @@ where
     }
     let Some(table) = node.table.get() else {
         let m = ServerMessage::error(code::UNAVAILABLE, "node has no routing table yet; retry shortly");
-        return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no routing table")).await;
+        close_with(node, ws, Ending::after(m, close::TRY_AGAIN_LATER, "no routing table")).await;
+        return None;
     };
     if node.membership.is_fenced() {
         let m =
             ServerMessage::error(code::UNAVAILABLE, "node lost its registration; ask the coordinator again shortly");
-        return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "fenced")).await;
+        close_with(node, ws, Ending::after(m, close::TRY_AGAIN_LATER, "fenced")).await;
+        return None;
     }
     match table.owner(user.as_str()) {
         Some(owner) if owner.id == node.config.node_id => {}
         Some(owner) => {
             node.metrics.redirects.inc();
             let m = ServerMessage::Redirect { url: owner.url.clone(), epoch: table.epoch };
-            return close_with(&node, &mut ws, Ending::after(m, close::WRONG_NODE, "wrong node")).await;
+            close_with(node, ws, Ending::after(m, close::WRONG_NODE, "wrong node")).await;
+            return None;
         }
         None => {
             let m = ServerMessage::error(code::UNAVAILABLE, "no live node owns this user's vnode; retry shortly");
-            return close_with(&node, &mut ws, Ending::after(m, close::TRY_AGAIN_LATER, "no owner")).await;
+            close_with(node, ws, Ending::after(m, close::TRY_AGAIN_LATER, "no owner")).await;
+            return None;
         }
     }
     // Connections per user, cluster-wide: the user's vnode lives here, so the
@@ -126,12 +174,13 @@ where
             code::TOO_MANY_USER_CONNECTIONS,
             format!("a user may hold at most {limit} connections"),
         );
-        return close_with(&node, &mut ws, Ending::after(m, close::RATE_LIMITED, "too many connections")).await;
+        close_with(node, ws, Ending::after(m, close::RATE_LIMITED, "too many connections")).await;
+        return None;
     }
-    let conn_uuid = uuid::Uuid::new_v4().to_string();
+    let conn_uuid = uuid::Uuid::new_v4();
     let conn = Conn::new(node.next_conn_id(), node.config.outbound_queue);
     node.counts.connect(&user, conn.clone());
-    let written = node.pending.mark_and_wait(&user, Some(&conn_uuid));
+    let written = node.pending.mark_and_wait(&user, Some(&conn_uuid.to_string()));
     node.metrics.connects.inc();
     node.metrics.connections.inc();
     // Welcome only once the store counts this connection (unless the store is
@@ -144,13 +193,13 @@ where
     }
     let welcome = ServerMessage::Welcome {
         user_id: user.clone(),
-        connection_id: conn_uuid.clone(),
+        connection_id: conn_uuid.to_string(),
         node_id: node.config.node_id.clone(),
         epoch: table.epoch,
         connections: node.counts.estimate(&user),
         token_expires_at: Some(identity.expires_at_ms),
     };
-    let mut session = Session {
+    let session = Session {
         node: node.clone(),
         conn,
         subs: HashSet::new(),
@@ -162,15 +211,24 @@ where
     if let Some(t) = node.table.get() {
         handoff::tell_if_moved(&t, &user, &node.config.node_id, &session.conn, &node.metrics);
     }
-    let end =
-        if send(&mut ws, &welcome, node.config.write_timeout).await { session.serve(&mut ws).await } else { None };
+    let welcomed = send(ws, &welcome, node.config.write_timeout).await;
+    Some(Opened { session, conn_uuid, welcomed })
+}
+
+/// Uncounts the connection and, unless the socket is gone, says goodbye.
+async fn finish<S>(node: &Node, ws: &mut S, mut opened: Opened, end: Option<Box<Ending>>)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let session = &mut opened.session;
     let watched: Vec<UserId> = session.subs.drain().collect();
-    node.counts.disconnect(&user, session.conn.id(), &watched);
-    node.pending.mark(&user, Some(&conn_uuid), Some(end.as_ref().map_or(EventReason::Closed, |e| e.why)));
+    node.counts.disconnect(&session.user, session.conn.id(), &watched);
+    let why = end.as_ref().map_or(EventReason::Closed, |e| e.why);
+    node.pending.mark(&session.user, Some(&opened.conn_uuid.to_string()), Some(why));
     node.metrics.disconnects.inc();
     node.metrics.connections.dec();
     if let Some(end) = end {
-        close_with(&node, &mut ws, end).await;
+        close_with(node, ws, *end).await;
     }
 }
 
@@ -231,6 +289,35 @@ fn too_large(node: &Node) -> Ending {
     )
 }
 
+/// What woke the main loop.
+enum Woken {
+    Outbox,
+    Timer,
+    Frame(Option<Result<Message, WsError>>),
+}
+
+/// What the main loop does after a wake-up (`None`: the socket is gone).
+enum Step {
+    Go,
+    End(Ending),
+}
+
+/// The main loop's bookkeeping.
+struct LoopState {
+    next_ping: Instant,
+    /// When the client was last heard from (any frame answers a ping).
+    last_heard: Instant,
+    window: Window,
+    /// Since when the window has been full: a reading client answers the
+    /// probe within a round trip, so past the write timeout it is dropped.
+    stalled_since: Option<Instant>,
+    /// Inbound: a client sends at most `message_rate` messages a second
+    /// after a burst; beyond, its messages are refused, and a client that
+    /// keeps going for another whole burst is closed (4029).
+    inbound: Pace,
+    refused: u32,
+}
+
 /// An authenticated connection's state.
 struct Session {
     node: Arc<Node>,
@@ -256,124 +343,162 @@ fn expiry_instant(at_ms: u64) -> Instant {
 impl Session {
     /// The main loop. Returns how to close, or `None` when the socket is gone
     /// (or the client stopped taking frames: it is not owed a close).
-    async fn serve<S>(&mut self, ws: &mut S) -> Option<Ending>
+    ///
+    /// An idle connection waits here, so what it waits on is kept small: one
+    /// timer for every deadline (the next ping, the token's expiry, the
+    /// handoff's close, a stalled window's limit), the outbox's and the
+    /// node's signals, and the socket; what happens on a wake-up runs in a
+    /// boxed future.
+    async fn serve<S>(&mut self, ws: &mut S) -> Option<Box<Ending>>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
         let node = self.node.clone();
         let cfg = &node.config;
-        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        let mut last_heard = Instant::now();
-        let closing = self.node.closing();
+        let closing = node.closing();
         let conn = self.conn.clone();
-        let mut window = Window::new(cfg.outbound_window);
-        // Since when the window has been full: a reading client answers the
-        // probe within a round trip, so past the write timeout it is dropped.
-        let mut stalled_since: Option<Instant> = None;
-        // Inbound: a client sends at most `message_rate` messages a second
-        // after a burst; beyond, its messages are refused, and a client that
-        // keeps going for another whole burst is closed (4029).
-        let mut inbound = Pace::new(cfg.message_rate, cfg.message_burst);
-        let mut refused = 0u32;
+        let mut state = LoopState {
+            next_ping: Instant::now() + cfg.ping_interval,
+            last_heard: Instant::now(),
+            window: Window::new(cfg.outbound_window),
+            stalled_since: None,
+            inbound: Pace::new(cfg.message_rate, cfg.message_burst),
+            refused: 0,
+        };
         loop {
-            let stall = async move {
-                match stalled_since {
-                    Some(at) => tokio::time::sleep_until(at + cfg.write_timeout).await,
-                    None => std::future::pending().await,
-                }
+            let stall_at = state.stalled_since.map(|at| at + cfg.write_timeout);
+            let wake_at = [Some(state.next_ping), Some(self.expires), self.handoff.at(), stall_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(state.next_ping);
+            // Closing is also told through the connection (`Node::shutdown`);
+            // this catches a session that starts after that.
+            if closing.is_cancelled() {
+                return Some(Box::new(Ending::new(close::GOING_AWAY, "node shutting down")));
+            }
+            let woken = tokio::select! {
+                told = conn.told() => match told {
+                    Told::Closing => return Some(Box::new(Ending::new(close::GOING_AWAY, "node shutting down"))),
+                    Told::Overflow => {
+                        self.node.metrics.client_errors.with_label_values(&[code::SLOW_CONSUMER]).inc();
+                        let m = ServerMessage::error(code::SLOW_CONSUMER, "outbound queue overflowed; reconnect and read faster");
+                        return Some(Box::new(Ending::after(m, close::LIMIT, "slow consumer")));
+                    }
+                },
+                _ = conn.ready(), if state.window.is_open() => Woken::Outbox,
+                _ = tokio::time::sleep_until(wake_at) => Woken::Timer,
+                frame = ws.next() => Woken::Frame(frame),
             };
-            tokio::select! {
-                _ = closing.cancelled() => {
-                    return Some(Ending::new(close::GOING_AWAY, "node shutting down"));
-                }
-                _ = conn.overflowed() => {
-                    self.node.metrics.client_errors.with_label_values(&[code::SLOW_CONSUMER]).inc();
-                    let m = ServerMessage::error(code::SLOW_CONSUMER, "outbound queue overflowed; reconnect and read faster");
-                    return Some(Ending::after(m, close::LIMIT, "slow consumer"));
-                }
-                _ = self.handoff.passed() => return Some(Ending::new(close::HANDOFF, "handoff")),
-                _ = tokio::time::sleep_until(self.expires) => {
-                    self.node.metrics.client_errors.with_label_values(&[code::TOKEN_EXPIRED]).inc();
-                    let m = ServerMessage::error(code::TOKEN_EXPIRED, "the token expired; send a fresh auth before it does");
-                    return Some(Ending::after(m, close::UNAUTHORIZED, "token expired").because(EventReason::TokenExpired));
-                }
-                _ = conn.ready(), if window.is_open() => {
-                    if !self.write_outbox(ws, &mut window, &mut stalled_since).await {
-                        return None;
-                    }
-                }
-                _ = stall => {
-                    self.node.metrics.slow_consumers.inc();
-                    tracing::debug!(node = %self.node.config.node_id, "client read nothing within the write timeout; dropped");
-                    return None;
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= cfg.pong_timeout {
-                        return Some(Ending::new(close::NORMAL, "ping timeout").because(EventReason::Timeout));
-                    }
-                    if !self.write(ws, Message::Ping(Default::default())).await {
-                        return None;
-                    }
-                }
-                frame = ws.next() => {
-                    last_heard = Instant::now();
-                    match frame {
-                        Some(Ok(Message::Text(t))) => {
-                            if inbound.take().is_err() {
-                                refused += 1;
-                                if refused > cfg.message_burst {
-                                    self.node.metrics.client_errors.with_label_values(&[code::RATE_LIMITED]).inc();
-                                    let m = ServerMessage::error(code::RATE_LIMITED, "messages sent too fast; closing");
-                                    return Some(Ending::after(m, close::RATE_LIMITED, "rate limited").because(EventReason::Kicked));
-                                }
-                                let limit = cfg.message_rate;
-                                if !self.reply_error(ws, code::RATE_LIMITED, &format!("at most {limit} messages a second; this one was dropped")).await {
-                                    return None;
-                                }
-                                continue;
-                            }
-                            refused = 0;
-                            if let Some(end) = self.on_text(ws, &t).await {
-                                return Some(end);
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            if !self.reply_error(ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported").await {
-                                return None;
-                            }
-                        }
-                        // tungstenite queues the pong; flush it out now.
-                        Some(Ok(Message::Ping(_))) => {
-                            let flushed = tokio::time::timeout(cfg.write_timeout, ws.flush()).await;
-                            if !matches!(flushed, Ok(Ok(()))) {
-                                return None;
-                            }
-                        }
-                        Some(Ok(Message::Pong(payload))) => {
-                            window.pong(&payload);
-                            if window.is_open() {
-                                stalled_since = None;
-                                if conn.pending() > 0 && !self.write_outbox(ws, &mut window, &mut stalled_since).await {
-                                    return None;
-                                }
-                            }
-                        }
-                        Some(Ok(Message::Frame(_))) => {}
-                        Some(Err(WsError::Capacity(_))) => return Some(too_large(&self.node)),
-                        Some(Ok(Message::Close(_))) => return Some(Ending::new(close::NORMAL, "bye")),
-                        Some(Err(_)) | None => return None,
-                    }
-                }
+            let step = match woken {
+                Woken::Outbox => Box::pin(self.write_outbox(ws, &mut state)).await.then_some(Step::Go),
+                Woken::Timer => Box::pin(self.on_timer(ws, &mut state)).await,
+                Woken::Frame(frame) => Box::pin(self.on_frame(ws, frame, &mut state)).await,
+            };
+            match step {
+                Some(Step::Go) => {}
+                Some(Step::End(end)) => return Some(Box::new(end)),
+                None => return None,
             }
         }
     }
 
+    /// The timer rang: whichever deadlines passed.
+    async fn on_timer<S>(&mut self, ws: &mut S, state: &mut LoopState) -> Option<Step>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let cfg = &self.node.config;
+        let now = Instant::now();
+        if self.handoff.at().is_some_and(|at| at <= now) {
+            return Some(Step::End(Ending::new(close::HANDOFF, "handoff")));
+        }
+        if self.expires <= now {
+            self.node.metrics.client_errors.with_label_values(&[code::TOKEN_EXPIRED]).inc();
+            let m = ServerMessage::error(code::TOKEN_EXPIRED, "the token expired; send a fresh auth before it does");
+            let end = Ending::after(m, close::UNAUTHORIZED, "token expired").because(EventReason::TokenExpired);
+            return Some(Step::End(end));
+        }
+        if state.stalled_since.is_some_and(|at| at + cfg.write_timeout <= now) {
+            self.node.metrics.slow_consumers.inc();
+            tracing::debug!(node = %cfg.node_id, "client read nothing within the write timeout; dropped");
+            return None;
+        }
+        if state.next_ping <= now {
+            if state.last_heard.elapsed() >= cfg.pong_timeout {
+                return Some(Step::End(Ending::new(close::NORMAL, "ping timeout").because(EventReason::Timeout)));
+            }
+            // A late tick is not made up for: the next ping is an interval from now.
+            state.next_ping = now + cfg.ping_interval;
+            if !self.write(ws, Message::Ping(Default::default())).await {
+                return None;
+            }
+        }
+        Some(Step::Go)
+    }
+
+    /// A frame (or the end of the stream) from the client.
+    async fn on_frame<S>(
+        &mut self,
+        ws: &mut S,
+        frame: Option<Result<Message, WsError>>,
+        state: &mut LoopState,
+    ) -> Option<Step>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        let cfg = &self.node.config;
+        state.last_heard = Instant::now();
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                if state.inbound.take().is_err() {
+                    state.refused += 1;
+                    if state.refused > cfg.message_burst {
+                        self.node.metrics.client_errors.with_label_values(&[code::RATE_LIMITED]).inc();
+                        let m = ServerMessage::error(code::RATE_LIMITED, "messages sent too fast; closing");
+                        let end = Ending::after(m, close::RATE_LIMITED, "rate limited").because(EventReason::Kicked);
+                        return Some(Step::End(end));
+                    }
+                    let limit = cfg.message_rate;
+                    let text = format!("at most {limit} messages a second; this one was dropped");
+                    return self.reply_error(ws, code::RATE_LIMITED, &text).await.then_some(Step::Go);
+                }
+                state.refused = 0;
+                match self.on_text(ws, &t).await {
+                    Some(end) => Some(Step::End(end)),
+                    None => Some(Step::Go),
+                }
+            }
+            Some(Ok(Message::Binary(_))) => self
+                .reply_error(ws, code::BINARY_NOT_SUPPORTED, "binary frames are not supported")
+                .await
+                .then_some(Step::Go),
+            // tungstenite queues the pong; flush it out now.
+            Some(Ok(Message::Ping(_))) => {
+                let flushed = tokio::time::timeout(cfg.write_timeout, ws.flush()).await;
+                matches!(flushed, Ok(Ok(()))).then_some(Step::Go)
+            }
+            Some(Ok(Message::Pong(payload))) => {
+                state.window.pong(&payload);
+                if state.window.is_open() {
+                    state.stalled_since = None;
+                    if self.conn.pending() > 0 && !self.write_outbox(ws, state).await {
+                        return None;
+                    }
+                }
+                Some(Step::Go)
+            }
+            Some(Ok(Message::Frame(_))) => Some(Step::Go),
+            Some(Err(WsError::Capacity(_))) => Some(Step::End(too_large(&self.node))),
+            Some(Ok(Message::Close(_))) => Some(Step::End(Ending::new(close::NORMAL, "bye"))),
+            Some(Err(_)) | None => None,
+        }
+    }
     /// Writes what the outbox holds, a few messages per turn and as the
     /// window allows; once the window is full, `stalled_since` is set and the
     /// outbox conflates until the client's pong opens it. `false` when a
     /// write failed.
-    async fn write_outbox<S>(&mut self, ws: &mut S, window: &mut Window, stalled_since: &mut Option<Instant>) -> bool
+    async fn write_outbox<S>(&mut self, ws: &mut S, state: &mut LoopState) -> bool
     where
         S: Sink<Message, Error = WsError> + Unpin,
     {
@@ -382,7 +507,7 @@ impl Session {
             if conn.pending() == 0 {
                 return true;
             }
-            if !window.is_open() {
+            if !state.window.is_open() {
                 return true;
             }
             let Some(taken) = conn.take(MAX_BATCH) else { return true };
@@ -397,14 +522,14 @@ impl Session {
             if !self.write(ws, Message::Text(text)).await {
                 return false;
             }
-            if let Some(probe) = window.sent() {
+            if let Some(probe) = state.window.sent() {
                 if !self.write(ws, Message::Ping(probe.into())).await {
                     return false;
                 }
             }
-            if !window.is_open() {
+            if !state.window.is_open() {
                 // A reading client answers the probe within a round trip.
-                stalled_since.get_or_insert_with(Instant::now);
+                state.stalled_since.get_or_insert_with(Instant::now);
             }
         }
         // More to write: come back after the other duties had their turn.
@@ -615,7 +740,7 @@ mod tests {
         let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
         let alice = Identity { user: UserId::parse("alice").expect("valid"), expires_at_ms: u64::MAX };
-        let task = tokio::spawn(run(node.clone(), server, Some(alice), None));
+        let task = tokio::spawn(run(node.clone(), server, Box::new(Start { pre_auth: Some(alice), waiting: None })));
 
         let welcome = next_json(&mut client).await;
         assert_eq!((welcome["type"].as_str(), welcome["connections"].as_u64()), (Some("welcome"), Some(1)));
@@ -633,6 +758,21 @@ mod tests {
         client.close(None).await.expect("close");
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("session ends").expect("no panic");
         assert_eq!(node.counts.totals(), (0, 0), "the connection is gone from the counts");
+        node.shutdown().await;
+    }
+
+    /// An idle connection costs little more than this future (`BENCHMARKS.md`,
+    /// idle memory): a new field or an unboxed `.await` in the wrong place
+    /// shows here first.
+    #[tokio::test]
+    async fn an_idle_session_stays_small() {
+        let node = node().await;
+        let (server_io, _client_io) = tokio::io::duplex(64);
+        let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let session = run(node.clone(), ws, Box::new(Start { pre_auth: None, waiting: None }));
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= 1100, "the session future is {size} bytes");
+        drop(session);
         node.shutdown().await;
     }
 }
