@@ -1,6 +1,11 @@
 //! A hot user: one user watched by many connections spread over the nodes of
 //! a 3-node cluster (a child process, embedded backends); how long from the
 //! user's connect (and close) until the last watcher has the `status`.
+//!
+//! Its floor, in the same run: a bare tungstenite server (one task per
+//! socket, like the nodes) holding as many connections, that writes one
+//! ready-made `status` to all of them when told to; the same clients time
+//! it the same way.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +29,92 @@ async fn until_status(c: &mut Connection, online: bool) -> Option<Instant> {
     }
 }
 
-/// Runs the measurement with `watchers` connections.
+/// Runs the measurement with `watchers` connections, then its floor.
 pub async fn run(watchers: usize) -> anyhow::Result<()> {
+    product(watchers).await?;
+    floor(watchers).await?;
+    println!("  target: the last watcher within 50 ms (19,000 watchers)");
+    Ok(())
+}
+
+/// Times from `t0` until each of `conns` has a `status` with `online`; prints them.
+async fn time_to_all(
+    conns: &mut Vec<Connection>,
+    online: bool,
+    what: &str,
+    trigger: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let watchers = conns.len();
+    let waits: Vec<_> = conns
+        .drain(..)
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let at = until_status(&mut c, online).await;
+                (c, at)
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    trigger.await?;
+    let mut lat = Vec::with_capacity(watchers);
+    for w in waits {
+        let (c, at) = w.await?;
+        if let Some(at) = at {
+            lat.push(at - t0);
+        }
+        conns.push(c);
+    }
+    lat.sort();
+    if lat.is_empty() {
+        anyhow::bail!("no watcher heard the change");
+    }
+    println!(
+        "  {what:<38} {} of {watchers} watchers; p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    Ok(())
+}
+
+/// The bare floor: a tungstenite server that writes one `status` to every socket.
+async fn floor(watchers: usize) -> anyhow::Result<()> {
+    let (_server, addr) = child("serve-broadcast").await?;
+    let url = format!("ws://{addr}/");
+    let started = Instant::now();
+    let opens =
+        futures_util::stream::iter(0..watchers).map(|_| {
+            let url = url.clone();
+            async move {
+                Connection::connect(&url, presence_client::TokenPlacement::None).await.map_err(anyhow::Error::from)
+            }
+        });
+    let mut conns = Vec::with_capacity(watchers);
+    let mut opens = opens.buffer_unordered(256);
+    while let Some(c) = opens.next().await {
+        conns.push(c?);
+    }
+    drop(opens);
+    // The server counts its sockets; wait until it holds them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "floor: a bare tungstenite server writing one status to {watchers} sockets (connected in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let mut control = Connection::connect(&url, presence_client::TokenPlacement::None).await?;
+    for (what, online) in [("online", true), ("offline", false)] {
+        let go = async {
+            control.send(&ClientMessage::Subscribe { user_ids: vec![UserId::parse(what)?] }).await?;
+            Ok(())
+        };
+        time_to_all(&mut conns, online, &format!("status {what}"), go).await?;
+    }
+    Ok(())
+}
+
+/// The product: 3 nodes, one hot user.
+async fn product(watchers: usize) -> anyhow::Result<()> {
     let (_cluster, addr) = child("serve-route").await?;
     let api = CoordinatorClient::new(&format!("http://{addr}"))?;
     let hot = "hot-user";
@@ -65,40 +154,56 @@ pub async fn run(watchers: usize) -> anyhow::Result<()> {
     for (what, online) in
         [("comes online (from the connect call)", true), ("goes offline (from the close call)", false)]
     {
-        let waits: Vec<_> = conns
-            .drain(..)
-            .map(|mut c| {
-                tokio::spawn(async move {
-                    let at = until_status(&mut c, online).await;
-                    (c, at)
-                })
-            })
-            .collect();
-        let t0 = Instant::now();
-        match hot_conn.take() {
-            None => hot_conn = Some(welcomed(&hot_url, token(hot)).await?),
-            Some(c) => c.close().await,
-        }
-        let mut lat = Vec::with_capacity(watchers);
-        for w in waits {
-            let (c, at) = w.await?;
-            if let Some(at) = at {
-                lat.push(at - t0);
+        let change = async {
+            match hot_conn.take() {
+                None => hot_conn = Some(welcomed(&hot_url, token(hot)).await?),
+                Some(c) => c.close().await,
             }
-            conns.push(c);
-        }
-        lat.sort();
-        if lat.is_empty() {
-            anyhow::bail!("no watcher heard the change");
-        }
-        println!(
-            "  {what:<38} {} of {watchers} watchers; p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
-            lat.len(),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            percentile(&lat, 1.0)
-        );
+            Ok(())
+        };
+        time_to_all(&mut conns, online, what, change).await?;
     }
-    println!("  target: the last watcher within 50 ms (19,000 watchers)");
     Ok(())
+}
+
+/// The floor's server: each socket's task waits for its frame or for the
+/// broadcast; a text frame from any socket (`subscribe` to `online` or
+/// `offline`) sends that `status`, serialised once, to every socket.
+pub async fn serve_broadcast(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+    let listener = presence_http::bind(addr)?;
+    let (tx, _) = tokio::sync::broadcast::channel::<Utf8Bytes>(16);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (tx, mut rx) = (tx.clone(), tx.subscribe());
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Ok(frame) => if ws.send(Message::Text(frame)).await.is_err() { return },
+                        Err(_) => return,
+                    },
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) => {
+                            let online = t.contains("\"online\"");
+                            let p = presence_model::Presence {
+                                user_id: UserId::parse("hot-user").expect("valid"),
+                                connections: u64::from(online),
+                                seq: 1,
+                                last_seen: None,
+                                reason: None,
+                            };
+                            let status = presence_model::wire::ServerMessage::status(&p, presence_model::time::now_ms());
+                            let _ = tx.send(Utf8Bytes::from(status.to_json()));
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    },
+                }
+            }
+        });
+    }
 }

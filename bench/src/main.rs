@@ -115,6 +115,9 @@ enum What {
     ServeNode { addr: SocketAddr },
     /// (child) a bare tungstenite echo server (default configuration).
     ServeEcho { addr: SocketAddr },
+    /// (child) a bare tungstenite server that writes one `status` to every
+    /// socket when any socket sends a text frame (the hot-user floor).
+    ServeBroadcast { addr: SocketAddr },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,7 +125,11 @@ fn main() -> anyhow::Result<()> {
     // Servers get one thread (BENCH_SERVER_THREADS to change it), drivers two.
     let server_threads = std::env::var("BENCH_SERVER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
     let threads = match cli.what {
-        What::ServeHello { .. } | What::ServeRoute { .. } | What::ServeNode { .. } | What::ServeEcho { .. } => {
+        What::ServeHello { .. }
+        | What::ServeRoute { .. }
+        | What::ServeNode { .. }
+        | What::ServeEcho { .. }
+        | What::ServeBroadcast { .. } => {
             heap::report_if_asked();
             server_threads
         }
@@ -148,6 +155,7 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,
         What::ServeNode { addr } => serve_cluster(addr, 1).await,
         What::ServeEcho { addr } => serve_echo(addr).await,
+        What::ServeBroadcast { addr } => hot_user::serve_broadcast(addr).await,
     }
 }
 

@@ -20,8 +20,9 @@
 //! handoff) goes through these `push` methods, which never wait.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use tokio::time::Instant;
 
 use presence_model::UserId;
 use tokio::sync::Notify;
@@ -82,19 +83,26 @@ struct ConnShared {
     /// Node-local connection number.
     id: u64,
     /// Bound on the queue of other messages.
-    max_others: usize,
+    max_others: u32,
+    /// [`OVERFLOWED`], [`CLOSING`], [`TIMER`].
+    flags: AtomicU8,
     /// Plain data, a few map operations per push: a sync lock that is never
     /// held across an `.await`.
     outbox: Mutex<Outbox>,
-    /// Rung when something was queued.
-    ready: Notify,
-    /// Rung when the session must end: the queue of other messages
-    /// overflowed (the session drops the client), or the node closes. One
-    /// signal for both keeps an idle session's wait small.
-    control: Notify,
-    overflowed: AtomicBool,
-    closing: AtomicBool,
+    /// Rung when anything may need the session: something was queued, the
+    /// session must end, or its timer rang. One signal for all of them keeps
+    /// what an idle session waits on small (`BENCHMARKS.md`, idle memory).
+    signal: Notify,
+    /// When the session's timer should ring, in ms on [`clock_ms`] (0: not set).
+    wake_at: AtomicU64,
 }
+
+/// The queue of other messages overflowed.
+const OVERFLOWED: u8 = 1;
+/// The node is closing.
+const CLOSING: u8 = 2;
+/// The session's timer rang.
+const TIMER: u8 = 4;
 
 /// Why a session was told to end (see [`Conn::told`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -105,17 +113,27 @@ pub enum Told {
     Overflow,
 }
 
+/// Milliseconds on the process's monotonic clock (tokio's, so paused time in tests moves it).
+pub fn clock_ms(at: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // A second before the first call, so that no real time reads as 0 ("not set").
+    let start = *START.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(std::time::Duration::from_secs(1)).unwrap_or(now)
+    });
+    at.saturating_duration_since(start).as_millis() as u64
+}
+
 impl Conn {
     /// A handle whose queue of other messages holds at most `max_others`.
     pub fn new(id: u64, max_others: usize) -> Self {
         let shared = ConnShared {
             id,
-            max_others: max_others.max(1),
+            max_others: max_others.clamp(1, u32::MAX as usize) as u32,
             outbox: Mutex::new(Outbox::default()),
-            ready: Notify::new(),
-            control: Notify::new(),
-            overflowed: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
+            signal: Notify::new(),
+            flags: AtomicU8::new(0),
+            wake_at: AtomicU64::new(0),
         };
         Self { inner: Arc::new(shared) }
     }
@@ -129,34 +147,61 @@ impl Conn {
         self.inner.id
     }
 
-    /// Waits until the session must end: the node closes, or a push found
-    /// the queue of other messages full.
-    pub async fn told(&self) -> Told {
-        loop {
-            if self.inner.closing.load(Ordering::Acquire) {
-                return Told::Closing;
-            }
-            if self.inner.overflowed.load(Ordering::Acquire) {
-                return Told::Overflow;
-            }
-            self.inner.control.notified().await;
+    /// Waits until the connection is rung: something was queued, it was
+    /// told to end ([`Conn::told`]) or its timer rang ([`Conn::timer_rang`]).
+    /// A ring while nobody waits is kept for the next wait.
+    pub async fn rung(&self) {
+        self.inner.signal.notified().await
+    }
+
+    fn raise(&self, flag: u8) {
+        self.inner.flags.fetch_or(flag, Ordering::AcqRel);
+        self.inner.signal.notify_one();
+    }
+
+    /// Whether the session must end: the node closes, or a push found the
+    /// queue of other messages full.
+    pub fn told(&self) -> Option<Told> {
+        let flags = self.inner.flags.load(Ordering::Acquire);
+        if flags & CLOSING != 0 {
+            Some(Told::Closing)
+        } else if flags & OVERFLOWED != 0 {
+            Some(Told::Overflow)
+        } else {
+            None
         }
     }
 
     /// Tells the session that the node closes.
     pub fn close(&self) {
-        self.inner.closing.store(true, Ordering::Release);
-        self.inner.control.notify_one();
+        self.raise(CLOSING);
     }
 
-    /// Waits until something may be waiting to be taken.
-    pub async fn ready(&self) {
-        self.inner.ready.notified().await
+    /// Asks for a ring at `at` (replacing the previous request). The node's
+    /// ticker rings it ([`Conn::ring_if_due`]).
+    pub fn set_timer(&self, at: Instant) {
+        self.inner.wake_at.store(clock_ms(at).max(1), Ordering::Release);
     }
 
-    /// Makes the next [`Conn::ready`] return at once (more is left to write).
+    /// Rings the session if its timer is due at `now_ms` ([`clock_ms`]).
+    pub fn ring_if_due(&self, now_ms: u64) {
+        let at = self.inner.wake_at.load(Ordering::Acquire);
+        if at != 0
+            && at <= now_ms
+            && self.inner.wake_at.compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            self.raise(TIMER);
+        }
+    }
+
+    /// Whether the timer rang since the last call.
+    pub fn timer_rang(&self) -> bool {
+        self.inner.flags.fetch_and(!TIMER, Ordering::AcqRel) & TIMER != 0
+    }
+
+    /// Makes the next [`Conn::rung`] return at once (more is left to write).
     pub fn wake(&self) {
-        self.inner.ready.notify_one();
+        self.inner.signal.notify_one();
     }
 
     /// Queues `user`'s status at `seq` (see the module docs): replaces the
@@ -175,7 +220,7 @@ impl Conn {
             }
             o.order.push_back(Key::Status(user.clone()));
         }
-        self.inner.ready.notify_one();
+        self.inner.signal.notify_one();
     }
 
     /// Stops following `user`: a pending status is dropped, and a later
@@ -192,7 +237,7 @@ impl Conn {
                 o.order.push_back(Key::Count);
             }
         }
-        self.inner.ready.notify_one();
+        self.inner.signal.notify_one();
     }
 
     /// Queues another message. A full queue means the client reads too
@@ -200,17 +245,16 @@ impl Conn {
     pub fn push(&self, out: Outbound, metrics: &Metrics) {
         {
             let mut o = self.outbox();
-            if o.others.len() >= self.inner.max_others {
+            if o.others.len() >= self.inner.max_others as usize {
                 drop(o);
                 metrics.slow_consumers.inc();
-                self.inner.overflowed.store(true, Ordering::Release);
-                self.inner.control.notify_one();
+                self.raise(OVERFLOWED);
                 return;
             }
             o.others.push_back(out);
             o.order.push_back(Key::Other);
         }
-        self.inner.ready.notify_one();
+        self.inner.signal.notify_one();
     }
 
     /// The next thing to write: the oldest queued message, with the pending
@@ -307,8 +351,9 @@ pub struct Window {
     size: u32,
     unacked: u32,
     /// The probe in flight: its number and the frames it acknowledges.
-    probe: Option<(u64, u32)>,
-    next_probe: u64,
+    probe: Option<(u32, u32)>,
+    /// Numbers wrap: only one probe is in flight at a time.
+    next_probe: u32,
 }
 
 /// Probe pings carry this prefix and an 8-byte number (keep-alive pings are empty).
@@ -332,15 +377,15 @@ impl Window {
         if self.probe.is_some() || self.unacked < self.size.div_ceil(2) {
             return None;
         }
-        self.next_probe += 1;
+        self.next_probe = self.next_probe.wrapping_add(1);
         self.probe = Some((self.next_probe, self.unacked));
-        Some([PROBE, &self.next_probe.to_be_bytes()].concat())
+        Some([PROBE, &u64::from(self.next_probe).to_be_bytes()].concat())
     }
 
     /// A pong arrived: if it answers the probe, what was before it was read.
     pub fn pong(&mut self, payload: &[u8]) {
         if let Some((id, frames)) = self.probe {
-            if payload.strip_prefix(PROBE) == Some(&id.to_be_bytes()[..]) {
+            if payload.strip_prefix(PROBE) == Some(&u64::from(id).to_be_bytes()[..]) {
                 self.unacked -= frames;
                 self.probe = None;
             }
@@ -425,9 +470,28 @@ mod tests {
         c.push(Outbound::Text("x".into()), &m);
         c.push(Outbound::Text("y".into()), &m);
         assert_eq!(m.slow_consumers.get(), 1);
-        assert_eq!(futures_util::FutureExt::now_or_never(c.told()), Some(Told::Overflow));
+        assert!(futures_util::FutureExt::now_or_never(c.rung()).is_some());
+        assert_eq!(c.told(), Some(Told::Overflow));
         c.close();
-        assert_eq!(futures_util::FutureExt::now_or_never(c.told()), Some(Told::Closing), "closing comes first");
+        assert_eq!(c.told(), Some(Told::Closing), "closing comes first");
+    }
+
+    #[tokio::test]
+    async fn the_timer_rings_once_when_due() {
+        let c = Conn::new(1, 4);
+        let now = Instant::now();
+        c.ring_if_due(clock_ms(now));
+        assert!(!c.timer_rang(), "not set: never rings");
+        c.set_timer(now + std::time::Duration::from_secs(1));
+        c.ring_if_due(clock_ms(now));
+        assert!(!c.timer_rang(), "not due yet");
+        c.ring_if_due(clock_ms(now + std::time::Duration::from_secs(2)));
+        assert!(futures_util::FutureExt::now_or_never(c.rung()).is_some(), "the session is woken");
+        assert!(c.timer_rang());
+        assert!(!c.timer_rang(), "once");
+        c.ring_if_due(clock_ms(now + std::time::Duration::from_secs(3)));
+        assert!(!c.timer_rang(), "a rung timer stays quiet until set again");
+        assert_eq!(c.told(), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! sync lock is cheaper than an async one and cannot be held across a yield.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use presence_backend::CountUpdate;
 use presence_model::{Presence, PresenceChange, RoutingTable, TableNode, UserId, Vnode, VNODES};
@@ -198,6 +198,15 @@ impl Counts {
         Some(fanout::deliver(e, now_ms, quiet))
     }
 
+    /// Rings the sessions whose timer is due (see [`run_timers`]).
+    pub fn ring_due_timers(&self, now_ms: u64) {
+        for s in self.each_shard() {
+            for e in s.values() {
+                e.conns.iter().for_each(|c| c.ring_if_due(now_ms));
+            }
+        }
+    }
+
     /// Tells every connection's session that the node closes.
     pub fn close_all(&self) {
         for s in self.each_shard() {
@@ -333,6 +342,25 @@ impl Counts {
             }
         }
         out
+    }
+}
+
+/// How often the node rings the sessions whose deadline passed: a session's
+/// ping, token expiry, handoff close and stalled-window limit are kept to
+/// within this. One ticker per node instead of a timer per connection keeps
+/// an idle connection small; a pass costs one atomic read per connection
+/// (about a millisecond per 100,000 connections).
+pub const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Rings due session timers every [`TIMER_TICK`] until `stop`.
+pub async fn run_timers(counts: Arc<Counts>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => counts.ring_due_timers(crate::conn::clock_ms(tokio::time::Instant::now())),
+        }
     }
 }
 

@@ -188,6 +188,7 @@ impl Node {
         bg.spawn(self.table.clone().run_refresh(self.store.clone(), self.config.table_poll, stop.clone()));
         bg.spawn(self.membership.clone().run(stop.clone()));
         bg.spawn(self.membership.clone().watch_fence(stop.clone()));
+        bg.spawn(counts::run_timers(self.counts.clone(), stop.clone()));
         bg.spawn(fanout.clone().run(events, stop.clone()));
         if self.config.fast_path {
             let live =

@@ -289,13 +289,6 @@ fn too_large(node: &Node) -> Ending {
     )
 }
 
-/// What woke the main loop.
-enum Woken {
-    Outbox,
-    Timer,
-    Frame(Option<Result<Message, WsError>>),
-}
-
 /// What the main loop does after a wake-up (`None`: the socket is gone).
 enum Step {
     Go,
@@ -344,11 +337,12 @@ impl Session {
     /// The main loop. Returns how to close, or `None` when the socket is gone
     /// (or the client stopped taking frames: it is not owed a close).
     ///
-    /// An idle connection waits here, so what it waits on is kept small: one
-    /// timer for every deadline (the next ping, the token's expiry, the
-    /// handoff's close, a stalled window's limit), the outbox's and the
-    /// node's signals, and the socket; what happens on a wake-up runs in a
-    /// boxed future.
+    /// An idle connection waits here, so what it waits on is kept small: the
+    /// connection's one signal ([`Conn::rung`]: queued messages, an order to
+    /// end, its timer) and the socket. The timer is the node's ticker
+    /// ([`crate::counts::run_timers`]), asked for the earliest deadline (the
+    /// next ping, the token's expiry, the handoff's close, a stalled
+    /// window's limit). What happens on a wake-up runs in a boxed future.
     async fn serve<S>(&mut self, ws: &mut S) -> Option<Box<Ending>>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
@@ -366,41 +360,59 @@ impl Session {
             refused: 0,
         };
         loop {
-            let stall_at = state.stalled_since.map(|at| at + cfg.write_timeout);
-            let wake_at = [Some(state.next_ping), Some(self.expires), self.handoff.at(), stall_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(state.next_ping);
-            // Closing is also told through the connection (`Node::shutdown`);
-            // this catches a session that starts after that.
+            // Closing is told through the connection (`Node::shutdown`); the
+            // token catches a session that starts after that.
             if closing.is_cancelled() {
                 return Some(Box::new(Ending::new(close::GOING_AWAY, "node shutting down")));
             }
-            let woken = tokio::select! {
-                told = conn.told() => match told {
-                    Told::Closing => return Some(Box::new(Ending::new(close::GOING_AWAY, "node shutting down"))),
-                    Told::Overflow => {
-                        self.node.metrics.client_errors.with_label_values(&[code::SLOW_CONSUMER]).inc();
-                        let m = ServerMessage::error(code::SLOW_CONSUMER, "outbound queue overflowed; reconnect and read faster");
-                        return Some(Box::new(Ending::after(m, close::LIMIT, "slow consumer")));
-                    }
-                },
-                _ = conn.ready(), if state.window.is_open() => Woken::Outbox,
-                _ = tokio::time::sleep_until(wake_at) => Woken::Timer,
-                frame = ws.next() => Woken::Frame(frame),
+            match conn.told() {
+                Some(Told::Closing) => return Some(Box::new(Ending::new(close::GOING_AWAY, "node shutting down"))),
+                Some(Told::Overflow) => {
+                    self.node.metrics.client_errors.with_label_values(&[code::SLOW_CONSUMER]).inc();
+                    let m = ServerMessage::error(
+                        code::SLOW_CONSUMER,
+                        "outbound queue overflowed; reconnect and read faster",
+                    );
+                    return Some(Box::new(Ending::after(m, close::LIMIT, "slow consumer")));
+                }
+                None => {}
+            }
+            let due = self.next_deadline(&state);
+            if conn.timer_rang() || due <= Instant::now() {
+                match Box::pin(self.on_timer(ws, &mut state)).await {
+                    Some(Step::Go) => {}
+                    Some(Step::End(end)) => return Some(Box::new(end)),
+                    None => return None,
+                }
+            }
+            if state.window.is_open() && conn.pending() > 0 {
+                // Writes a few and rings again if more is left, so that
+                // the socket and the timer get their turn in between.
+                if !Box::pin(self.write_outbox(ws, &mut state)).await {
+                    return None;
+                }
+            }
+            conn.set_timer(self.next_deadline(&state));
+            let frame = tokio::select! {
+                _ = conn.rung() => continue,
+                frame = ws.next() => frame,
             };
-            let step = match woken {
-                Woken::Outbox => Box::pin(self.write_outbox(ws, &mut state)).await.then_some(Step::Go),
-                Woken::Timer => Box::pin(self.on_timer(ws, &mut state)).await,
-                Woken::Frame(frame) => Box::pin(self.on_frame(ws, frame, &mut state)).await,
-            };
-            match step {
+            match Box::pin(self.on_frame(ws, frame, &mut state)).await {
                 Some(Step::Go) => {}
                 Some(Step::End(end)) => return Some(Box::new(end)),
                 None => return None,
             }
         }
+    }
+
+    /// The earliest of the session's deadlines.
+    fn next_deadline(&self, state: &LoopState) -> Instant {
+        let stall_at = state.stalled_since.map(|at| at + self.node.config.write_timeout);
+        [Some(state.next_ping), Some(self.expires), self.handoff.at(), stall_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(state.next_ping)
     }
 
     /// The timer rang: whichever deadlines passed.
@@ -710,13 +722,63 @@ mod tests {
 
     /// A node on embedded backends that owns every vnode.
     async fn node() -> Arc<Node> {
+        node_with(NodeConfig::new("n1", "ws://n1/socket")).await
+    }
+
+    async fn node_with(config: NodeConfig) -> Arc<Node> {
         let store = MemoryStore::new();
         let owners = vec![Some("n1"); VNODES];
         let table = RoutingTable::from_owners(1, &owners, |_| "ws://n1/socket".into());
         store.swap_table(None, &table, None).await.expect("table");
         let verifier = Verifier::hs256(b"test-secret", &ClaimChecks::default()).expect("verifier");
-        let config = NodeConfig::new("n1", "ws://n1/socket");
         Node::start(config, Arc::new(verifier), Arc::new(store), Arc::new(MemoryBus::default())).await
+    }
+
+    /// The node's ticker drives the pings: a client that reads (and so
+    /// answers them) stays; a silent one is closed after the pong timeout.
+    #[tokio::test]
+    async fn pings_keep_a_reader_and_drop_a_silent_client() {
+        let mut config = NodeConfig::new("n1", "ws://n1/socket");
+        config.ping_interval = Duration::from_millis(200);
+        config.pong_timeout = Duration::from_millis(600);
+        let node = node_with(config).await;
+        let open = |user: &str| {
+            let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+            let identity = Identity { user: UserId::parse(user).expect("valid"), expires_at_ms: u64::MAX };
+            let node = node.clone();
+            async move {
+                let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+                let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+                let start = Box::new(Start { pre_auth: Some(identity), waiting: None });
+                (tokio::spawn(run(node, server, start)), client)
+            }
+        };
+        let (reader_task, mut reader) = open("reader").await;
+        let (silent_task, mut silent) = open("silent").await;
+        assert_eq!(next_json(&mut silent).await["type"], "welcome");
+        // The reader reads for 1.5 s (tungstenite answers each ping as it reads it).
+        let mut pings = 0;
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, reader.next()).await {
+            pings += usize::from(matches!(m, Message::Ping(_)));
+        }
+        assert!(pings >= 4, "pinged every 200 ms: {pings} pings in 1.5 s");
+        assert!(!reader_task.is_finished(), "a client that answers stays");
+        // The silent one was sent its close (1000) after the pong timeout;
+        // reading now finds it behind the pings it never answered.
+        loop {
+            match next_json(&mut silent).await.get("close") {
+                Some(code) => {
+                    assert_eq!(code, 1000, "closed normally");
+                    break;
+                }
+                None => continue,
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(3), silent_task).await.expect("the silent session ends").expect("ok");
+        assert!(!reader_task.is_finished(), "a client that answers stays");
+        node.shutdown().await;
+        assert!(reader_task.await.is_ok());
     }
 
     async fn next_json<S>(ws: &mut S) -> serde_json::Value
@@ -771,6 +833,7 @@ mod tests {
         let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
         let session = run(node.clone(), ws, Box::new(Start { pre_auth: None, waiting: None }));
         let size = std::mem::size_of_val(&session);
+        eprintln!("session future: {size} bytes");
         assert!(size <= 1100, "the session future is {size} bytes");
         drop(session);
         node.shutdown().await;
