@@ -16,12 +16,14 @@ use futures_util::{SinkExt, StreamExt};
 use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
 
+mod deployed;
 mod floors;
 mod heap;
 mod hot_user;
 mod redis_memory;
 
-const SECRET: &str = "bench-secret";
+/// The JWT secret of every benchmark (the binaries ask for at least 32 bytes).
+const SECRET: &str = "presence-bench-secret-0123456789abcdef";
 
 #[global_allocator]
 static ALLOCATOR: heap::Counting = heap::Counting;
@@ -51,6 +53,11 @@ enum What {
         /// Connections to hold open (the process limit is 20,000 files).
         #[arg(long, default_value_t = 15_000)]
         count: usize,
+        /// Measure the `ws-node` binary as deployed (with a `coordinator`
+        /// binary, on REDIS_URL and KAFKA_BROKERS; `cargo build --release
+        /// --bins` first) instead of a node in a child of this program.
+        #[arg(long)]
+        binaries: bool,
     },
     /// Connect + auth + welcome rate into one node.
     ConnectRate {
@@ -142,7 +149,8 @@ async fn run(what: What) -> anyhow::Result<()> {
     match what {
         What::Vnode => vnode(),
         What::Route { connections, seconds } => route(connections, seconds).await,
-        What::Idle { count } => idle(count).await,
+        What::Idle { count, binaries: false } => idle(count).await,
+        What::Idle { count, binaries: true } => deployed::idle(count).await,
         What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
         What::Fanout { rate, seconds, outbound_window, no_fast_path, redis_url, kafka_brokers } => {
             let config = FanoutConfig { rate, seconds, outbound_window, fast_path: !no_fast_path };

@@ -92,8 +92,17 @@ fn redis_memory_per_user() {
 #[test]
 fn hot_user() {
     let out = bench(&["hot-user", "--watchers", "300"], &[]);
-    for what in ["comes online", "goes offline"] {
+    for what in ["comes online", "goes offline", "status online", "status offline"] {
         let line = out.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} line:\n{out}"));
         assert!(line.contains("300 of 300 watchers"), "every watcher heard it: {line}");
     }
+}
+
+#[test]
+fn idle_memory_of_the_deployed_binary() {
+    let var =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
+    let env = [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))];
+    let out = bench(&["idle", "--count", "300", "--binaries"], &env);
+    assert!(out.contains("bytes per connection"), "{out}");
 }
