@@ -2,11 +2,14 @@
 //! processes (next to this program's executable) on a real Redis and Kafka,
 //! measured from outside.
 
+use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use presence_client::CoordinatorClient;
+use tokio::time::Instant;
 
 use crate::{open_many, rss_kib, SECRET};
 
@@ -31,51 +34,100 @@ fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-/// A coordinator and one ws-node on REDIS_URL and KAFKA_BROKERS, in a
-/// namespace of their own, with the connection caps raised (the load
-/// generator is one address); waits until the node serves its users.
-async fn start() -> anyhow::Result<(Proc, Proc, String)> {
-    let redis = std::env::var("REDIS_URL").context("REDIS_URL")?;
-    let kafka = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS")?;
-    let namespace = format!("bench-deployed-{}", std::process::id());
-    let common = |cmd: &mut std::process::Command| {
-        cmd.env("REDIS_URL", &redis)
-            .env("REDIS_PREFIX", &namespace)
-            .env("KAFKA_BROKERS", &kafka)
-            .env("KAFKA_TOPIC", &namespace)
-            .env("MAX_CONNECTIONS", "1000000")
-            .env("MAX_CONNECTIONS_PER_IP", "1000000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
-    };
-    let (public, admin, node_port) = (free_port()?, free_port()?, free_port()?);
-    let mut cmd = std::process::Command::new(binary("coordinator")?);
-    common(&mut cmd);
-    cmd.env("LISTEN_ADDR", format!("127.0.0.1:{public}")).env("ADMIN_ADDR", format!("127.0.0.1:{admin}"));
-    let coordinator = Proc(cmd.spawn()?);
-    let mut cmd = std::process::Command::new(binary("ws-node")?);
-    common(&mut cmd);
-    let url = format!("ws://127.0.0.1:{node_port}/socket");
-    cmd.env("LISTEN_ADDR", format!("127.0.0.1:{node_port}"))
-        .env("PUBLIC_URL", format!("ws://127.0.0.1:{node_port}"))
-        .env("NODE_ID", "bench-node")
-        .env("JWT_SECRET", SECRET)
-        .env("MAX_PENDING_AUTH", "1000000");
-    let node = Proc(cmd.spawn()?);
-    let api = CoordinatorClient::new(&format!("http://127.0.0.1:{public}"))?;
-    for _ in 0..300 {
-        if api.route("user-0").await.is_ok_and(|r| r.url.as_deref() == Some(url.as_str())) {
-            return Ok((coordinator, node, url));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Processes on REDIS_URL and KAFKA_BROKERS in a namespace of their own,
+/// with the connection caps raised (the load generator is one address).
+struct Cluster {
+    redis: String,
+    kafka: String,
+    namespace: String,
+    /// The coordinator's public and admin URLs.
+    public: String,
+    admin: String,
+    _coordinator: Proc,
+}
+
+/// The settings every process of a cluster shares.
+fn common(cmd: &mut std::process::Command, redis: &str, kafka: &str, namespace: &str) {
+    cmd.env("REDIS_URL", redis)
+        .env("REDIS_PREFIX", namespace)
+        .env("KAFKA_BROKERS", kafka)
+        .env("KAFKA_TOPIC", namespace)
+        .env("MAX_CONNECTIONS", "1000000")
+        .env("MAX_CONNECTIONS_PER_IP", "1000000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+}
+
+impl Cluster {
+    /// A coordinator with the product's default timings (and `env`).
+    fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let redis = std::env::var("REDIS_URL").context("REDIS_URL")?;
+        let kafka = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS")?;
+        let namespace = format!("bench-deployed-{}-{}", std::process::id(), presence_model::time::now_us());
+        let (public, admin) = (free_port()?, free_port()?);
+        let mut cmd = std::process::Command::new(binary("coordinator")?);
+        common(&mut cmd, &redis, &kafka, &namespace);
+        cmd.env("LISTEN_ADDR", format!("127.0.0.1:{public}"))
+            .env("ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+            .envs(env.iter().copied());
+        let coordinator = Proc(cmd.spawn()?);
+        Ok(Cluster {
+            redis,
+            kafka,
+            namespace,
+            public: format!("http://127.0.0.1:{public}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            _coordinator: coordinator,
+        })
     }
-    anyhow::bail!("the ws-node did not come to own its users within 30 s")
+
+    fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// A ws-node with the product's default timings; it and its WebSocket URL.
+    fn node(&self, id: &str) -> anyhow::Result<(Proc, String)> {
+        let port = free_port()?;
+        let mut cmd = std::process::Command::new(binary("ws-node")?);
+        common(&mut cmd, &self.redis, &self.kafka, &self.namespace);
+        cmd.env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("PUBLIC_URL", format!("ws://127.0.0.1:{port}"))
+            .env("NODE_ID", id)
+            .env("JWT_SECRET", SECRET)
+            .env("MAX_PENDING_AUTH", "1000000");
+        Ok((Proc(cmd.spawn()?), format!("ws://127.0.0.1:{port}/socket")))
+    }
+
+    /// Waits until every node in `urls` owns some of the first thousand
+    /// users and their routes stayed the same for two seconds (the nodes'
+    /// vnodes are in place).
+    async fn settled(&self, urls: &[&str]) -> anyhow::Result<()> {
+        let api = CoordinatorClient::new(&self.public)?;
+        let names: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (mut last, mut same_since) = (Vec::new(), Instant::now());
+        for _ in 0..600 {
+            if let Ok(routes) = api.routes(&refs).await {
+                let now: Vec<Option<String>> = routes.into_iter().map(|r| r.url).collect();
+                let owned: HashSet<&str> = now.iter().filter_map(|u| u.as_deref()).collect();
+                if now != last {
+                    (last, same_since) = (now, Instant::now());
+                } else if urls.iter().all(|u| owned.contains(u)) && same_since.elapsed() >= Duration::from_secs(2) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the nodes did not settle within 60 s")
+    }
 }
 
 /// Resident memory of the `ws-node` process per idle authenticated
 /// connection, read from `/proc` while `count` connections are open.
 pub async fn idle(count: usize) -> anyhow::Result<()> {
-    let (_coordinator, node, url) = start().await?;
+    let cluster = Cluster::start()?;
+    let (node, url) = cluster.node("bench-node")?;
+    cluster.settled(&[&url]).await?;
     let pid = node.0.id();
     let warm = open_many(&url, 200, true, 64).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -89,5 +141,146 @@ pub async fn idle(count: usize) -> anyhow::Result<()> {
     println!("{count} idle connections into the ws-node binary (Redis + Kafka), resident memory growth:");
     println!("  {per:>8.0} bytes per connection (process: {before} KiB before, {after} KiB after)");
     println!("  target: at most 3 KiB = 3072 bytes");
+    Ok(())
+}
+
+/// A reconnect storm: `users` users, all on one node of three, with the
+/// SDK's reconnecting client; the node is killed (SIGKILL). Times until
+/// every user is back (welcomed by another node) and until every count is
+/// exact (each user 1 in the store, the survivors holding them all).
+/// `STORM_DEBUG=1` prints every reconnect and its cause on stderr.
+pub async fn storm(users: usize) -> anyhow::Result<()> {
+    use presence_client::{Client, ConnectOptions, Event, TokenSource};
+    // Load balancing off: the node is to hold them all when it dies.
+    let cluster = Cluster::start_with(&[("REBALANCE_MIN_LOAD_GAP", "1000000000")])?;
+    let (mut victim, victim_url) = cluster.node("storm-a")?;
+    let (_b, b_url) = cluster.node("storm-b")?;
+    let (_c, c_url) = cluster.node("storm-c")?;
+    cluster.settled(&[&victim_url, &b_url, &c_url]).await?;
+    // Users the victim owns.
+    let api = CoordinatorClient::new(&cluster.public)?;
+    let mut names = Vec::with_capacity(users);
+    let mut next = 0usize;
+    while names.len() < users {
+        let batch: Vec<String> = (next..next + 1000).map(|i| format!("storm-{i}")).collect();
+        next += 1000;
+        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        let routes = api.routes(&refs).await?;
+        names.extend(
+            batch
+                .into_iter()
+                .zip(routes)
+                .filter(|(_, r)| r.url.as_deref() == Some(victim_url.as_str()))
+                .map(|(n, _)| n),
+        );
+    }
+    names.truncate(users);
+    // Each user's session runs on its own task and reports each welcome.
+    let client = Client::new(&cluster.public)?;
+    let (welcomes_tx, mut welcomes) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
+    let started = Instant::now();
+    let opens = futures_util::stream::iter(names.iter().enumerate()).map(|(i, name)| {
+        let (client, tx) = (client.clone(), welcomes_tx.clone());
+        let token = presence_model::auth::mint_hs256(SECRET.as_bytes(), name, 3600);
+        async move {
+            let mut session = client.connect(name, ConnectOptions::new(TokenSource::fixed(token))).await?;
+            tokio::spawn(async move {
+                while let Some(e) = session.next_event().await {
+                    match e {
+                        Event::Welcome { node_id, .. } => {
+                            let _ = tx.send((i, node_id, Instant::now()));
+                        }
+                        Event::Reconnecting { reason, attempt, .. } if std::env::var_os("STORM_DEBUG").is_some() => {
+                            eprintln!("storm-debug {i} attempt {attempt}: {reason:?}");
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    let mut opens = opens.buffer_unordered(256);
+    while let Some(r) = opens.next().await {
+        r?;
+    }
+    drop(opens);
+    // Everyone welcomed by the victim.
+    let mut on_victim = vec![false; users];
+    let mut welcomed = 0;
+    while welcomed < users {
+        let next = tokio::time::timeout(Duration::from_secs(60), welcomes.recv()).await;
+        let (i, node, _) = next
+            .map_err(|_| anyhow::anyhow!("{welcomed} of {users} users welcomed on the node after 60 s"))?
+            .context("welcomes")?;
+        anyhow::ensure!(node == "storm-a", "a user was welcomed by {node}: the routing moved");
+        if !on_victim[i] {
+            on_victim[i] = true;
+            welcomed += 1;
+        }
+    }
+    println!(
+        "{users} users on one node of 3 (binaries on Redis + Kafka), connected in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let admin = CoordinatorClient::new(&cluster.admin)?;
+    let exact = |want: u64| {
+        let (admin, names) = (&admin, &names);
+        async move {
+            for chunk in names.chunks(1000) {
+                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                if admin.status(&refs).await?.iter().any(|p| p.connections != want) {
+                    return Ok::<_, anyhow::Error>(false);
+                }
+            }
+            Ok(true)
+        }
+    };
+    anyhow::ensure!(exact(1).await?, "counts not exact before the kill");
+    let killed = Instant::now();
+    let _ = victim.0.kill();
+    let _ = victim.0.wait();
+    let mut back = vec![false; users];
+    let (mut n_back, mut last_back) = (0, Duration::ZERO);
+    let mut times = Vec::with_capacity(users);
+    while n_back < users {
+        let (i, node, at) = tokio::time::timeout(Duration::from_secs(60), welcomes.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} of {users} users back after 60 s", n_back))?
+            .context("welcomes")?;
+        if node != "storm-a" && !back[i] {
+            back[i] = true;
+            n_back += 1;
+            last_back = at - killed;
+            times.push(last_back);
+        }
+    }
+    // Exact everywhere: every user counted once in the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exact(1).await? {
+        anyhow::ensure!(Instant::now() < deadline, "counts not exact 30 s after everyone was back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_exact = killed.elapsed();
+    // The survivors' own reports come with their heartbeats.
+    let mut survivors = 0;
+    for _ in 0..50 {
+        survivors = admin.nodes().await?.iter().map(|n| n.connections).sum::<u64>();
+        if survivors == users as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "  killed the node (SIGKILL): users back on another node: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {:.2} s",
+        crate::percentile(&times, 0.5) / 1000.0,
+        crate::percentile(&times, 0.9) / 1000.0,
+        crate::percentile(&times, 0.99) / 1000.0,
+        last_back.as_secs_f64()
+    );
+    println!("  every count exact (each user 1 in the store) after {:.2} s", all_exact.as_secs_f64());
+    println!("  the surviving nodes report {survivors} connections");
+    anyhow::ensure!(survivors == users as u64, "the survivors report {survivors} connections, not {users}");
+    println!("  target: <= 5 s (15,000 users)");
     Ok(())
 }

@@ -105,6 +105,13 @@ enum What {
         #[arg(long, default_value_t = 19_000)]
         watchers: usize,
     },
+    /// A node holding `users` users is killed; time until all are back with
+    /// exact counts (binaries on REDIS_URL and KAFKA_BROKERS).
+    Storm {
+        /// Users on the killed node (the process limit is 20,000 files).
+        #[arg(long, default_value_t = 15_000)]
+        users: usize,
+    },
     /// Redis memory per online user and per followed user (REDIS_URL).
     RedisMemory {
         /// Users to write and follow.
@@ -158,6 +165,7 @@ async fn run(what: What) -> anyhow::Result<()> {
         }
         What::Watchers { sizes } => watchers(&sizes),
         What::HotUser { watchers } => hot_user::run(watchers).await,
+        What::Storm { users } => deployed::storm(users).await,
         What::RedisMemory { users, redis_url } => redis_memory::run(&redis_url, users).await,
         What::ServeHello { addr } => serve_hello(addr).await,
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,

@@ -106,3 +106,13 @@ fn idle_memory_of_the_deployed_binary() {
     let out = bench(&["idle", "--count", "300", "--binaries"], &env);
     assert!(out.contains("bytes per connection"), "{out}");
 }
+
+#[test]
+fn reconnect_storm_of_the_deployed_binaries() {
+    let var =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
+    let env = [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))];
+    let out = bench(&["storm", "--users", "200"], &env);
+    assert!(out.contains("users back on another node") && out.contains("every count exact"), "{out}");
+    assert!(out.contains("the surviving nodes report 200 connections"), "{out}");
+}

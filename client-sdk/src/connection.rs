@@ -77,7 +77,12 @@ impl Connection {
             })?;
             req.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
-        let config = WebSocketConfig::default().max_message_size(Some(1 << 20));
+        // Small buffers: presence messages are small, and tungstenite's
+        // defaults (128 KiB to read, 128 KiB to write) cost an app that holds
+        // many sessions (a bot, a gateway, a load test) 256 KiB each. A larger
+        // message grows the read buffer as it needs.
+        let config =
+            WebSocketConfig::default().max_message_size(Some(1 << 20)).read_buffer_size(4096).write_buffer_size(0);
         let (ws, _) =
             tokio_tungstenite::connect_async_with_config(req, Some(config), true).await.map_err(|e| match e {
                 WsError::Http(res) => {

@@ -17,6 +17,9 @@ use crate::Error;
 /// Default time allowed for one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Idle connections to the coordinator kept for reuse.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+
 /// A client of one coordinator listener (`http://host:port`). Cheap to
 /// clone; clones share connections.
 ///
@@ -41,7 +44,14 @@ impl CoordinatorClient {
         }
         Ok(Self {
             base,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            // Idle connections are kept for reuse, but few and not for long:
+            // after a burst (every session of a process re-routing at once
+            // when a node dies) the process must not sit on thousands of
+            // idle sockets and run out of file descriptors.
+            http: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http(),
             timeout: DEFAULT_TIMEOUT,
             authorization: None,
         })

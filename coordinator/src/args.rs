@@ -44,6 +44,10 @@ pub struct Args {
     /// Leader lease TTL, ms.
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = default_of(|c| c.lease_ttl.as_millis()))]
     pub lease_ttl_ms: String,
+    /// A node silent this long whose address refuses connections is dead
+    /// before its TTL, ms (longer than HEARTBEAT_MS; 0: off).
+    #[arg(long, env = "FAST_DEATH_MS", default_value_t = default_of(|c| c.fast_death.as_millis()))]
+    pub fast_death_ms: String,
     /// Load-balancing hysteresis: act above (1 + epsilon) x fair share.
     #[arg(long, env = "REBALANCE_EPSILON", default_value_t = default_of(|c| c.policy.epsilon))]
     pub rebalance_epsilon: String,
@@ -95,6 +99,7 @@ impl Args {
         // A value that does not parse is reported; the default stays in its place until `finish` fails.
         p.read_ms("--tick-ms/TICK_MS", &self.tick_ms, 10, &mut c.tick);
         p.read_ms("--lease-ttl-ms/LEASE_TTL_MS", &self.lease_ttl_ms, 100, &mut c.lease_ttl);
+        p.read_ms("--fast-death-ms/FAST_DEATH_MS", &self.fast_death_ms, 0, &mut c.fast_death);
         if c.lease_ttl <= c.tick {
             p.add("--lease-ttl-ms/LEASE_TTL_MS", "must be longer than the tick");
         }

@@ -14,6 +14,11 @@ pub struct CoordinatorConfig {
     pub tick: std::time::Duration,
     /// Leader lease TTL; a leader silent this long is replaced.
     pub lease_ttl: Duration,
+    /// The fast failure detector (`crate::control`): a node whose last
+    /// heartbeat is this old and whose address refuses connections is gone,
+    /// without waiting for its registration's TTL. Longer than the nodes'
+    /// heartbeat interval; zero turns it off.
+    pub fast_death: Duration,
     /// Periodic routing-epoch check of the cache (notices are the fast path).
     pub table_poll: Duration,
     /// The rebalancing policy.
@@ -32,6 +37,7 @@ impl CoordinatorConfig {
             id: format!("coordinator-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             tick: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(5),
+            fast_death: Duration::from_millis(1500),
             table_poll: Duration::from_secs(1),
             policy: Policy::default(),
             http: presence_http::Limits::default(),

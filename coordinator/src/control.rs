@@ -5,7 +5,14 @@
 //!   a new generation so that every reader adopts it);
 //! * runs one rebalance round and writes the result by compare-and-set;
 //! * counts out nodes whose registration expired: their presence entries are
-//!   removed and a `leave` event (reason `node_lost`) goes out per user.
+//!   removed and a `leave` event (reason `node_lost`) goes out per user;
+//! * finds dead nodes before their registration expires: a node silent for
+//!   `FAST_DEATH_MS` whose address refuses connections has no process
+//!   listening there (killed, crashed, its port closed), so its registration
+//!   is removed and the same tick moves its vnodes and counts it out. A node
+//!   that is merely unreachable (a partition, a host down: connections time
+//!   out rather than being refused) still waits for its TTL, and a node that
+//!   heartbeats is never taken for dead, whatever the probe says.
 //!
 //! Every write of the leader names its lease holder; the store refuses it
 //! once another coordinator holds the lease (a leader paused past its lease
@@ -94,6 +101,7 @@ pub async fn step(coord: &Coordinator) -> Result<(), StoreError> {
     if !leader {
         return Ok(());
     }
+    let nodes = without_refusing(coord, nodes).await?;
     let work = async {
         rebalance_round(coord, &nodes).await?;
         count_out_dead(coord, &nodes).await
@@ -185,6 +193,56 @@ async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<()
     Ok(())
 }
 
+/// How long a probe of a silent node may take; a timeout proves nothing.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The fast failure detector (see the module's doc): removes the
+/// registrations of silent nodes whose address refuses connections, and
+/// returns the other nodes.
+async fn without_refusing(coord: &Coordinator, nodes: Vec<NodeRecord>) -> Result<Vec<NodeRecord>, StoreError> {
+    let silence = coord.config.fast_death.as_millis() as u64;
+    if silence == 0 {
+        return Ok(nodes);
+    }
+    let now = presence_model::time::now_ms();
+    let silent: Vec<&NodeRecord> = nodes.iter().filter(|n| now.saturating_sub(n.heartbeat_ms) >= silence).collect();
+    if silent.is_empty() {
+        return Ok(nodes);
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    for n in silent {
+        let (id, url) = (n.id.clone(), n.url.clone());
+        probes.spawn(async move { (id, refuses(&url).await) });
+    }
+    let mut gone = HashSet::new();
+    while let Some(probe) = probes.join_next().await {
+        if let Ok((id, true)) = probe {
+            gone.insert(id);
+        }
+    }
+    for id in &gone {
+        coord.store.deregister(id).await?;
+        coord.metrics.refused_nodes.inc();
+        tracing::warn!(node = %id, "node is silent and its address refuses connections: dead before its TTL");
+    }
+    Ok(nodes.into_iter().filter(|n| !gone.contains(&n.id)).collect())
+}
+
+/// Whether the host and port of a node's URL refuse a TCP connection (no
+/// process listens there). Anything else (a timeout, an unreachable
+/// network, a URL without a host) is no proof.
+async fn refuses(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let connect = tokio::net::TcpStream::connect((host, port));
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(), StoreError> {
     let live: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     let mut candidates: Vec<String> =
@@ -248,6 +306,57 @@ mod tests {
         step(&coord).await.expect("step");
         assert!(!coord.is_leader());
         assert_eq!(coord.metrics.dead_nodes.get(), 0);
+    }
+
+    /// Silent and refusing: gone at once. Silent but listening (paused,
+    /// overloaded), or refusing but heartbeating (a probe path that is
+    /// broken, not the node): left to the TTL.
+    #[tokio::test]
+    async fn a_silent_node_whose_address_refuses_is_dead_before_its_ttl() {
+        let store = MemoryStore::new();
+        let coord =
+            Coordinator::new(CoordinatorConfig::default(), Arc::new(store.clone()), Arc::new(MemoryBus::default()));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let open = listening.local_addr().expect("addr").port();
+        let now = presence_model::time::now_ms();
+        let record = |id: &str, port: u16, heartbeat_ms: u64| NodeRecord {
+            id: id.into(),
+            run_id: format!("{id}-run"),
+            url: format!("ws://127.0.0.1:{port}/socket"),
+            capacity: 1,
+            connections: 0,
+            users: 0,
+            vnode_load: vec![],
+            pinned: vec![],
+            draining: false,
+            heartbeat_ms,
+        };
+        let nodes = vec![
+            record("killed", closed, now - 2_000),
+            record("paused", open, now - 2_000),
+            record("heartbeating", closed, now),
+        ];
+        for n in &nodes {
+            store.heartbeat(n, Duration::from_secs(30)).await.expect("up");
+        }
+        let left = without_refusing(&coord, nodes).await.expect("up");
+        let ids = |ns: &[NodeRecord]| {
+            let mut ids: Vec<String> = ns.iter().map(|n| n.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&left), ["heartbeating", "paused"]);
+        assert_eq!(ids(&store.live_nodes().await.expect("up")), ["heartbeating", "paused"], "deregistered");
+        assert_eq!(coord.metrics.refused_nodes.get(), 1);
+        // Off: nobody is probed.
+        let config = CoordinatorConfig { fast_death: Duration::ZERO, ..Default::default() };
+        let off = Coordinator::new(config, Arc::new(store.clone()), Arc::new(MemoryBus::default()));
+        let nodes = vec![record("killed-too", closed, now - 60_000)];
+        assert_eq!(ids(&without_refusing(&off, nodes).await.expect("up")), ["killed-too"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub vnode_moves: IntCounter,
     /// Dead nodes counted out.
     pub dead_nodes: IntCounter,
+    /// Nodes found gone before their TTL (their address refused connections).
+    pub refused_nodes: IntCounter,
     /// Leader writes the store refused because another coordinator held the lease.
     pub fenced_writes: IntCounter,
     /// Times the control loop panicked and was restarted.
@@ -91,6 +93,11 @@ impl Metrics {
             rebalances: counter(&r, "presence_rebalances_total", "Routing-table changes written by this coordinator."),
             vnode_moves: counter(&r, "presence_vnode_moves_total", "Vnodes moved by this coordinator."),
             dead_nodes: counter(&r, "presence_dead_nodes_total", "Dead nodes whose connections were counted out."),
+            refused_nodes: counter(
+                &r,
+                "presence_refused_nodes_total",
+                "Nodes found gone before their TTL: silent, and their address refused connections.",
+            ),
             control_restarts: counter(
                 &r,
                 "presence_control_restarts_total",
