@@ -23,6 +23,13 @@ fn bench(args: &[&str], env: &[(&str, String)]) -> String {
     stdout
 }
 
+/// REDIS_URL and KAFKA_BROKERS, as `./scripts/test` sets them.
+fn backends() -> [(&'static str, String); 2] {
+    let var =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
+    [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))]
+}
+
 /// The changes each node heard on its live feed ("node-N: X changes heard ...").
 fn heard_live(out: &str) -> Vec<u64> {
     out.lines()
@@ -66,9 +73,7 @@ fn fanout_embedded() {
 
 #[test]
 fn fanout_on_redis_and_kafka_beside_the_floors() {
-    let var =
-        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
-    let env = [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))];
+    let env = backends();
     let out = bench(&["fanout", "--rate", "40", "--seconds", "1"], &env);
     nothing_missed(&out);
     assert!(out.contains("store redis, bus kafka"), "{out}");
@@ -100,18 +105,14 @@ fn hot_user() {
 
 #[test]
 fn idle_memory_of_the_deployed_binary() {
-    let var =
-        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
-    let env = [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))];
+    let env = backends();
     let out = bench(&["idle", "--count", "300", "--binaries"], &env);
     assert!(out.contains("bytes per connection"), "{out}");
 }
 
 #[test]
 fn reconnect_storm_of_the_deployed_binaries() {
-    let var =
-        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run the tests through ./scripts/test"));
-    let env = [("REDIS_URL", var("REDIS_URL")), ("KAFKA_BROKERS", var("KAFKA_BROKERS"))];
+    let env = backends();
     let out = bench(&["storm", "--users", "200"], &env);
     assert!(out.contains("users back on another node") && out.contains("every count exact"), "{out}");
     assert!(out.contains("the surviving nodes report 200 connections"), "{out}");
