@@ -284,3 +284,119 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
     println!("  target: <= 5 s (15,000 users)");
     Ok(())
 }
+
+/// Reads the counters and gauges named in `names` from a node's `/metrics`
+/// (`ws_url` is its socket URL; the metrics are on the same port).
+async fn node_metrics(ws_url: &str, names: &[&str]) -> anyhow::Result<Vec<f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ws_url.trim_start_matches("ws://").split('/').next().context("the node's address")?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: node\r\n\r\n").await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    names
+        .iter()
+        .map(|name| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("{name} in the node's metrics"))
+        })
+        .collect()
+}
+
+/// Commands Redis has processed since it started (`INFO stats`).
+async fn redis_commands(url: &str) -> anyhow::Result<u64> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("total_commands_processed in INFO")
+}
+
+/// Churn into one node of the deployed binaries: `workers` clients connect
+/// (token in the header, until `welcome`, which the node sends once the
+/// store counts the connection) and close, each over users of its own, for
+/// `seconds`. Reports changes per second (a connect or a close is one), the
+/// time until every count is exact afterwards (all 0 in the store, none on
+/// the node), and the store's work per change: the writer's batches (one
+/// pipelined round trip each) and count updates from the node's metrics,
+/// and every command Redis processed (heartbeats and table polls included).
+pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let cluster = Cluster::start()?;
+    let (_node, url) = cluster.node("churn-node")?;
+    cluster.settled(&[&url]).await?;
+    const USERS_PER_WORKER: usize = 20;
+    let names: Vec<String> = (0..workers * USERS_PER_WORKER)
+        .map(|i| format!("churn-{}-{}", i / USERS_PER_WORKER, i % USERS_PER_WORKER))
+        .collect();
+    let tokens: Vec<String> =
+        names.iter().map(|n| presence_model::auth::mint_hs256(SECRET.as_bytes(), n, 3600)).collect();
+    let counters = ["presence_store_writes_total", "presence_store_updates_total", "presence_connects_total"];
+    let before = node_metrics(&url, &counters).await?;
+    let commands_before = redis_commands(&cluster.redis).await?;
+    let changes = std::sync::Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let mine: Vec<String> = tokens[w * USERS_PER_WORKER..(w + 1) * USERS_PER_WORKER].to_vec();
+        let (url, changes) = (url.clone(), changes.clone());
+        tasks.push(tokio::spawn(async move {
+            for token in mine.iter().cycle() {
+                if Instant::now() >= stop {
+                    break;
+                }
+                let c = crate::welcomed(&url, token.clone()).await?;
+                c.close().await;
+                changes.fetch_add(2, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed();
+    let done = changes.load(Ordering::Relaxed);
+    // Exact afterwards: every user at 0 in the store, nobody on the node.
+    let admin = CoordinatorClient::new(&cluster.admin)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all_zero = true;
+        for chunk in names.chunks(1000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            all_zero &= admin.status(&refs).await?.iter().all(|p| p.connections == 0);
+        }
+        let on_node = node_metrics(&url, &["presence_connections"]).await?[0];
+        if all_zero && on_node == 0.0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "counts not exact 30 s after the churn");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exact_after = started.elapsed() - elapsed;
+    let after = node_metrics(&url, &counters).await?;
+    let commands = redis_commands(&cluster.redis).await? - commands_before;
+    let (writes, updates) = (after[0] - before[0], after[1] - before[1]);
+    let per_change = |x: f64| x / done as f64;
+    println!(
+        "churn into one ws-node binary (Redis + Kafka), {workers} clients connecting and closing for {seconds} s:"
+    );
+    println!(
+        "  {:.0} changes/s ({done} connects and closes); every count exact {:.2} s after the last",
+        done as f64 / elapsed.as_secs_f64(),
+        exact_after.as_secs_f64()
+    );
+    println!(
+        "  store work per change: {:.3} batches (pipelined round trips), {:.2} count updates, {:.2} Redis commands in all",
+        per_change(writes),
+        per_change(updates),
+        per_change(commands as f64)
+    );
+    println!("  target: >= 20,000 changes/s");
+    Ok(())
+}

@@ -112,6 +112,16 @@ enum What {
         #[arg(long, default_value_t = 15_000)]
         users: usize,
     },
+    /// Connects and closes into one node (binaries on REDIS_URL and
+    /// KAFKA_BROKERS): changes per second with exact counts, store work per change.
+    Churn {
+        /// Seconds of churn.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Clients connecting and closing at once.
+        #[arg(long, default_value_t = 256)]
+        workers: usize,
+    },
     /// Redis memory per online user and per followed user (REDIS_URL).
     RedisMemory {
         /// Users to write and follow.
@@ -166,6 +176,7 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::Watchers { sizes } => watchers(&sizes),
         What::HotUser { watchers } => hot_user::run(watchers).await,
         What::Storm { users } => deployed::storm(users).await,
+        What::Churn { seconds, workers } => deployed::churn(seconds, workers).await,
         What::RedisMemory { users, redis_url } => redis_memory::run(&redis_url, users).await,
         What::ServeHello { addr } => serve_hello(addr).await,
         What::ServeRoute { addr } => serve_cluster(addr, 3).await,

@@ -117,3 +117,10 @@ fn reconnect_storm_of_the_deployed_binaries() {
     assert!(out.contains("users back on another node") && out.contains("every count exact"), "{out}");
     assert!(out.contains("the surviving nodes report 200 connections"), "{out}");
 }
+
+#[test]
+fn churn_into_the_deployed_binary() {
+    let out = bench(&["churn", "--seconds", "1", "--workers", "8"], &backends());
+    assert!(out.contains("changes/s") && out.contains("every count exact"), "{out}");
+    assert!(out.contains("batches (pipelined round trips)"), "{out}");
+}

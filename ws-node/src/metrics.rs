@@ -33,6 +33,10 @@ pub struct Metrics {
     pub handoffs: IntCounter,
     /// Store operations that failed.
     pub store_errors: IntCounter,
+    /// Count batches the writer sent to the store (each one pipelined round trip).
+    pub store_writes: IntCounter,
+    /// User counts written to the store (one script call each, pipelined in their batch).
+    pub store_updates: IntCounter,
     /// Users whose count is waiting to be written to the store.
     pub store_pending: IntGauge,
     /// Times the pending-write buffer overflowed (a full resync follows).
@@ -125,6 +129,12 @@ impl Metrics {
             redirects: counter(&r, "presence_redirects_total", "Clients redirected to the owning node."),
             handoffs: counter(&r, "presence_handoffs_total", "Connections told to reconnect to another node."),
             store_errors: counter(&r, "presence_store_errors_total", "Store operations that failed."),
+            store_writes: counter(
+                &r,
+                "presence_store_writes_total",
+                "Count batches written to the store (one pipelined round trip each).",
+            ),
+            store_updates: counter(&r, "presence_store_updates_total", "User counts written to the store."),
             store_pending: gauge(
                 &r,
                 "presence_store_pending_users",

@@ -314,6 +314,8 @@ impl Writer {
         }
         let now = presence_model::time::now_ms();
         let answers = self.store.set_counts(&self.node_id, &updates, now).await?;
+        self.metrics.store_writes.inc();
+        self.metrics.store_updates.inc_by(updates.len() as u64);
         self.counts.record_writes(&updates, &answers, now);
         for ((_, conn, reason), answer) in batch.iter().zip(&answers) {
             if let Some(change) = answer {
