@@ -177,6 +177,7 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
     names.truncate(users);
     // Each user's session runs on its own task and reports each welcome.
     let client = Client::new(&cluster.public)?;
+    let debug = std::env::var_os("STORM_DEBUG").is_some();
     let (welcomes_tx, mut welcomes) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
     let started = Instant::now();
     let opens = futures_util::stream::iter(names.iter().enumerate()).map(|(i, name)| {
@@ -190,7 +191,7 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
                         Event::Welcome { node_id, .. } => {
                             let _ = tx.send((i, node_id, Instant::now()));
                         }
-                        Event::Reconnecting { reason, attempt, .. } if std::env::var_os("STORM_DEBUG").is_some() => {
+                        Event::Reconnecting { reason, attempt, .. } if debug => {
                             eprintln!("storm-debug {i} attempt {attempt}: {reason:?}");
                         }
                         _ => {}

@@ -198,22 +198,21 @@ impl Counts {
         Some(fanout::deliver(e, now_ms, quiet))
     }
 
+    /// Calls `f` with every live connection on the node, a shard at a time.
+    fn for_each_conn(&self, f: impl Fn(&Conn)) {
+        for s in self.each_shard() {
+            s.values().flat_map(|e| &e.conns).for_each(&f);
+        }
+    }
+
     /// Rings the sessions whose timer is due (see [`run_timers`]).
     pub fn ring_due_timers(&self, now_ms: u64) {
-        for s in self.each_shard() {
-            for e in s.values() {
-                e.conns.iter().for_each(|c| c.ring_if_due(now_ms));
-            }
-        }
+        self.for_each_conn(|c| c.ring_if_due(now_ms));
     }
 
     /// Tells every connection's session that the node closes.
     pub fn close_all(&self) {
-        for s in self.each_shard() {
-            for e in s.values() {
-                e.conns.iter().for_each(Conn::close);
-            }
-        }
+        self.for_each_conn(Conn::close);
     }
 
     /// The node's live connections of each user: what the writer writes.
