@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use presence_client::CoordinatorClient;
 use tokio::time::Instant;
 
-use crate::{open_many, rss_kib, SECRET};
+use crate::SECRET;
 
 /// A process of ours, killed when dropped.
 struct Proc(std::process::Child);
@@ -128,20 +128,23 @@ pub async fn idle(count: usize) -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let (node, url) = cluster.node("bench-node")?;
     cluster.settled(&[&url]).await?;
-    let pid = node.0.id();
-    let warm = open_many(&url, 200, true, 64).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(pid)?;
-    let conns = open_many(&url, count, true, 256).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid)?;
-    drop(conns);
-    drop(warm);
-    let per = after.saturating_sub(before) as f64 * 1024.0 / count as f64;
+    let per = crate::per_connection(node.0.id(), None, &url, count, true).await?.rss;
     println!("{count} idle connections into the ws-node binary (Redis + Kafka), resident memory growth:");
-    println!("  {per:>8.0} bytes per connection (process: {before} KiB before, {after} KiB after)");
+    println!("  {per:>8.0} bytes per connection");
     println!("  target: at most 3 KiB = 3072 bytes");
     Ok(())
+}
+
+/// Whether every one of `users` has `want` connections in the store (the
+/// admin `/presence` API, a thousand at a time).
+async fn all_at(admin: &CoordinatorClient, users: &[String], want: u64) -> anyhow::Result<bool> {
+    for chunk in users.chunks(1000) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        if admin.status(&refs).await?.iter().any(|p| p.connections != want) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A reconnect storm: `users` users, all on one node of three, with the
@@ -225,19 +228,7 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let admin = CoordinatorClient::new(&cluster.admin)?;
-    let exact = |want: u64| {
-        let (admin, names) = (&admin, &names);
-        async move {
-            for chunk in names.chunks(1000) {
-                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                if admin.status(&refs).await?.iter().any(|p| p.connections != want) {
-                    return Ok::<_, anyhow::Error>(false);
-                }
-            }
-            Ok(true)
-        }
-    };
-    anyhow::ensure!(exact(1).await?, "counts not exact before the kill");
+    anyhow::ensure!(all_at(&admin, &names, 1).await?, "counts not exact before the kill");
     let killed = Instant::now();
     let _ = victim.0.kill();
     let _ = victim.0.wait();
@@ -258,7 +249,7 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
     }
     // Exact everywhere: every user counted once in the store.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !exact(1).await? {
+    while !all_at(&admin, &names, 1).await? {
         anyhow::ensure!(Instant::now() < deadline, "counts not exact 30 s after everyone was back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -367,11 +358,7 @@ pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
     let admin = CoordinatorClient::new(&cluster.admin)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut all_zero = true;
-        for chunk in names.chunks(1000) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            all_zero &= admin.status(&refs).await?.iter().all(|p| p.connections == 0);
-        }
+        let all_zero = all_at(&admin, &names, 0).await?;
         let on_node = node_metrics(&url, &["presence_connections"]).await?[0];
         if all_zero && on_node == 0.0 {
             break;

@@ -373,10 +373,11 @@ impl PerConnection {
     }
 }
 
-/// Growth of server `pid` (reporting its heap into `heap`) per connection while `count` connections are open.
+/// Growth of server `pid` per connection while `count` connections are
+/// open; its heap too when it reports it into `heap` (a bench child).
 async fn per_connection(
     pid: u32,
-    heap: &std::path::Path,
+    heap: Option<&std::path::Path>,
     url: &str,
     count: usize,
     auth: bool,
@@ -384,10 +385,11 @@ async fn per_connection(
     // A first small batch warms allocator pools and the server's maps.
     let warm = open_many(url, 200, auth, 64).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_before, heap_before) = (rss_kib(pid)?, heap::read(heap));
+    let report = |h: Option<&std::path::Path>| h.map(heap::read).unwrap_or_default();
+    let (rss_before, heap_before) = (rss_kib(pid)?, report(heap));
     let conns = open_many(url, count, auth, 256).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_after, heap_after) = (rss_kib(pid)?, heap::read(heap));
+    let (rss_after, heap_after) = (rss_kib(pid)?, report(heap));
     drop(conns);
     drop(warm);
     Ok(PerConnection {
@@ -403,12 +405,14 @@ async fn per_connection(
 
 async fn idle(count: usize) -> anyhow::Result<()> {
     let (node, addr) = child("serve-node").await?;
-    let ours = per_connection(node.id().context("pid")?, &heap_file(addr), &format!("ws://{addr}/socket"), count, true)
-        .await?;
+    let ours =
+        per_connection(node.id().context("pid")?, Some(&heap_file(addr)), &format!("ws://{addr}/socket"), count, true)
+            .await?;
     drop(node);
     let (echo, addr) = child("serve-echo").await?;
     let bare =
-        per_connection(echo.id().context("pid")?, &heap_file(addr), &format!("ws://{addr}/"), count, false).await?;
+        per_connection(echo.id().context("pid")?, Some(&heap_file(addr)), &format!("ws://{addr}/"), count, false)
+            .await?;
     drop(echo);
     println!("{count} idle connections, growth of the server per connection (resident; of it, live heap):");
     println!(
