@@ -67,12 +67,44 @@ pub enum Command {
         /// Also stream the status of these users (comma-separated).
         #[arg(long, value_delimiter = ',')]
         subscribe: Vec<String>,
+        /// The device class this connection declares (web, mobile, desktop or a short label).
+        #[arg(long)]
+        device: Option<String>,
         /// A JWT for the user; default: minted from JWT_SECRET.
         #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Secret to mint the token with when none is given.
         #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
         jwt_secret: String,
+        /// Coordinator and output options.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set a user's availability and status text (connects as the user
+    /// briefly, sets it, and waits until the cluster reports it).
+    SetStatus {
+        /// The user.
+        user_id: String,
+        /// available, away, busy or invisible (available with no text clears it).
+        availability: String,
+        /// A short status text (at most 128 characters).
+        #[arg(long)]
+        text: Option<String>,
+        /// How long it holds, in seconds (at most a week); forever when not given.
+        #[arg(long = "for")]
+        for_secs: Option<u64>,
+        /// A JWT for the user; default: minted from JWT_SECRET.
+        #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Secret to mint the token with when none is given.
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
+        jwt_secret: String,
+        /// Coordinator and output options.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Unique users this hour and today, and today's peak of connections.
+    Stats {
         /// Coordinator and output options.
         #[command(flatten)]
         target: Target,
@@ -164,20 +196,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
                 for u in users {
-                    let seen = u.last_seen.map_or("never".to_string(), |ms| format!("{ms}"));
-                    println!(
-                        "{:<24} {:<8} connections {:<4} lastSeen {}",
-                        u.user_id,
-                        if u.online { "online" } else { "offline" },
-                        u.connections,
-                        seen
-                    );
+                    println!("{}", describe(&u));
                 }
             }
             Ok(())
         }
-        Command::Watch { user_id, subscribe, token, jwt_secret, target } => {
-            watch(&user_id, &subscribe, token, &jwt_secret, &target).await
+        Command::Watch { user_id, subscribe, device, token, jwt_secret, target } => {
+            watch(&user_id, &subscribe, device, token, &jwt_secret, &target).await
+        }
+        Command::SetStatus { user_id, availability, text, for_secs, token, jwt_secret, target } => {
+            let availability = presence_model::Availability::parse(&availability)
+                .context("availability: expected available, away, busy or invisible")?;
+            let expires = for_secs.map(Duration::from_secs);
+            set_status(&user_id, availability, text, expires, token, &jwt_secret, &target).await
+        }
+        Command::Stats { target } => {
+            let stats = client(&target)?.stats().await?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "unique users: {} this hour, {} today\npeak connections today: {}\nnow: {} connections, {} users",
+                    stats.unique_users_hour,
+                    stats.unique_users_day,
+                    stats.peak_connections_day,
+                    stats.connections,
+                    stats.users
+                );
+            }
+            Ok(())
         }
         Command::Nodes { target } => {
             let nodes = client(&target)?.nodes().await?;
@@ -215,17 +262,42 @@ pub fn nodes_table(nodes: &[presence_model::api::NodeView]) -> String {
     s
 }
 
-async fn watch(
-    user: &str,
-    subscribe: &[String],
-    token: Option<String>,
-    secret: &str,
-    target: &Target,
-) -> anyhow::Result<()> {
-    use presence_client::{Client, ConnectOptions, Event, ReconnectReason, TokenSource};
-    use std::io::Write;
-    presence_model::UserId::parse(user).context("user ID")?;
-    let tokens = match token {
+/// One user's presence on one line: state, connections per device, idleness, availability.
+fn describe(u: &presence_model::api::PresenceView) -> String {
+    let mut line = format!(
+        "{:<24} {:<8} connections {:<4}",
+        u.user_id,
+        if u.online { "online" } else { "offline" },
+        u.connections
+    );
+    if !u.devices.is_empty() {
+        let devices: Vec<String> = u.devices.iter().map(|(d, n)| format!("{d}={n}")).collect();
+        line.push_str(&format!(" [{}]", devices.join(" ")));
+    }
+    if u.idle {
+        line.push_str(" idle");
+    }
+    if u.availability != presence_model::Availability::Available || u.status_text.is_some() {
+        line.push_str(&format!(" {}", u.availability.as_str()));
+        if let Some(t) = &u.status_text {
+            line.push_str(&format!(" \"{t}\""));
+        }
+    }
+    match (u.online, u.last_seen) {
+        (true, _) => {}
+        (false, Some(ms)) => line.push_str(&format!(" lastSeen {ms}")),
+        (false, None) => line.push_str(" lastSeen never"),
+    }
+    if let Some(r) = u.reason {
+        line.push_str(&format!(" ({})", r.as_str()));
+    }
+    line
+}
+
+/// Tokens for `user`: the one given, or minted from `secret`.
+fn tokens_for(user: &str, token: Option<String>, secret: &str) -> presence_client::TokenSource {
+    use presence_client::TokenSource;
+    match token {
         Some(t) => TokenSource::fixed(t),
         None => {
             let (secret, user) = (secret.to_string(), user.to_string());
@@ -234,9 +306,61 @@ async fn watch(
                 async move { Ok(t) }
             })
         }
-    };
+    }
+}
+
+async fn set_status(
+    user: &str,
+    availability: presence_model::Availability,
+    text: Option<String>,
+    expires: Option<Duration>,
+    token: Option<String>,
+    secret: &str,
+    target: &Target,
+) -> anyhow::Result<()> {
+    use presence_client::{Client, ConnectOptions, Event};
+    presence_model::UserId::parse(user).context("user ID")?;
     let client = Client::new(&target.coordinator)?;
-    let mut session = client.connect(user, ConnectOptions::new(tokens)).await?;
+    let mut session = client.connect(user, ConnectOptions::new(tokens_for(user, token, secret))).await?;
+    // The user's own status says when the cluster has it.
+    session.subscribe(&[user]).await?;
+    session.set_status(availability, text.as_deref(), expires).await?;
+    let wanted = |e: &Event| match e {
+        Event::Status { availability: a, status_text, .. } => *a == availability && *status_text == text,
+        _ => false,
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(e) = session.next_event().await {
+            match e {
+                Event::Error { code, message } => anyhow::bail!("{code}: {message}"),
+                e if wanted(&e) => return Ok(()),
+                _ => {}
+            }
+        }
+        anyhow::bail!("the session ended before the status was confirmed")
+    })
+    .await;
+    session.close().await;
+    outcome.map_err(|_| anyhow::anyhow!("no confirmation within 10 s"))??;
+    println!("{user}: {}{}", availability.as_str(), text.map(|t| format!(" \"{t}\"")).unwrap_or_default());
+    Ok(())
+}
+
+async fn watch(
+    user: &str,
+    subscribe: &[String],
+    device: Option<String>,
+    token: Option<String>,
+    secret: &str,
+    target: &Target,
+) -> anyhow::Result<()> {
+    use presence_client::{Client, ConnectOptions, Event, ReconnectReason};
+    use std::io::Write;
+    presence_model::UserId::parse(user).context("user ID")?;
+    let client = Client::new(&target.coordinator)?;
+    let mut options = ConnectOptions::new(tokens_for(user, token, secret));
+    options.device = device;
+    let mut session = client.connect(user, options).await?;
     if !subscribe.is_empty() {
         let ids: Vec<&str> = subscribe.iter().map(String::as_str).collect();
         session.subscribe(&ids).await?;
@@ -260,14 +384,10 @@ async fn watch(
                     format!("{user}: {connections} {} (connected to {node_id})", plural(*connections))
                 }
                 Event::Count { connections } => format!("{user}: {connections} {}", plural(*connections)),
-                Event::Status { user_id, online, connections, reason, .. } => {
-                    format!(
-                        "{user_id}: {} ({connections} {}){}",
-                        if *online { "online" } else { "offline" },
-                        plural(*connections),
-                        reason.map(|r| format!(", {}", r.as_str())).unwrap_or_default()
-                    )
-                }
+                Event::Status { .. } => match status_view(&event) {
+                    Some(v) => describe(&v),
+                    None => continue,
+                },
                 Event::Reconnecting { reason: ReconnectReason::Handoff { url }, .. } => format!("moving to {url}"),
                 Event::Reconnecting { reason: ReconnectReason::TokenExpired, .. } => {
                     "token expired; refreshing".to_string()
@@ -294,10 +414,11 @@ fn event_json(e: &presence_client::Event) -> serde_json::Value {
             "type": "welcome", "nodeId": node_id, "connectionId": connection_id, "epoch": epoch, "connections": connections
         }),
         Event::Count { connections } => serde_json::json!({"type": "count", "connections": connections}),
-        Event::Status { user_id, online, connections, last_seen, reason } => serde_json::json!({
-            "type": "status", "userId": user_id, "online": online, "connections": connections, "lastSeen": last_seen,
-            "reason": reason
-        }),
+        Event::Status { .. } => {
+            let mut v = serde_json::to_value(status_view(e)).unwrap_or_default();
+            v["type"] = "status".into();
+            v
+        }
         Event::Reconnecting { reason, attempt, delay } => {
             let (why, detail) = match reason {
                 ReconnectReason::Handoff { url } => ("handoff", url.clone()),
@@ -308,6 +429,39 @@ fn event_json(e: &presence_client::Event) -> serde_json::Value {
         }
         Event::Error { code, message } => serde_json::json!({"type": "error", "code": code, "message": message}),
     }
+}
+
+/// A `Status` event as the presence view it carries.
+fn status_view(e: &presence_client::Event) -> Option<presence_model::api::PresenceView> {
+    let presence_client::Event::Status {
+        user_id,
+        online,
+        connections,
+        last_seen,
+        reason,
+        devices,
+        idle,
+        idle_since,
+        availability,
+        status_text,
+        status_expires_at,
+    } = e
+    else {
+        return None;
+    };
+    Some(presence_model::api::PresenceView {
+        user_id: presence_model::UserId::parse(user_id).ok()?,
+        online: *online,
+        connections: *connections,
+        last_seen: *last_seen,
+        reason: *reason,
+        devices: devices.clone(),
+        idle: *idle,
+        idle_since: *idle_since,
+        availability: *availability,
+        status_text: status_text.clone(),
+        status_expires_at: *status_expires_at,
+    })
 }
 
 fn client(target: &Target) -> anyhow::Result<CoordinatorClient> {

@@ -43,6 +43,10 @@ async fn a_forged_far_future_seq_on_the_topic_changes_nothing() {
         ts: presence_model::time::now_ms(),
         reason: None,
         run_id: None,
+        last_seen: None,
+        devices: Default::default(),
+        idle_since: None,
+        status: None,
     };
     bus.publish(forged).await.expect("published");
     let _ = tokio::task::spawn_blocking(move || bus.flush(Duration::from_secs(5))).await;

@@ -136,7 +136,7 @@ async fn connections_waiting_for_auth_are_capped() {
     let (mut alice, _) = connect(&c, "alice").await;
     // One of the waiting authenticates: a place is free again.
     let mut first = waiting.remove(0);
-    first.send(&presence_client::ClientMessage::Auth { token: token("bob") }).await.expect("auth");
+    first.send(&presence_client::ClientMessage::Auth { token: token("bob"), device: None }).await.expect("auth");
     let owner_is_here = owner(&c, "bob").1 == url;
     if owner_is_here {
         expect(&mut first, |m| matches!(m, ServerMessage::Welcome { .. }), "welcome").await;

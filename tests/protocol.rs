@@ -35,7 +35,15 @@ fn b64(bytes: &[u8]) -> String {
 fn expired() -> String {
     mint_hs256_claims(
         SECRET.as_bytes(),
-        &Claims { sub: "alice".into(), exp: now_s() - 600, nbf: None, iat: None, iss: None, aud: None },
+        &Claims {
+            sub: "alice".into(),
+            exp: now_s() - 600,
+            nbf: None,
+            iat: None,
+            iss: None,
+            aud: None,
+            ..Default::default()
+        },
     )
 }
 
@@ -183,7 +191,7 @@ async fn bad_input_gets_an_error_and_the_connection_stays() {
         assert!(matches!(&m, ServerMessage::Error { code, .. } if code == want), "{m:?}");
     }
     // A second `auth` is a token refresh: for another user it is refused, the connection stays.
-    conn.send(&ClientMessage::Auth { token: token("bob") }).await.expect("send");
+    conn.send(&ClientMessage::Auth { token: token("bob"), device: None }).await.expect("send");
     expect(&mut conn, |m| matches!(m, ServerMessage::Error { code, .. } if code == "unauthorized"), "error").await;
     conn.send(&ClientMessage::Ping).await.expect("send");
     expect(&mut conn, |m| *m == ServerMessage::Pong, "pong").await;

@@ -160,6 +160,7 @@ async fn an_expired_token_is_refreshed_through_the_callback() {
                         iat: None,
                         iss: None,
                         aud: None,
+                        ..Default::default()
                     },
                 ))
             }

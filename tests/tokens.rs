@@ -63,9 +63,9 @@ async fn a_fresh_auth_in_time_keeps_the_connection() {
     let mut conn = Connection::connect(&url, TokenPlacement::Header(short_token("alice", 2))).await.expect("connects");
     expect(&mut conn, |m| matches!(m, ServerMessage::Welcome { .. }), "welcome").await;
     // Another user's token does not extend it.
-    conn.send(&ClientMessage::Auth { token: short_token("mallory", 3600) }).await.expect("send");
+    conn.send(&ClientMessage::Auth { token: short_token("mallory", 3600), device: None }).await.expect("send");
     expect(&mut conn, |m| matches!(m, ServerMessage::Error { code, .. } if code == "unauthorized"), "refusal").await;
-    conn.send(&ClientMessage::Auth { token: short_token("alice", 3600) }).await.expect("send");
+    conn.send(&ClientMessage::Auth { token: short_token("alice", 3600), device: None }).await.expect("send");
     tokio::time::sleep(Duration::from_secs(3)).await;
     conn.send(&ClientMessage::Ping).await.expect("still open");
     expect(&mut conn, |m| *m == ServerMessage::Pong, "pong after the first token ran out").await;

@@ -42,12 +42,110 @@ pub async fn run_all(store: &dyn Store, tag: &str) {
     offline_reasons_are_kept(store, tag).await;
     user_ids_with_any_characters(store, tag).await;
     live_feeds_carry_followed_changes(store, tag).await;
+    devices_and_idleness_sum_over_nodes(store, tag).await;
+    statuses_are_kept_and_cleared_at_their_expiry(store, tag).await;
+    unique_users_and_the_peak_are_counted(store, tag).await;
     // The lease-holding checks share the store's one lease: one at a time.
     purge_counts_a_node_out(store, tag).await;
     table_compare_and_set_with_notice(store, tag).await;
     lease_is_exclusive_until_expiry(store, tag).await;
     membership_expires_and_reports_fresh_registrations(store, tag).await;
     a_restart_under_the_same_id_is_reported(store, tag).await;
+}
+
+/// A node's share: `active` of its connections not idle, the rest idle since `idle_since`.
+fn share(devices: &[(&str, u64)], active: u32, idle_since: Option<u64>) -> presence_model::Share {
+    let mut s = presence_model::Share { active, idle_since, ..Default::default() };
+    for (d, n) in devices {
+        s.devices.add(&presence_model::Device::parse(d).expect("valid"), *n);
+    }
+    s
+}
+
+async fn devices_and_idleness_sum_over_nodes(st: &dyn Store, tag: &str) {
+    let u = uid(&format!("{tag}-devices"));
+    let (a, b) = (format!("{tag}-dev-a"), format!("{tag}-dev-b"));
+    let web = CountUpdate { share: share(&[("web", 1)], 1, None), ..CountUpdate::new(u.clone(), 1) };
+    let first = st.set_counts(&a, std::slice::from_ref(&web), 10).await.expect("up")[0].clone().expect("a change");
+    assert_eq!((first.presence.devices.get("web"), first.presence.idle_since), (1, None));
+    assert!(st.set_counts(&a, &[web], 11).await.expect("up")[0].is_none(), "the same share is no change");
+    let phones = CountUpdate { share: share(&[("mobile", 2)], 0, Some(100)), ..CountUpdate::new(u.clone(), 2) };
+    let both = st.set_counts(&b, &[phones], 12).await.expect("up")[0].clone().expect("a change");
+    let p = &both.presence;
+    assert_eq!((p.connections, p.devices.get("web"), p.devices.get("mobile")), (3, 1, 2));
+    assert_eq!(p.idle_since, None, "one connection is still active");
+    // The web connection goes idle too: the count stays, the share changes.
+    let idle_web = CountUpdate { share: share(&[("web", 1)], 0, Some(200)), ..CountUpdate::new(u.clone(), 1) };
+    let idle = st.set_counts(&a, &[idle_web], 13).await.expect("up")[0].clone().expect("a change");
+    assert_eq!((idle.previous, idle.presence.connections), (3, 3));
+    assert_eq!(idle.presence.idle_since, Some(200), "idle since the last connection went idle");
+    assert!(idle.presence.seq > both.presence.seq);
+    // What the write answered is what a read says.
+    let read = st.presence(std::slice::from_ref(&u)).await.expect("up").remove(0);
+    assert_eq!(read.devices, idle.presence.devices);
+    assert_eq!((read.idle_since, read.seq), (Some(200), idle.presence.seq));
+    st.set_counts(&a, &[upd(u.as_str(), 0)], 14).await.expect("up");
+    st.set_counts(&b, &[upd(u.as_str(), 0)], 15).await.expect("up");
+    let gone = st.presence(std::slice::from_ref(&u)).await.expect("up").remove(0);
+    assert!(gone.devices.is_empty() && gone.idle_since.is_none(), "{gone:?}");
+}
+
+async fn statuses_are_kept_and_cleared_at_their_expiry(st: &dyn Store, tag: &str) {
+    use presence_model::{Availability, UserStatus};
+    let u = uid(&format!("{tag}-status"));
+    let node = format!("{tag}-status-node");
+    st.set_counts(&node, &[upd(u.as_str(), 1)], 10).await.expect("up");
+    let now = presence_model::time::now_ms();
+    let busy = UserStatus {
+        availability: Availability::Busy,
+        text: Some("In a meeting".into()),
+        expires_at: Some(now + 60_000),
+        invisible_since: None,
+    };
+    let set = st.set_status(&u, Some(busy.clone()), None, now).await.expect("up").expect("set");
+    assert_eq!(set.presence.status.as_deref(), Some(&busy));
+    assert_eq!((set.previous, set.presence.connections), (1, 1));
+    // A count change keeps it; a read shows it.
+    st.set_counts(&node, &[upd(u.as_str(), 2)], 11).await.expect("up");
+    let read = st.presence(std::slice::from_ref(&u)).await.expect("up").remove(0);
+    assert_eq!(read.status.as_deref(), Some(&busy));
+    // An expiry clear for another expiry does nothing; for this one, it clears.
+    assert!(st.set_status(&u, None, Some(now + 1), now).await.expect("up").is_none());
+    let cleared = st.set_status(&u, None, busy.expires_at, now).await.expect("up").expect("cleared");
+    assert_eq!(cleared.presence.status, None);
+    assert!(cleared.presence.seq > set.presence.seq);
+    // Invisible since the first of consecutive invisible settings.
+    let invisible = UserStatus { availability: Availability::Invisible, ..Default::default() };
+    let first = st.set_status(&u, Some(invisible.clone()), None, now).await.expect("up").expect("set");
+    assert_eq!(first.presence.status.as_ref().and_then(|s| s.invisible_since), Some(now));
+    let again = st.set_status(&u, Some(invisible), None, now + 500).await.expect("up").expect("set");
+    assert_eq!(again.presence.status.as_ref().and_then(|s| s.invisible_since), Some(now));
+    let read = st.presence(std::slice::from_ref(&u)).await.expect("up").remove(0);
+    assert_eq!(read.status.as_ref().and_then(|s| s.invisible_since), Some(now));
+    let back = st.set_status(&u, None, None, now + 600).await.expect("up").expect("cleared");
+    assert_eq!(back.presence.status, None);
+    st.set_counts(&node, &[upd(u.as_str(), 0)], 12).await.expect("up");
+}
+
+async fn unique_users_and_the_peak_are_counted(st: &dyn Store, tag: &str) {
+    // An hour of its own, long ago, so that runs sharing a server do not meet.
+    let hour = 400_000 + presence_model::time::now_us() % 10_000;
+    let now = hour * 3_600_000 + 1_000;
+    let users: Vec<UserId> = (0..10_000).map(|i| uid(&format!("{tag}-uniq-{i}"))).collect();
+    for chunk in users.chunks(1000) {
+        st.record_seen(chunk, now).await.expect("up");
+    }
+    // Seen again: still one each.
+    st.record_seen(&users[..1000], now + 1).await.expect("up");
+    st.record_peak(70, now).await.expect("up");
+    st.record_peak(50, now).await.expect("up");
+    let a = st.activity(now).await.expect("up");
+    for (what, got) in [("hour", a.unique_users_hour), ("day", a.unique_users_day)] {
+        assert!(got.abs_diff(10_000) <= 200, "unique users this {what}: {got} (10,000 within 2%)");
+    }
+    assert_eq!(a.peak_connections_day, 70);
+    let next_hour = st.activity(now + 3_600_000).await.expect("up");
+    assert_eq!(next_hour.unique_users_hour, 0, "a new hour starts empty");
 }
 
 /// Takes the store's leader lease for `holder` (waiting out another suite's).

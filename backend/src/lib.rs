@@ -15,6 +15,7 @@
 pub mod bus;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod hll;
 pub mod live;
 pub mod memory;
 pub mod store;
@@ -23,5 +24,5 @@ pub mod table_cache;
 pub use bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
 pub use live::{Live, LiveFeed, LiveSender};
 pub use memory::{MemoryBus, MemoryStore};
-pub use store::{CountUpdate, Registration, Store, StoreError};
+pub use store::{periods, Activity, CountUpdate, Registration, Store, StoreError};
 pub use table_cache::TableCache;

@@ -13,32 +13,62 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use presence_model::rich::sum_shares;
 use presence_model::{
-    EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, StatusEvent, TableVersion, UserId,
+    Availability, EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, Share, StatusEvent, TableVersion,
+    UserId, UserStatus,
 };
 use tokio::sync::{broadcast, watch};
 
 use crate::bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
+use crate::hll::Hll;
 use crate::live::{Live, LiveFeed, LiveSender};
-use crate::store::{next_seq, CountUpdate, Registration, Store, StoreError};
+use crate::store::{next_seq, periods, Activity, CountUpdate, Registration, Store, StoreError};
 
 /// One user's record.
 #[derive(Debug, Default)]
 struct UserRecord {
-    /// Connection count per node ID (only non-zero entries).
-    per_node: Vec<(String, u32)>,
+    /// Connection count and share per node ID (only non-zero entries).
+    per_node: Vec<(String, u32, Share)>,
     /// Last sequence number assigned.
     seq: u64,
     /// Last disconnect time.
     last_seen: Option<u64>,
     /// Why the user went offline (while the total is 0).
     reason: Option<EventReason>,
+    /// The status the user set.
+    status: Option<Box<UserStatus>>,
 }
 
 impl UserRecord {
     fn total(&self) -> u64 {
-        self.per_node.iter().map(|(_, c)| u64::from(*c)).sum()
+        self.per_node.iter().map(|(_, c, _)| u64::from(*c)).sum()
     }
+
+    /// The user's presence as this record holds it.
+    fn presence(&self, user_id: &UserId) -> Presence {
+        let total = self.total();
+        let (devices, idle_since) = sum_shares(total, self.per_node.iter().map(|(_, _, s)| s));
+        Presence {
+            user_id: user_id.clone(),
+            connections: total,
+            seq: self.seq,
+            last_seen: self.last_seen,
+            reason: self.reason,
+            devices,
+            idle_since,
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// Unique users per hour and day, and the day's peak (see [`Store::activity`]).
+#[derive(Debug, Default)]
+struct ActivityState {
+    /// (hour number, its counter): the current hour only.
+    hour: Option<(u64, Hll)>,
+    /// (day number, its counter, its peak): the current day only.
+    day: Option<(u64, Hll, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +80,7 @@ struct State {
     lease: Option<(String, Instant)>,
     /// Nodes counted out since their last heartbeat.
     purged: HashSet<String>,
+    activity: ActivityState,
 }
 
 impl State {
@@ -180,9 +211,10 @@ fn set_count(state: &mut State, node_id: &str, u: &CountUpdate, now_ms: u64) -> 
     // and readers may still hold the user online); other unchanged writes are not.
     let existed = state.users.contains_key(&u.user_id);
     let rec = state.users.entry(u.user_id.clone()).or_default();
-    let pos = rec.per_node.iter().position(|(n, _)| n == node_id);
+    let pos = rec.per_node.iter().position(|(n, _, _)| n == node_id);
     let old = pos.map_or(0, |i| rec.per_node[i].1);
-    if old == u.connections && (u.connections != 0 || existed) {
+    let same_share = pos.is_none_or(|i| rec.per_node[i].2 == u.share);
+    if old == u.connections && (u.connections != 0 || existed) && (u.connections == 0 || same_share) {
         return None;
     }
     let previous = rec.total();
@@ -190,24 +222,21 @@ fn set_count(state: &mut State, node_id: &str, u: &CountUpdate, now_ms: u64) -> 
         (Some(i), 0) => {
             rec.per_node.swap_remove(i);
         }
-        (Some(i), c) => rec.per_node[i].1 = c,
-        (None, c) => rec.per_node.push((node_id.to_string(), c)),
+        (Some(i), c) => {
+            rec.per_node[i].1 = c;
+            rec.per_node[i].2 = u.share.clone();
+        }
+        (None, 0) => {}
+        (None, c) => rec.per_node.push((node_id.to_string(), c, u.share.clone())),
     }
     if u.connections < old {
         rec.last_seen = Some(now_ms);
     }
-    rec.reason = if rec.total() == 0 { u.reason } else { None };
+    if u.connections != old {
+        rec.reason = if rec.total() == 0 { u.reason } else { None };
+    }
     rec.seq = next_seq(rec.seq, presence_model::time::now_us());
-    let change = PresenceChange {
-        presence: Presence {
-            user_id: u.user_id.clone(),
-            connections: rec.total(),
-            seq: rec.seq,
-            last_seen: rec.last_seen,
-            reason: rec.reason,
-        },
-        previous,
-    };
+    let change = PresenceChange { presence: rec.presence(&u.user_id), previous };
     let set = state.node_users.entry(node_id.to_string()).or_default();
     if u.connections == 0 {
         set.remove(&u.user_id);
@@ -312,7 +341,7 @@ impl Store for MemoryStore {
             .iter()
             .filter_map(|u| {
                 let rec = s.users.get(u)?;
-                rec.per_node.iter().find(|(n, _)| n == node_id).map(|(_, c)| (u.clone(), *c))
+                rec.per_node.iter().find(|(n, _, _)| n == node_id).map(|(_, c, _)| (u.clone(), *c))
             })
             .collect())
     }
@@ -331,7 +360,7 @@ impl Store for MemoryStore {
         let changes: Vec<PresenceChange> = users
             .into_iter()
             .filter_map(|user_id| {
-                let zero = CountUpdate { user_id, connections: 0, reason: Some(EventReason::NodeLost) };
+                let zero = CountUpdate { reason: Some(EventReason::NodeLost), ..CountUpdate::new(user_id, 0) };
                 set_count(&mut s, node_id, &zero, now_ms)
             })
             .collect();
@@ -345,16 +374,79 @@ impl Store for MemoryStore {
         Ok(users
             .iter()
             .map(|u| match s.users.get(u) {
-                Some(r) => Presence {
-                    user_id: u.clone(),
-                    connections: r.total(),
-                    seq: r.seq,
-                    last_seen: r.last_seen,
-                    reason: r.reason,
-                },
+                Some(r) => r.presence(u),
                 None => Presence::unknown(u.clone()),
             })
             .collect())
+    }
+
+    async fn set_status(
+        &self,
+        user: &UserId,
+        status: Option<UserStatus>,
+        if_expires_at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Option<PresenceChange>, StoreError> {
+        let mut s = self.up()?;
+        let rec = s.users.entry(user.clone()).or_default();
+        if if_expires_at.is_some() && rec.status.as_ref().and_then(|st| st.expires_at) != if_expires_at {
+            return Ok(None);
+        }
+        let was_invisible_since = rec.status.as_ref().filter(|st| st.holds(now_ms)).and_then(|st| st.invisible_since);
+        rec.status = status.filter(|st| st.holds(now_ms)).map(|mut st| {
+            st.invisible_since =
+                (st.availability == Availability::Invisible).then(|| was_invisible_since.unwrap_or(now_ms));
+            Box::new(st)
+        });
+        rec.seq = next_seq(rec.seq, presence_model::time::now_us());
+        let total = rec.total();
+        let change = PresenceChange { presence: rec.presence(user), previous: total };
+        drop(s);
+        self.publish(std::iter::once(&change));
+        Ok(Some(change))
+    }
+
+    async fn record_seen(&self, users: &[UserId], now_ms: u64) -> Result<(), StoreError> {
+        let mut s = self.up()?;
+        let (hour, day) = periods(now_ms);
+        let a = &mut s.activity;
+        if a.hour.as_ref().is_none_or(|(h, _)| *h != hour) {
+            a.hour = Some((hour, Hll::default()));
+        }
+        if a.day.as_ref().is_none_or(|(d, _, _)| *d != day) {
+            a.day = Some((day, Hll::default(), 0));
+        }
+        if let (Some((_, h)), Some((_, d, _))) = (&mut a.hour, &mut a.day) {
+            for u in users {
+                h.add(u.as_str().as_bytes());
+                d.add(u.as_str().as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_peak(&self, connections: u64, now_ms: u64) -> Result<(), StoreError> {
+        let mut s = self.up()?;
+        let day = periods(now_ms).1;
+        let a = &mut s.activity;
+        match &mut a.day {
+            Some((d, _, peak)) if *d == day => *peak = (*peak).max(connections),
+            _ => a.day = Some((day, Hll::default(), connections)),
+        }
+        Ok(())
+    }
+
+    async fn activity(&self, now_ms: u64) -> Result<Activity, StoreError> {
+        let s = self.up()?;
+        let (hour, day) = periods(now_ms);
+        let a = &s.activity;
+        let (unique_users_day, peak_connections_day) =
+            a.day.as_ref().filter(|(d, _, _)| *d == day).map_or((0, 0), |(_, h, p)| (h.count(), *p));
+        Ok(Activity {
+            unique_users_hour: a.hour.as_ref().filter(|(h, _)| *h == hour).map_or(0, |(_, h)| h.count()),
+            unique_users_day,
+            peak_connections_day,
+        })
     }
 
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -501,21 +593,8 @@ mod tests {
         let bus = MemoryBus::new(2);
         let mut sub = bus.subscribe();
         for seq in 0..5 {
-            bus.publish(StatusEvent {
-                v: 1,
-                kind: presence_model::EventKind::Join,
-                user_id: uid("u"),
-                node_id: "n".into(),
-                connection_id: None,
-                connections: 1,
-                seq,
-                epoch: 1,
-                ts: 0,
-                reason: None,
-                run_id: None,
-            })
-            .await
-            .expect("publish");
+            let change = PresenceChange { presence: Presence::counted(uid("u"), 1, seq), previous: 0 };
+            bus.publish(StatusEvent::from_change(&change, "n", None, 1, 0, None)).await.expect("publish");
         }
         assert!(matches!(sub.next().await, Some(BusMessage::Resync)));
         assert!(matches!(sub.next().await, Some(BusMessage::Event(e)) if e.seq == 3));

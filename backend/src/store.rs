@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use presence_model::{EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, TableVersion, UserId};
+use presence_model::{
+    EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, Share, TableVersion, UserId, UserStatus,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::live::{Live, LiveFeed};
@@ -50,13 +52,32 @@ pub struct CountUpdate {
     /// user's total reaches 0, so `/presence` and subscribe snapshots can
     /// say why the user is offline.
     pub reason: Option<EventReason>,
+    /// The node's devices and activity for the user (summed over nodes like the count).
+    pub share: Share,
 }
 
 impl CountUpdate {
-    /// `user_id` has `connections` here; no reason given.
+    /// `user_id` has `connections` here, all active, of unknown device; no reason given.
     pub fn new(user_id: UserId, connections: u32) -> Self {
-        Self { user_id, connections, reason: None }
+        Self { user_id, connections, reason: None, share: Share::plain(connections) }
     }
+}
+
+/// Unique users and peak connections (`GET /stats`), per UTC hour and day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Distinct users seen online this hour (estimated: HyperLogLog, ~1% error).
+    pub unique_users_hour: u64,
+    /// Distinct users seen online today (estimated likewise).
+    pub unique_users_day: u64,
+    /// Most connections at once today, as sampled by the leader coordinator.
+    pub peak_connections_day: u64,
+}
+
+/// The UTC hour and day numbers (since the Unix epoch) of `now_ms`: the
+/// periods [`Activity`] counts in.
+pub fn periods(now_ms: u64) -> (u64, u64) {
+    (now_ms / 3_600_000, now_ms / 86_400_000)
 }
 
 /// What a heartbeat found.
@@ -155,6 +176,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives the lease up if `holder` holds it.
     async fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
+
+    /// Sets (or with `None` clears) the status `user` set, atomically with a
+    /// new `seq`, and announces it like a count change. The store fills
+    /// `invisible_since` (kept while the user stays invisible). With
+    /// `if_expires_at`, only a status expiring exactly then is cleared
+    /// (the owner's expiry timer must not clear a newer status); `None` when
+    /// that did not match.
+    async fn set_status(
+        &self,
+        user: &UserId,
+        status: Option<UserStatus>,
+        if_expires_at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Option<PresenceChange>, StoreError>;
+
+    /// Adds users seen online to this hour's and this day's unique counts.
+    async fn record_seen(&self, users: &[UserId], now_ms: u64) -> Result<(), StoreError>;
+
+    /// Raises today's peak of concurrent connections to `connections` if higher.
+    async fn record_peak(&self, connections: u64, now_ms: u64) -> Result<(), StoreError>;
+
+    /// Unique users this hour and today, and today's peak.
+    async fn activity(&self, now_ms: u64) -> Result<Activity, StoreError>;
 
     /// A feed of the changes of the users its caller follows (the fast path,
     /// [`crate::live`]). Each call opens a feed of its own; a node opens one.

@@ -189,13 +189,11 @@ pub async fn serve_broadcast(addr: std::net::SocketAddr) -> anyhow::Result<()> {
                     m = ws.next() => match m {
                         Some(Ok(Message::Text(t))) => {
                             let online = t.contains("\"online\"");
-                            let p = presence_model::Presence {
-                                user_id: UserId::parse("hot-user").expect("valid"),
-                                connections: u64::from(online),
-                                seq: 1,
-                                last_seen: None,
-                                reason: None,
-                            };
+                            let p = presence_model::Presence::counted(
+                                UserId::parse("hot-user").expect("valid"),
+                                u64::from(online),
+                                1,
+                            );
                             let status = presence_model::wire::ServerMessage::status(&p, presence_model::time::now_ms());
                             let _ = tx.send(Utf8Bytes::from(status.to_json()));
                         }

@@ -206,8 +206,7 @@ fn watchers(sizes: &[usize]) -> anyhow::Result<()> {
             counts.unwatch(&hot, u64::MAX);
         }
         let churn = start.elapsed().as_nanos() as f64 / reps as f64;
-        let p =
-            presence_model::Presence { user_id: hot.clone(), connections: 1, seq: 1, last_seen: None, reason: None };
+        let p = presence_model::Presence::counted(hot.clone(), 1, 1);
         let start = Instant::now();
         counts.apply(&p, 0, None);
         let fan = start.elapsed();

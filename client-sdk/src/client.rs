@@ -137,6 +137,18 @@ pub enum Event {
         last_seen: Option<u64>,
         /// Why the user went offline, when the server knows (`None` while online).
         reason: Option<presence_model::EventReason>,
+        /// Connections per device (`web`, `mobile`, ...); empty while offline.
+        devices: presence_model::Devices,
+        /// Online with every connection idle.
+        idle: bool,
+        /// Since when idle (ms), while idle.
+        idle_since: Option<u64>,
+        /// What the user set: `Available` when nothing (or it expired).
+        availability: presence_model::Availability,
+        /// The user's status text.
+        status_text: Option<String>,
+        /// When availability and text lapse (ms).
+        status_expires_at: Option<u64>,
     },
     /// The client is moving or reconnecting.
     Reconnecting {
@@ -156,9 +168,21 @@ pub enum Event {
     },
 }
 
+/// Tells a session it is idle or active (see [`crate::IdleTimer`]).
+pub(crate) struct IdleSender(mpsc::Sender<Command>);
+
+impl IdleSender {
+    /// `false` once the session has ended.
+    pub(crate) async fn send(&self, idle: bool) -> bool {
+        self.0.send(Command::Idle(idle)).await.is_ok()
+    }
+}
+
 enum Command {
     Subscribe(Vec<UserId>),
     Unsubscribe(Vec<UserId>),
+    Send(ClientMessage),
+    Idle(bool),
     Close,
 }
 
@@ -190,6 +214,9 @@ pub struct ConnectOptions {
     /// the user; any other is checked with the coordinator first, and the
     /// coordinator's answer wins. Never a `wss://` to `ws://` downgrade.
     pub allowed_hosts: Option<Vec<String>>,
+    /// The device class this session declares (`web`, `mobile`, `desktop` or
+    /// a short label of the app's own), sent as `?device=` on every connect.
+    pub device: Option<String>,
 }
 
 impl ConnectOptions {
@@ -204,6 +231,7 @@ impl ConnectOptions {
             ping_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(5),
             allowed_hosts: None,
+            device: None,
         }
     }
 }
@@ -252,7 +280,13 @@ impl Client {
             current_url: None,
             trusted,
             token_expires_at: None,
+            idle: false,
+            unsent: None,
         };
+        if let Some(d) = &driver.options.device {
+            presence_model::Device::parse(d)
+                .map_err(|reason| Error::InvalidUrl { url: format!("?device={d}"), reason })?;
+        }
         let task = tokio::spawn(driver.run());
         Ok(Session { commands: cmd_tx, events: ev_rx, task: Some(task) })
     }
@@ -277,6 +311,37 @@ impl Session {
     pub async fn unsubscribe(&self, user_ids: &[&str]) -> Result<(), Error> {
         let ids = user_ids.iter().map(|u| UserId::parse(u)).collect::<Result<Vec<_>, _>>()?;
         self.commands.send(Command::Unsubscribe(ids)).await.map_err(|_| Error::Closed)
+    }
+
+    /// Sets the user's availability (`Away`, `Busy`, `Invisible`, or
+    /// `Available` to clear) and status text, for `expires_in` or until set
+    /// again. User-level: every connection of the user and every watcher
+    /// sees it, across reconnects; text at most 128 characters, expiry at
+    /// most a week (the server answers anything else with `bad_request`).
+    pub async fn set_status(
+        &self,
+        availability: presence_model::Availability,
+        text: Option<&str>,
+        expires_in: Option<Duration>,
+    ) -> Result<(), Error> {
+        let m = ClientMessage::SetStatus {
+            availability,
+            text: text.map(str::to_string),
+            expires_in_ms: expires_in.map(|d| d.as_millis().max(1) as u64),
+        };
+        self.commands.send(Command::Send(m)).await.map_err(|_| Error::Closed)
+    }
+
+    /// Says whether this connection is idle (no user input for a while);
+    /// kept across reconnects. The user shows as idle when all their
+    /// connections are. See [`crate::IdleTimer`] for the usual way to decide it.
+    pub async fn set_idle(&self, idle: bool) -> Result<(), Error> {
+        self.commands.send(Command::Idle(idle)).await.map_err(|_| Error::Closed)
+    }
+
+    /// A handle that sends commands to the session: what [`crate::IdleTimer`] holds.
+    pub(crate) fn idle_sender(&self) -> IdleSender {
+        IdleSender(self.commands.clone())
     }
 
     /// The next event; `None` once the session has ended.
@@ -335,6 +400,10 @@ struct Driver {
     /// When the server closes the connection unless it hears a fresh token
     /// (from `welcome`, then from each refreshed token's `exp`).
     token_expires_at: Option<u64>,
+    /// The app said this session is idle (re-said on every new connection).
+    idle: bool,
+    /// A status set while disconnected: sent on the next connection.
+    unsent: Option<ClientMessage>,
 }
 
 impl Driver {
@@ -356,7 +425,13 @@ impl Driver {
         self.current_url = Some(url.clone());
         // A node that accepts TCP but never answers (frozen, overloaded) must not hold the attempt.
         let deadline = tokio::time::Instant::now() + self.options.connect_timeout;
-        let connecting = tokio::time::timeout_at(deadline, Connection::connect(&url, TokenPlacement::Header(token)));
+        let target = match &self.options.device {
+            Some(d) => {
+                format!("{url}{}device={}", if url.contains('?') { '&' } else { '?' }, crate::coordinator::encode(d))
+            }
+            None => url.clone(),
+        };
+        let connecting = tokio::time::timeout_at(deadline, Connection::connect(&target, TokenPlacement::Header(token)));
         let mut conn = match connecting.await {
             Ok(Ok(c)) => c,
             Ok(Err(Error::Api { code, .. })) if code == code::TOKEN_EXPIRED => return Err(Failure::Expired),
@@ -396,6 +471,13 @@ impl Driver {
                 Ok(None) => return Err(Failure::Other("connection ended before welcome".into())),
                 Err(_) => return Err(Failure::Other("no welcome in time".into())),
             }
+        }
+        // A new connection starts active; an idle session says so again.
+        if self.idle {
+            conn.send(&ClientMessage::Activity { idle: true }).await.map_err(|e| Failure::Other(e.to_string()))?;
+        }
+        if let Some(m) = self.unsent.take() {
+            conn.send(&m).await.map_err(|e| Failure::Other(e.to_string()))?;
         }
         if !self.subs.is_empty() {
             let ids: Vec<UserId> = self.subs.iter().cloned().collect();
@@ -519,7 +601,7 @@ impl Driver {
                         Ok(token) => {
                             self.token_expires_at = token_expiry_ms(&token);
                             self.token = Some(token.clone());
-                            let _ = conn.send(&ClientMessage::Auth { token }).await;
+                            let _ = conn.send(&ClientMessage::Auth { token, device: None }).await;
                         }
                         Err(e) => {
                             // Tried again in a second; at expiry the server closes and the session reconnects.
@@ -552,6 +634,15 @@ impl Driver {
                             // The read side notices the drop and reconnects (and re-subscribes).
                         }
                     }
+                    Some(Command::Send(m)) => {
+                        let _ = conn.send(&m).await;
+                    }
+                    Some(Command::Idle(idle)) => {
+                        if idle != self.idle {
+                            self.idle = idle;
+                            let _ = conn.send(&ClientMessage::Activity { idle }).await;
+                        }
+                    }
                     Some(Command::Unsubscribe(ids)) => {
                         let gone: Vec<UserId> = ids.into_iter().filter(|u| self.subs.remove(u)).collect();
                         if !gone.is_empty() {
@@ -563,9 +654,31 @@ impl Driver {
                     (heard, pinged) = (tokio::time::Instant::now(), false);
                     let event = match frame {
                         Some(Frame::Message(ServerMessage::Count { connections, .. })) => Event::Count { connections },
-                        Some(Frame::Message(ServerMessage::Status { user_id, online, connections, last_seen, reason })) => {
-                            Event::Status { user_id: user_id.to_string(), online, connections, last_seen, reason }
-                        }
+                        Some(Frame::Message(ServerMessage::Status {
+                            user_id,
+                            online,
+                            connections,
+                            last_seen,
+                            reason,
+                            devices,
+                            idle,
+                            idle_since,
+                            availability,
+                            status_text,
+                            status_expires_at,
+                        })) => Event::Status {
+                            user_id: user_id.to_string(),
+                            online,
+                            connections,
+                            last_seen,
+                            reason,
+                            devices,
+                            idle,
+                            idle_since,
+                            availability,
+                            status_text,
+                            status_expires_at,
+                        },
                         Some(Frame::Message(ServerMessage::Error { code, message })) => Event::Error { code, message },
                         Some(Frame::Message(ServerMessage::Reconnect { url, .. })) => {
                             if !self.emit(Event::Reconnecting { reason: ReconnectReason::Handoff { url: url.clone() }, attempt: 0, delay: Duration::ZERO }).await {
@@ -626,6 +739,8 @@ impl Driver {
                     None | Some(Command::Close) => return false,
                     Some(Command::Subscribe(ids)) => self.subs.extend(ids),
                     Some(Command::Unsubscribe(ids)) => ids.iter().for_each(|u| { self.subs.remove(u); }),
+                    Some(Command::Send(m)) => self.unsent = Some(m),
+                    Some(Command::Idle(idle)) => self.idle = idle,
                 },
             }
         }

@@ -93,7 +93,7 @@ impl Connection {
             })?;
         let mut conn = Self { ws, unbatched: std::collections::VecDeque::new() };
         if let TokenPlacement::Message(t) = token {
-            conn.send(&ClientMessage::Auth { token: t }).await?;
+            conn.send(&ClientMessage::Auth { token: t, device: None }).await?;
         }
         Ok(conn)
     }

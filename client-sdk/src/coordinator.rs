@@ -119,6 +119,11 @@ impl CoordinatorClient {
         Ok(self.get::<Nodes>("/nodes").await?.nodes)
     }
 
+    /// Unique users and peak connections (`GET /stats`, admin listener).
+    pub async fn stats(&self) -> Result<presence_model::api::StatsView, Error> {
+        self.get("/stats").await
+    }
+
     /// The routing table (`GET /ring`) as JSON.
     pub async fn ring(&self) -> Result<serde_json::Value, Error> {
         self.get("/ring").await

@@ -15,14 +15,16 @@ pub mod client;
 pub mod connection;
 pub mod coordinator;
 pub mod error;
+pub mod idle;
 
 pub use client::{Backoff, Client, ConnectOptions, Event, ReconnectReason, Session, TokenSource};
 pub use connection::{Connection, Frame, TokenPlacement};
 pub use coordinator::CoordinatorClient;
 pub use error::Error;
+pub use idle::IdleTimer;
 pub use presence_model::api::{NodeView, PresenceView, Route};
 pub use presence_model::wire::{ClientMessage, ServerMessage};
-pub use presence_model::UserId;
+pub use presence_model::{Availability, Devices, UserId};
 
 /// The README's examples, compiled as doctests so that the quick start cannot rot.
 #[doc = include_str!("../README.md")]

@@ -15,7 +15,7 @@ use presence_http::{json, metrics_response, query_param, read_body, BodyError, N
 use presence_model::api::PresenceView;
 use presence_model::user_id::{parse_list, ListError};
 use presence_model::wire::code;
-use presence_model::{RoutingTable, UserId, UserIdError};
+use presence_model::{LastSeenPolicy, RoutingTable, UserId, UserIdError};
 use serde::Deserialize;
 
 use crate::{views, Coordinator, Listener};
@@ -122,7 +122,7 @@ enum Access {
 }
 
 fn access(listener: Listener, keyed: bool, path: &str) -> Access {
-    let private = matches!(path, "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/metrics" | "/presence");
+    let private = matches!(path, "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/metrics" | "/presence" | "/stats");
     match listener {
         _ if matches!(path, "/route" | "/healthz" | "/readyz") => Access::Open,
         Listener::Public if path == "/presence" && keyed => Access::Keyed,
@@ -170,10 +170,11 @@ where
         "/presence" => ("presence", presence(coord, req).await),
         "/nodes" if get => ("nodes", Ok(json(StatusCode::OK, &serde_json::json!({ "nodes": views::nodes(coord) })))),
         "/ring" if get => ("ring", ring(coord)),
+        "/stats" if get => ("stats", stats(coord).await),
         "/healthz" if get => ("healthz", Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))),
         "/readyz" if get => ("readyz", Ok(readyz(coord))),
         "/metrics" if get => ("metrics", Ok(metrics_response(&coord.metrics.registry))),
-        "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/healthz" | "/readyz" | "/metrics" => {
+        "/" | "/dashboard/stream" | "/nodes" | "/ring" | "/stats" | "/healthz" | "/readyz" | "/metrics" => {
             ("other", Err(ApiError::MethodNotAllowed))
         }
         _ => ("other", Err(ApiError::NotFound)),
@@ -262,11 +263,23 @@ where
         ApiError::StoreDown
     })?;
     let now = presence_model::time::now_ms();
-    let views: Vec<PresenceView> = states.iter().map(|p| PresenceView::of(p, now)).collect();
+    // The server API sees what watchers see of an invisible user (offline),
+    // with the exact `lastSeen`.
+    let views: Vec<PresenceView> = states.iter().map(|p| PresenceView::public(p, now, LastSeenPolicy::Exact)).collect();
     Ok(match (single, views.as_slice()) {
         (true, [one]) => json(StatusCode::OK, one),
         _ => json(StatusCode::OK, &serde_json::json!({ "users": views })),
     })
+}
+
+/// `GET /stats`: live totals, unique users and the day's peak, read now.
+async fn stats(coord: &Coordinator) -> ApiResult {
+    let activity = coord.store.activity(presence_model::time::now_ms()).await.map_err(|e| {
+        coord.metrics.store_errors.inc();
+        tracing::warn!(error = %e, "activity read failed");
+        ApiError::StoreDown
+    })?;
+    Ok(json(StatusCode::OK, &coord.stats(activity)))
 }
 
 fn ring(coord: &Coordinator) -> ApiResult {

@@ -98,6 +98,12 @@ pub async fn step(coord: &Coordinator) -> Result<(), StoreError> {
     coord.set_nodes(nodes.clone());
     let leader = coord.store.acquire_lease(&coord.holder, coord.config.lease_ttl).await?;
     set_leader(coord, leader);
+    let now = presence_model::time::now_ms();
+    if leader {
+        // The peak is sampled here, once a tick, from the nodes' own reports.
+        coord.store.record_peak(nodes.iter().map(|n| n.connections).sum(), now).await?;
+    }
+    coord.set_activity(coord.store.activity(now).await?);
     if !leader {
         return Ok(());
     }

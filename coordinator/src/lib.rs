@@ -54,6 +54,8 @@ pub struct Coordinator {
     pub table: TableCache,
     /// Live nodes as of the last control tick (for `/nodes`).
     nodes: RwLock<Arc<Vec<NodeRecord>>>,
+    /// Unique users and the day's peak as of the last control tick (for the dashboard).
+    activity: RwLock<presence_backend::Activity>,
     /// This coordinator holds the leader lease.
     leader: AtomicBool,
     /// The last store call of the control loop succeeded.
@@ -89,6 +91,7 @@ impl Coordinator {
             bus,
             table: TableCache::new(),
             nodes: RwLock::new(Arc::new(Vec::new())),
+            activity: RwLock::default(),
             leader: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
             control_down: AtomicBool::new(false),
@@ -101,6 +104,28 @@ impl Coordinator {
     pub fn nodes(&self) -> Arc<Vec<NodeRecord>> {
         // Plain data behind the lock; a poisoned lock still holds a whole Arc.
         self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Unique users and the day's peak as of the last tick.
+    pub fn activity(&self) -> presence_backend::Activity {
+        *self.activity.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_activity(&self, a: presence_backend::Activity) {
+        *self.activity.write().unwrap_or_else(|p| p.into_inner()) = a;
+    }
+
+    /// The cluster's activity now: live totals from the nodes' heartbeats,
+    /// unique users and the peak from `activity`.
+    pub fn stats(&self, a: presence_backend::Activity) -> presence_model::api::StatsView {
+        let nodes = self.nodes();
+        presence_model::api::StatsView {
+            connections: nodes.iter().map(|n| n.connections).sum(),
+            users: nodes.iter().map(|n| n.users).sum(),
+            unique_users_hour: a.unique_users_hour,
+            unique_users_day: a.unique_users_day,
+            peak_connections_day: a.peak_connections_day,
+        }
     }
 
     fn set_nodes(&self, nodes: Vec<NodeRecord>) {

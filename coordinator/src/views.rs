@@ -80,6 +80,7 @@ pub fn snapshot(coord: &Coordinator) -> serde_json::Value {
         "nodes": nodes,
         "connections": connections,
         "users": users,
+        "stats": coord.stats(coord.activity()),
     })
 }
 

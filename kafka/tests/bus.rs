@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use presence_backend::{Bus, BusMessage};
 use presence_kafka::{KafkaBus, KafkaConfig};
-use presence_model::{EventKind, StatusEvent, UserId};
+use presence_model::{StatusEvent, UserId};
 
 fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| {
@@ -15,19 +15,9 @@ fn brokers() -> String {
 }
 
 fn event(user: &str, seq: u64, connections: u64) -> StatusEvent {
-    StatusEvent {
-        v: 1,
-        kind: EventKind::Join,
-        user_id: UserId::parse(user).expect("id"),
-        node_id: "test".into(),
-        connection_id: None,
-        connections,
-        seq,
-        epoch: 1,
-        ts: seq,
-        reason: None,
-        run_id: None,
-    }
+    let presence = presence_model::Presence::counted(UserId::parse(user).expect("id"), connections, seq);
+    let change = presence_model::PresenceChange { presence, previous: 0 };
+    StatusEvent::from_change(&change, "test", None, 1, seq, None)
 }
 
 async fn bus(topic: &str) -> KafkaBus {

@@ -28,6 +28,11 @@ pub struct Identity {
     /// `exp` plus the leeway, in ms since the Unix epoch: a connection
     /// authenticated with this token is closed then unless it re-authenticates.
     pub expires_at_ms: u64,
+    /// The device class the token names (`device` claim).
+    pub device: Option<crate::Device>,
+    /// Whom the token lets the user watch (`watch` claim: at most
+    /// [`MAX_WATCH_CLAIM`] IDs, sorted), for the `claims` subscribe policy.
+    pub watch: Option<std::sync::Arc<[UserId]>>,
 }
 
 /// The claims as a token carries them. `exp` and `nbf` are NumericDates
@@ -37,10 +42,17 @@ struct TokenClaims {
     sub: Option<String>,
     exp: Option<f64>,
     nbf: Option<f64>,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    watch: Option<Vec<String>>,
 }
 
+/// Most user IDs a token's `watch` claim may list.
+pub const MAX_WATCH_CLAIM: usize = 1000;
+
 /// The claims the platform reads. Others are ignored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     /// The user ID.
     pub sub: String,
@@ -58,6 +70,12 @@ pub struct Claims {
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// The connection's device class (`web`, `mobile`, ...): wins over what the client says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Whom the user may watch, under the `claims` subscribe policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Vec<String>>,
 }
 
 /// Why a token was refused. The distinction the client needs is
@@ -284,7 +302,24 @@ impl Verifier {
         }
         let sub = claims.sub.ok_or_else(|| AuthError::MissingClaim("sub".into()))?;
         let user = UserId::parse(&sub).map_err(|e: UserIdError| AuthError::BadSubject(e.to_string()))?;
-        Ok(Identity { user, expires_at_ms: ((exp + leeway) * 1000.0).min(u64::MAX as f64) as u64 })
+        let device = claims
+            .device
+            .map(|d| crate::Device::parse(&d).map_err(|e| AuthError::Malformed(format!("device claim: {e}"))))
+            .transpose()?;
+        let watch = match claims.watch {
+            Some(list) if list.len() > MAX_WATCH_CLAIM => {
+                return Err(AuthError::Malformed(format!("the watch claim lists more than {MAX_WATCH_CLAIM} users")))
+            }
+            Some(list) => {
+                let mut ids =
+                    crate::user_id::parse_list(&list).map_err(|e| AuthError::Malformed(format!("watch claim: {e}")))?;
+                ids.sort();
+                ids.dedup();
+                Some(ids.into())
+            }
+            None => None,
+        };
+        Ok(Identity { user, expires_at_ms: ((exp + leeway) * 1000.0).min(u64::MAX as f64) as u64, device, watch })
     }
 }
 
@@ -331,7 +366,15 @@ pub fn mint_hs256(secret: &[u8], user_id: &str, ttl_secs: u64) -> String {
     let now = crate::time::now_ms() / 1000;
     mint_hs256_claims(
         secret,
-        &Claims { sub: user_id.to_string(), exp: now + ttl_secs, nbf: None, iat: Some(now), iss: None, aud: None },
+        &Claims {
+            sub: user_id.to_string(),
+            exp: now + ttl_secs,
+            nbf: None,
+            iat: Some(now),
+            iss: None,
+            aud: None,
+            ..Default::default()
+        },
     )
 }
 
@@ -378,7 +421,15 @@ mod tests {
         let now = crate::time::now_ms() / 1000;
         let t = mint_hs256_claims(
             SECRET,
-            &Claims { sub: "a".into(), exp: now - 120, nbf: None, iat: None, iss: None, aud: None },
+            &Claims {
+                sub: "a".into(),
+                exp: now - 120,
+                nbf: None,
+                iat: None,
+                iss: None,
+                aud: None,
+                ..Default::default()
+            },
         );
         let e = verifier().verify(&t).expect_err("expired");
         assert_eq!(e, AuthError::Expired);
@@ -386,7 +437,7 @@ mod tests {
         // Within the leeway it still passes.
         let t = mint_hs256_claims(
             SECRET,
-            &Claims { sub: "a".into(), exp: now - 5, nbf: None, iat: None, iss: None, aud: None },
+            &Claims { sub: "a".into(), exp: now - 5, nbf: None, iat: None, iss: None, aud: None, ..Default::default() },
         );
         assert!(verifier().verify(&t).is_ok());
     }
@@ -446,6 +497,7 @@ mod tests {
             iat: None,
             iss: Some(iss.into()),
             aud: Some(aud.into()),
+            ..Default::default()
         };
         assert!(v.verify(&mint_hs256_claims(SECRET, &claims("me", "presence"))).is_ok());
         assert_eq!(
@@ -460,7 +512,15 @@ mod tests {
         let now = crate::time::now_ms() / 1000;
         let t = mint_hs256_claims(
             SECRET,
-            &Claims { sub: "a".into(), exp: now + 600, nbf: Some(now + 300), iat: None, iss: None, aud: None },
+            &Claims {
+                sub: "a".into(),
+                exp: now + 600,
+                nbf: Some(now + 300),
+                iat: None,
+                iss: None,
+                aud: None,
+                ..Default::default()
+            },
         );
         assert_eq!(verifier().verify(&t), Err(AuthError::NotYetValid));
     }

@@ -4,10 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rich::{Devices, UserStatus};
 use crate::{Presence, PresenceChange, UserId};
 
-/// Schema version written in `v`.
-pub const EVENT_VERSION: u32 = 1;
+/// Schema version written in `v`: 2 adds `type` `update` and the rich
+/// presence fields (`kafka/README.md`, "Compatibility").
+pub const EVENT_VERSION: u32 = 2;
 
 /// Whether the user's cluster-wide count went up or down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +19,8 @@ pub enum EventKind {
     Join,
     /// A connection went (count went down).
     Leave,
+    /// The count stayed; devices, idleness or the user's status changed (version 2).
+    Update,
 }
 
 /// Why a change happened: why a connection went (`closed`, `timeout`,
@@ -96,6 +100,20 @@ pub struct StatusEvent {
     /// restarted run of a counted-out node still hears them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// The user's last disconnect as the store holds it (version 2; a
+    /// version 1 reader takes `ts` of a leave for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// Live connections per device after the change (version 2).
+    #[serde(default, skip_serializing_if = "Devices::is_empty")]
+    pub devices: Devices,
+    /// While online with every connection idle: since when (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<u64>,
+    /// The status the user set (version 2), the truth: an invisible user's
+    /// events say so, and nodes hide it from watchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<UserStatus>>,
 }
 
 impl StatusEvent {
@@ -111,7 +129,12 @@ impl StatusEvent {
     ) -> Self {
         Self {
             v: EVENT_VERSION,
-            kind: if change.presence.connections > change.previous { EventKind::Join } else { EventKind::Leave },
+            kind: match change.presence.connections.cmp(&change.previous) {
+                std::cmp::Ordering::Greater => EventKind::Join,
+                std::cmp::Ordering::Less => EventKind::Leave,
+                std::cmp::Ordering::Equal if change.presence.connections == 0 => EventKind::Leave,
+                std::cmp::Ordering::Equal => EventKind::Update,
+            },
             user_id: change.presence.user_id.clone(),
             node_id: node_id.to_string(),
             connection_id,
@@ -121,6 +144,10 @@ impl StatusEvent {
             ts,
             reason,
             run_id: None,
+            last_seen: change.presence.last_seen,
+            devices: change.presence.devices.clone(),
+            idle_since: change.presence.idle_since,
+            status: change.presence.status.clone(),
         }
     }
 
@@ -130,15 +157,18 @@ impl StatusEvent {
         self
     }
 
-    /// The presence this event reports. `lastSeen` is the event time when the
-    /// user went offline, and unknown (the reader keeps its own) otherwise.
+    /// The presence this event reports. `lastSeen` is the store's; from a
+    /// version 1 writer, the time of a leave, else unknown (the reader keeps its own).
     pub fn presence(&self) -> Presence {
         Presence {
             user_id: self.user_id.clone(),
             connections: self.connections,
             seq: self.seq,
-            last_seen: Some(self.ts),
+            last_seen: self.last_seen.or(Some(self.ts).filter(|_| self.kind != EventKind::Update)),
             reason: if self.connections == 0 { self.reason } else { None },
+            devices: self.devices.clone(),
+            idle_since: self.idle_since,
+            status: self.status.clone(),
         }
     }
 
@@ -171,12 +201,20 @@ mod tests {
             ts: 1_700_000_000_000,
             reason: None,
             run_id: None,
+            last_seen: Some(1_699_999_999_000),
+            devices: Presence::counted(UserId::parse("alice").expect("valid"), 2, 9).devices,
+            idle_since: None,
+            status: Some(Box::new(UserStatus { availability: crate::Availability::Away, ..Default::default() })),
         };
         let v: serde_json::Value = serde_json::from_slice(&e.to_vec()).expect("json");
         assert_eq!(
             v,
-            serde_json::json!({"v":1,"type":"join","userId":"alice","nodeId":"node-1","connectionId":"c-1","connections":2,"seq":9,"epoch":3,"ts":1_700_000_000_000u64})
+            serde_json::json!({"v":2,"type":"join","userId":"alice","nodeId":"node-1","connectionId":"c-1","connections":2,"seq":9,"epoch":3,"ts":1_700_000_000_000u64,"lastSeen":1_699_999_999_000u64,"devices":{"unknown":2},"status":{"availability":"away"}})
         );
+        // A version 1 event still reads: the lastSeen of a leave is its time.
+        let v1 = r#"{"v":1,"type":"leave","userId":"bob","nodeId":"n","connectionId":null,"connections":0,"seq":2,"epoch":1,"ts":5}"#;
+        let p = StatusEvent::from_slice(v1.as_bytes()).expect("parse").presence();
+        assert_eq!((p.last_seen, p.devices.is_empty(), p.status), (Some(5), true, None));
         assert_eq!(StatusEvent::from_slice(&e.to_vec()).expect("parse"), e);
         let leave = r#"{"v":1,"type":"leave","userId":"bob","nodeId":"n","connectionId":null,"connections":0,"seq":2,"epoch":1,"ts":5,"reason":"node_dead"}"#;
         let parsed = StatusEvent::from_slice(leave.as_bytes()).expect("parse");

@@ -8,6 +8,7 @@
 //! * [`auth`]: JWT verification (and minting of development tokens).
 //! * [`routing`]: the vnode → node routing table with its epoch.
 //! * [`presence`]: a user's presence as the store and the APIs report it.
+//! * [`rich`]: devices, idleness, availability and what watchers may see of them.
 //! * [`node`]: what a ws-node reports about itself when it heartbeats.
 //! * [`time`]: wall-clock milliseconds, the unit of every timestamp on the wire.
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod event;
 pub mod node;
 pub mod presence;
+pub mod rich;
 pub mod routing;
 pub mod time;
 pub mod user_id;
@@ -25,6 +27,7 @@ pub mod wire;
 pub use event::{EventKind, EventReason, StatusEvent};
 pub use node::{NodeRecord, NodeRecordError};
 pub use presence::{Presence, PresenceChange};
+pub use rich::{Availability, Device, Devices, LastSeenPolicy, Share, UserStatus};
 pub use routing::{RoutingTable, TableNode, TableVersion};
 pub use user_id::{UserId, UserIdError};
 pub use vnode::{vnode, Vnode, VNODES};

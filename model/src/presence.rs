@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rich::{Devices, UserStatus};
 use crate::{EventReason, UserId};
 
 /// A user's presence across the whole cluster, as the store holds it.
@@ -19,12 +20,44 @@ pub struct Presence {
     /// Why the user went offline (only while `connections` is 0, when known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<EventReason>,
+    /// Live connections per device, summed over nodes (empty while offline).
+    #[serde(default, skip_serializing_if = "Devices::is_empty")]
+    pub devices: Devices,
+    /// While online with every connection idle: since when (the latest
+    /// moment a node's last active connection went idle), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<u64>,
+    /// The status the user set, if any (boxed: most users never set one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<UserStatus>>,
 }
 
 impl Presence {
     /// A user the store has never seen.
     pub fn unknown(user_id: UserId) -> Self {
-        Self { user_id, connections: 0, seq: 0, last_seen: None, reason: None }
+        Self::counted(user_id, 0, 0)
+    }
+
+    /// `connections` of unknown devices, all active, at `seq`; nothing else known.
+    pub fn counted(user_id: UserId, connections: u64, seq: u64) -> Self {
+        let mut devices = Devices::default();
+        devices.add(&crate::rich::Device::unknown(), connections);
+        Self { user_id, connections, seq, last_seen: None, reason: None, devices, idle_since: None, status: None }
+    }
+
+    /// Online, with every connection idle.
+    pub fn idle(&self) -> bool {
+        self.online() && self.idle_since.is_some()
+    }
+
+    /// The status the user set, while it holds at `now_ms` (not expired).
+    pub fn status_at(&self, now_ms: u64) -> Option<&UserStatus> {
+        self.status.as_deref().filter(|s| s.holds(now_ms))
+    }
+
+    /// Whether watchers must see the user offline at `now_ms`.
+    pub fn invisible_at(&self, now_ms: u64) -> bool {
+        self.status_at(now_ms).is_some_and(|s| s.availability == crate::rich::Availability::Invisible)
     }
 
     /// `connections > 0`.

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::PresenceView;
+use crate::rich::{Availability, Device, Devices, LastSeenPolicy, UserStatus, MAX_STATUS_TTL_MS};
 use crate::{EventReason, Presence, UserId};
 
 /// Close codes the node uses, and what each means to a client.
@@ -44,6 +45,8 @@ pub mod code {
     pub const BAD_REQUEST: &str = "bad_request";
     /// A user ID is invalid.
     pub const INVALID_USER_ID: &str = "invalid_user_id";
+    /// The subscribe policy does not let this user watch that one.
+    pub const FORBIDDEN: &str = "forbidden";
     /// The connection would exceed its subscription limit.
     pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
     /// A frame exceeded the size limit.
@@ -156,6 +159,24 @@ pub enum ServerMessage {
         /// Why the user went offline, when known; absent while online.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<EventReason>,
+        /// Live connections per device (absent while offline).
+        #[serde(default, skip_serializing_if = "Devices::is_empty")]
+        devices: Devices,
+        /// Online with every connection idle (absent: false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        idle: bool,
+        /// Since when idle, ms (only while `idle`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idle_since: Option<u64>,
+        /// What the user set (`available` when nothing, or when it expired).
+        #[serde(default)]
+        availability: Availability,
+        /// The user's status text, if set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_text: Option<String>,
+        /// When the availability and text lapse, ms, if they do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_expires_at: Option<u64>,
     },
     /// Several `status` messages at once: what a connection's outbox held when
     /// its client was behind (each user at most once, newest state).
@@ -203,8 +224,43 @@ impl ServerMessage {
 
     /// The `status` message for `p` as seen at `now_ms` (the same view as `/presence`).
     pub fn status(p: &Presence, now_ms: u64) -> Self {
-        let PresenceView { user_id, online, connections, last_seen, reason } = PresenceView::of(p, now_ms);
-        Self::Status { user_id, online, connections, last_seen, reason }
+        Self::from_view(PresenceView::of(p, now_ms))
+    }
+
+    /// The `status` of `p` as a watcher other than the user sees it
+    /// ([`PresenceView::public`]).
+    pub fn public_status(p: &Presence, now_ms: u64, policy: LastSeenPolicy) -> Self {
+        Self::from_view(PresenceView::public(p, now_ms, policy))
+    }
+
+    /// The `status` message of a view.
+    pub fn from_view(v: PresenceView) -> Self {
+        let PresenceView {
+            user_id,
+            online,
+            connections,
+            last_seen,
+            reason,
+            devices,
+            idle,
+            idle_since,
+            availability,
+            status_text,
+            status_expires_at,
+        } = v;
+        Self::Status {
+            user_id,
+            online,
+            connections,
+            last_seen,
+            reason,
+            devices,
+            idle,
+            idle_since,
+            availability,
+            status_text,
+            status_expires_at,
+        }
     }
 
     /// Serialises to the JSON text of a frame.
@@ -224,6 +280,9 @@ pub enum ClientMessage {
     Auth {
         /// The JWT.
         token: String,
+        /// The connection's device class (a token's `device` claim wins).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<Device>,
     },
     /// Start receiving `status` for these users.
     #[serde(rename_all = "camelCase")]
@@ -239,6 +298,24 @@ pub enum ClientMessage {
     },
     /// Liveness check; answered with `pong`.
     Ping,
+    /// Sets the user's availability and text (user-level: every connection
+    /// of the user and every watcher sees it), lapsing after `expiresInMs`.
+    #[serde(rename_all = "camelCase")]
+    SetStatus {
+        /// `available`, `away`, `busy` or `invisible`.
+        availability: Availability,
+        /// A short text, at most 128 characters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// How long it holds, ms (at most a week); forever when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_in_ms: Option<u64>,
+    },
+    /// This connection's activity: idle (no user input for a while) or active.
+    Activity {
+        /// `true` when idle.
+        idle: bool,
+    },
 }
 
 impl ClientMessage {
@@ -282,7 +359,7 @@ impl ParseError {
     }
 }
 
-const KNOWN_TYPES: [&str; 4] = ["auth", "subscribe", "unsubscribe", "ping"];
+const KNOWN_TYPES: [&str; 6] = ["auth", "subscribe", "unsubscribe", "ping", "setStatus", "activity"];
 
 /// A client message as sent, before its user IDs are checked: the shape is
 /// serde's job, the IDs are [`crate::user_id::parse_list`]'s, so the two kinds
@@ -292,6 +369,8 @@ const KNOWN_TYPES: [&str; 4] = ["auth", "subscribe", "unsubscribe", "ping"];
 enum RawClientMessage {
     Auth {
         token: String,
+        #[serde(default)]
+        device: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Subscribe {
@@ -302,6 +381,17 @@ enum RawClientMessage {
         user_ids: Vec<String>,
     },
     Ping,
+    #[serde(rename_all = "camelCase")]
+    SetStatus {
+        availability: String,
+        #[serde(default)]
+        text: Option<String>,
+        #[serde(default)]
+        expires_in_ms: Option<u64>,
+    },
+    Activity {
+        idle: bool,
+    },
 }
 
 /// Parses a client text frame, telling malformed JSON, unknown types, invalid
@@ -316,11 +406,26 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
     if !KNOWN_TYPES.contains(&kind.as_str()) {
         return Err(ParseError::UnknownType(kind));
     }
-    let raw: RawClientMessage =
-        serde_json::from_value(value).map_err(|e| ParseError::BadRequest { kind, detail: e.to_string() })?;
+    let raw: RawClientMessage = serde_json::from_value(value)
+        .map_err(|e| ParseError::BadRequest { kind: kind.clone(), detail: e.to_string() })?;
     let ids = |raw: Vec<String>| crate::user_id::parse_list(&raw).map_err(|e| ParseError::InvalidUserId(e.to_string()));
+    let bad = |detail: String| ParseError::BadRequest { kind: kind.clone(), detail };
     Ok(match raw {
-        RawClientMessage::Auth { token } => ClientMessage::Auth { token },
+        RawClientMessage::Auth { token, device } => {
+            ClientMessage::Auth { token, device: device.as_deref().map(Device::parse).transpose().map_err(bad)? }
+        }
+        RawClientMessage::SetStatus { availability, text, expires_in_ms } => {
+            let availability = Availability::parse(&availability)
+                .ok_or_else(|| bad("availability is available, away, busy or invisible".into()))?;
+            if let Some(t) = &text {
+                UserStatus::check_text(t).map_err(bad)?;
+            }
+            if expires_in_ms.is_some_and(|ms| ms == 0 || ms > MAX_STATUS_TTL_MS) {
+                return Err(bad(format!("expiresInMs is from 1 to {MAX_STATUS_TTL_MS}")));
+            }
+            ClientMessage::SetStatus { availability, text: text.filter(|t| !t.is_empty()), expires_in_ms }
+        }
+        RawClientMessage::Activity { idle } => ClientMessage::Activity { idle },
         RawClientMessage::Subscribe { user_ids } => ClientMessage::Subscribe { user_ids: ids(user_ids)? },
         RawClientMessage::Unsubscribe { user_ids } => ClientMessage::Unsubscribe { user_ids: ids(user_ids)? },
         RawClientMessage::Ping => ClientMessage::Ping,
@@ -346,24 +451,19 @@ mod tests {
             v,
             serde_json::json!({"type":"welcome","userId":"alice","connectionId":"c1","nodeId":"n1","epoch":7,"connections":2})
         );
-        let s = ServerMessage::Status {
-            user_id: UserId::parse("bob").expect("valid"),
-            online: false,
-            connections: 0,
-            last_seen: None,
-            reason: None,
-        };
-        assert_eq!(s.to_json(), r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null}"#);
+        let s = ServerMessage::status(&Presence::unknown(UserId::parse("bob").expect("valid")), 1);
+        assert_eq!(
+            s.to_json(),
+            r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":null,"availability":"available"}"#
+        );
         let gone = Presence {
-            user_id: UserId::parse("bob").expect("valid"),
-            connections: 0,
-            seq: 3,
             last_seen: Some(7),
             reason: Some(EventReason::Timeout),
+            ..Presence::counted(UserId::parse("bob").expect("valid"), 0, 3)
         };
         assert_eq!(
             ServerMessage::status(&gone, 9).to_json(),
-            r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":7,"reason":"timeout"}"#
+            r#"{"type":"status","userId":"bob","online":false,"connections":0,"lastSeen":7,"reason":"timeout","availability":"available"}"#
         );
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
         let r = ServerMessage::Reconnect { url: "ws://n".into(), epoch: 1, reason: HandoffReason::Drain };
@@ -374,6 +474,72 @@ mod tests {
         assert!(matches!(newer, ServerMessage::Reconnect { reason: HandoffReason::Other, .. }));
         let back: ServerMessage = serde_json::from_str(&m.to_json()).expect("round trip");
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn rich_statuses_and_what_watchers_see_of_them() {
+        use crate::rich::{Availability, Device, UserStatus};
+        let mut p = Presence { idle_since: Some(500), ..Presence::counted(UserId::parse("ann").expect("valid"), 3, 9) };
+        p.devices = Devices::default();
+        p.devices.add(&Device::parse("web").expect("valid"), 1);
+        p.devices.add(&Device::parse("mobile").expect("valid"), 2);
+        p.status = Some(Box::new(UserStatus {
+            availability: Availability::Busy,
+            text: Some("In a meeting".into()),
+            expires_at: Some(2_000),
+            invisible_since: None,
+        }));
+        assert_eq!(
+            ServerMessage::status(&p, 1_000).to_json(),
+            r#"{"type":"status","userId":"ann","online":true,"connections":3,"lastSeen":1000,"devices":{"mobile":2,"web":1},"idle":true,"idleSince":500,"availability":"busy","statusText":"In a meeting","statusExpiresAt":2000}"#
+        );
+        // Expired: back to available, no text.
+        let later = ServerMessage::status(&p, 2_000).to_json();
+        assert!(later.contains(r#""availability":"available""#) && !later.contains("statusText"), "{later}");
+        // Invisible: the user sees the truth, everyone else an offline user.
+        p.status = Some(Box::new(UserStatus {
+            availability: Availability::Invisible,
+            invisible_since: Some(700),
+            ..Default::default()
+        }));
+        assert!(ServerMessage::status(&p, 1_000).to_json().contains(r#""online":true"#));
+        assert_eq!(
+            ServerMessage::public_status(&p, 1_000, LastSeenPolicy::Exact).to_json(),
+            r#"{"type":"status","userId":"ann","online":false,"connections":0,"lastSeen":700,"reason":"closed","availability":"available"}"#
+        );
+        assert!(ServerMessage::public_status(&p, 1_000, LastSeenPolicy::Hidden)
+            .to_json()
+            .contains(r#""lastSeen":null"#));
+    }
+
+    #[test]
+    fn rich_client_messages_are_checked() {
+        let ok = parse_client(r#"{"type":"setStatus","availability":"busy","text":"Lunch","expiresInMs":3600000}"#);
+        assert_eq!(
+            ok,
+            Ok(ClientMessage::SetStatus {
+                availability: Availability::Busy,
+                text: Some("Lunch".into()),
+                expires_in_ms: Some(3_600_000)
+            })
+        );
+        for bad in [
+            r#"{"type":"setStatus","availability":"napping"}"#,
+            r#"{"type":"setStatus","availability":"away","expiresInMs":0}"#,
+            r#"{"type":"setStatus","availability":"away","expiresInMs":999999999999}"#,
+            r#"{"type":"activity"}"#,
+            r#"{"type":"auth","token":"t","device":"Web Browser"}"#,
+        ] {
+            assert_eq!(parse_client(bad).map_err(|e| e.code()), Err(code::BAD_REQUEST), "{bad}");
+        }
+        let long = format!(r#"{{"type":"setStatus","availability":"away","text":"{}"}}"#, "x".repeat(129));
+        assert_eq!(parse_client(&long).map_err(|e| e.code()), Err(code::BAD_REQUEST));
+        assert_eq!(parse_client(r#"{"type":"activity","idle":true}"#), Ok(ClientMessage::Activity { idle: true }));
+        let auth = parse_client(r#"{"type":"auth","token":"t","device":"Mobile"}"#);
+        assert_eq!(
+            auth,
+            Ok(ClientMessage::Auth { token: "t".into(), device: Some(Device::parse("mobile").expect("ok")) })
+        );
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //! | `{P}:nodes` | set | node IDs that may hold presence (live or not yet counted out) |
 //! | `{P}:purged:<id>` | string, TTL | left when a node was counted out; its next heartbeat reports fresh |
 //! | `{P}:leader` | string, TTL | the coordinator holding the lease |
-//! | `{P:v<vnode>}:user:<userId>` | hash | `n:<nodeId>` → count, `seq`, `ls` (lastSeen), `or` (offline reason) |
+//! | `{P:v<vnode>}:user:<userId>` | hash | `n:<nodeId>` → count, `d:<nodeId>` → that node's share (devices, activity), `seq`, `ls` (lastSeen), `or` (offline reason), `st`/`se`/`iv` (the status the user set, its expiry, invisible since) |
 //! | `{P:v<vnode>}:nodeusers:<nodeId>` | set | users of that vnode the node has connections of |
+//!
+//! | `{P:uniq}:h:<hour>`, `{P:uniq}:d:<day>` | HyperLogLog, TTL | users seen online in that UTC hour / day (numbers since the Unix epoch) |
+//! | `{P:uniq}:peak:<day>` | string, TTL | most concurrent connections that UTC day |
 //!
 //! `P` is the prefix (default `presence`). Channel `<P>:table` carries epoch notices.
 
@@ -74,6 +77,21 @@ impl Keys {
     /// Redis Cluster, and subscribers of one vnode meet on one shard.
     pub fn channel(&self, vnode: Vnode, user: &str) -> String {
         format!("{{{}:v{vnode}}}:ch:{user}", self.prefix)
+    }
+
+    /// Users seen online in UTC hour `hour` (a HyperLogLog).
+    pub fn unique_hour(&self, hour: u64) -> String {
+        format!("{{{}:uniq}}:h:{hour}", self.prefix)
+    }
+
+    /// Users seen online on UTC day `day` (a HyperLogLog).
+    pub fn unique_day(&self, day: u64) -> String {
+        format!("{{{}:uniq}}:d:{day}", self.prefix)
+    }
+
+    /// Most concurrent connections on UTC day `day`.
+    pub fn peak_day(&self, day: u64) -> String {
+        format!("{{{}:uniq}}:peak:{day}", self.prefix)
     }
 
     /// The users of `vnode` that `node` has connections of.

@@ -1,4 +1,5 @@
-//! The Lua scripts, compiled in from `redis/lua/`. `redis::Script` sends
+//! The Lua scripts, compiled in from `redis/lua/` (those that change a
+//! user's presence are prefixed with the shared `lua/presence.lua`). `redis::Script` sends
 //! `EVALSHA` and loads the script once when the server answers `NOSCRIPT`
 //! (after a restart or on a new cluster node).
 
@@ -8,6 +9,10 @@ use redis::Script;
 pub struct Scripts {
     /// Sets a node's count for a user; see `lua/set_count.lua`.
     pub set_count: Script,
+    /// Sets the status a user set; see `lua/set_status.lua`.
+    pub set_status: Script,
+    /// Raises a day's peak; see `lua/record_peak.lua`.
+    pub record_peak: Script,
     /// Compare-and-set of the routing table; see `lua/swap_table.lua`.
     pub swap_table: Script,
     /// Node registration; see `lua/heartbeat.lua`.
@@ -25,7 +30,12 @@ pub struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self {
-            set_count: Script::new(include_str!("../lua/set_count.lua")),
+            set_count: Script::new(concat!(include_str!("../lua/presence.lua"), include_str!("../lua/set_count.lua"))),
+            set_status: Script::new(concat!(
+                include_str!("../lua/presence.lua"),
+                include_str!("../lua/set_status.lua")
+            )),
+            record_peak: Script::new(include_str!("../lua/record_peak.lua")),
             swap_table: Script::new(include_str!("../lua/swap_table.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
             forget_node: Script::new(include_str!("../lua/forget_node.lua")),

@@ -8,9 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use presence_backend::{CountUpdate, Live, LiveFeed, Registration, Store, StoreError};
+use presence_backend::{Activity, CountUpdate, Live, LiveFeed, Registration, Store, StoreError};
+use presence_model::rich::sum_shares;
 use presence_model::{
-    EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, TableVersion, UserId, Vnode, VNODES,
+    Availability, EventReason, NodeRecord, Presence, PresenceChange, RoutingTable, Share, TableVersion, UserId,
+    UserStatus, Vnode, VNODES,
 };
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, RedisError, RedisResult};
@@ -117,6 +119,55 @@ fn reason_of(s: &str) -> Option<EventReason> {
     (!s.is_empty()).then(|| serde_json::from_value(serde_json::Value::String(s.to_string())).ok()).flatten()
 }
 
+/// A presence script's answer, (previous total, presence JSON), as a change.
+fn change_of(script: &str, (previous, json): (u64, String)) -> Result<PresenceChange, StoreError> {
+    let presence: Presence =
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("{script} returned {json:?}: {e}")))?;
+    Ok(PresenceChange { presence, previous })
+}
+
+/// How long unique-user counters are kept: an hour's for two days, a day's for 35.
+const HOUR_TTL_MS: u64 = 2 * 86_400_000;
+const DAY_TTL_MS: u64 = 35 * 86_400_000;
+
+/// A user's presence from the fields of their hash (`keys.rs`): the same
+/// sums as `lua/presence.lua` makes (a node without a share counts as all
+/// active, device unknown).
+fn presence_of_fields(user: &UserId, fields: Vec<(String, String)>) -> Presence {
+    let mut p = Presence::unknown(user.clone());
+    let mut counts: Vec<(String, u32)> = Vec::new();
+    let mut shares: std::collections::HashMap<String, Share> = std::collections::HashMap::new();
+    let (mut status, mut invisible_since) = (None::<UserStatus>, None::<u64>);
+    for (k, v) in fields {
+        if let Some(node) = k.strip_prefix("n:") {
+            counts.push((node.to_string(), v.parse().unwrap_or(0)));
+        } else if let Some(node) = k.strip_prefix("d:") {
+            if let Some(s) = Share::decode(&v) {
+                shares.insert(node.to_string(), s);
+            }
+        } else if k == "seq" {
+            p.seq = v.parse().unwrap_or(0);
+        } else if k == "ls" {
+            p.last_seen = v.parse().ok();
+        } else if k == "or" {
+            p.reason = reason_of(&v);
+        } else if k == "st" {
+            status = serde_json::from_str(&v).ok();
+        } else if k == "iv" {
+            invisible_since = v.parse().ok();
+        }
+    }
+    p.connections = counts.iter().map(|(_, n)| u64::from(*n)).sum();
+    let parts: Vec<Share> =
+        counts.into_iter().map(|(node, n)| shares.remove(&node).unwrap_or_else(|| Share::plain(n))).collect();
+    (p.devices, p.idle_since) = sum_shares(p.connections, &parts);
+    p.status = status.map(|s| Box::new(UserStatus { invisible_since, ..s }));
+    if p.online() {
+        p.reason = None;
+    }
+    p
+}
+
 /// How long the count-out marker outlives the count-out: longer than any
 /// plausible partition of the node it concerns.
 const PURGED_MARKER_MS: u64 = 86_400_000;
@@ -221,25 +272,18 @@ where
             .arg(self.retention_ms)
             .arg(u.reason.map_or("", EventReason::as_str))
             .arg(self.keys.channel(v, u.user_id.as_str()))
-            .arg(if self.cluster { "SPUBLISH" } else { "PUBLISH" });
-        let reply: Option<Vec<String>> = self.op(inv.invoke_async(&mut conn)).await?;
-        let Some(reply) = reply else { return Ok(None) };
-        let num = |i: usize| -> Result<u64, StoreError> {
-            reply
-                .get(i)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("set_count returned {reply:?}")))
-        };
-        Ok(Some(PresenceChange {
-            presence: Presence {
-                user_id: u.user_id.clone(),
-                connections: num(0)?,
-                seq: num(2)?,
-                last_seen: reply.get(3).and_then(|s| s.parse().ok()),
-                reason: reply.get(4).and_then(|s| reason_of(s)),
-            },
-            previous: num(1)?,
-        }))
+            .arg(self.publish_command())
+            .arg(u.share.encode());
+        let reply: Option<(u64, String)> = self.op(inv.invoke_async(&mut conn)).await?;
+        reply.map(|r| change_of("set_count", r)).transpose()
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// May `leader` go on counting `node_id` out (see `lua/purge_check.lua`)?
@@ -447,7 +491,7 @@ where
         let users: HashSet<UserId> = self.node_user_set(node_id).await?.into_iter().collect();
         let updates: Vec<CountUpdate> = users
             .into_iter()
-            .map(|user_id| CountUpdate { user_id, connections: 0, reason: Some(EventReason::NodeLost) })
+            .map(|user_id| CountUpdate { reason: Some(EventReason::NodeLost), ..CountUpdate::new(user_id, 0) })
             .collect();
         let mut changes = Vec::new();
         for (i, chunk) in updates.chunks(512).enumerate() {
@@ -480,25 +524,70 @@ where
             async move { conn.hgetall::<_, Vec<(String, String)>>(key).await }
         });
         let raw = self.op(async { join_all(reads).await.into_iter().collect::<RedisResult<Vec<_>>>() }).await?;
-        Ok(users
-            .iter()
-            .zip(raw)
-            .map(|(u, fields)| {
-                let mut p = Presence::unknown(u.clone());
-                for (k, v) in fields {
-                    if k.starts_with("n:") {
-                        p.connections += v.parse::<u64>().unwrap_or(0);
-                    } else if k == "seq" {
-                        p.seq = v.parse().unwrap_or(0);
-                    } else if k == "ls" {
-                        p.last_seen = v.parse().ok();
-                    } else if k == "or" {
-                        p.reason = reason_of(&v);
-                    }
-                }
-                p
-            })
-            .collect())
+        Ok(users.iter().zip(raw).map(|(u, fields)| presence_of_fields(u, fields)).collect())
+    }
+
+    async fn set_status(
+        &self,
+        user: &UserId,
+        status: Option<UserStatus>,
+        if_expires_at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Option<PresenceChange>, StoreError> {
+        let v = user.vnode();
+        let status = status.filter(|s| s.holds(now_ms)).map(|s| UserStatus { invisible_since: None, ..s });
+        let json = status.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default()).unwrap_or_default();
+        let expiry = status.as_ref().and_then(|s| s.expires_at).map(|t| t.to_string()).unwrap_or_default();
+        let invisible = status.as_ref().is_some_and(|s| s.availability == Availability::Invisible);
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.set_status.prepare_invoke();
+        inv.key(self.keys.user(v, user.as_str()))
+            .arg(user.as_str())
+            .arg(json)
+            .arg(expiry)
+            .arg(if invisible { "1" } else { "0" })
+            .arg(now_ms)
+            .arg(if_expires_at.map(|t| t.to_string()).unwrap_or_default())
+            .arg(self.keys.channel(v, user.as_str()))
+            .arg(self.publish_command())
+            .arg(self.retention_ms);
+        let reply: Option<(u64, String)> = self.op(inv.invoke_async(&mut conn)).await?;
+        reply.map(|r| change_of("set_status", r)).transpose()
+    }
+
+    async fn record_seen(&self, users: &[UserId], now_ms: u64) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let (hour, day) = presence_backend::periods(now_ms);
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let mut conn = self.conn.clone();
+        // Both keys share a hash tag, so the pipeline goes to one node of a cluster.
+        let mut pipe = redis::pipe();
+        pipe.cmd("PFADD").arg(self.keys.unique_hour(hour)).arg(&ids).ignore();
+        pipe.cmd("PEXPIRE").arg(self.keys.unique_hour(hour)).arg(HOUR_TTL_MS).ignore();
+        pipe.cmd("PFADD").arg(self.keys.unique_day(day)).arg(&ids).ignore();
+        pipe.cmd("PEXPIRE").arg(self.keys.unique_day(day)).arg(DAY_TTL_MS).ignore();
+        self.op(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn record_peak(&self, connections: u64, now_ms: u64) -> Result<(), StoreError> {
+        let day = presence_backend::periods(now_ms).1;
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.record_peak.prepare_invoke();
+        inv.key(self.keys.peak_day(day)).arg(connections).arg(DAY_TTL_MS);
+        self.op(inv.invoke_async::<i64>(&mut conn)).await.map(drop)
+    }
+
+    async fn activity(&self, now_ms: u64) -> Result<Activity, StoreError> {
+        let (hour, day) = presence_backend::periods(now_ms);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("PFCOUNT").arg(self.keys.unique_hour(hour));
+        pipe.cmd("PFCOUNT").arg(self.keys.unique_day(day));
+        pipe.cmd("GET").arg(self.keys.peak_day(day));
+        let (h, d, peak): (u64, u64, Option<u64>) = self.op(pipe.query_async(&mut conn)).await?;
+        Ok(Activity { unique_users_hour: h, unique_users_day: d, peak_connections_day: peak.unwrap_or(0) })
     }
 
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

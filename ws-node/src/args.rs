@@ -109,6 +109,15 @@ pub struct Args {
     /// Users whose count may wait for Redis before a full resync is scheduled instead.
     #[arg(long, env = "MAX_PENDING_WRITES", default_value_t = default_of(|c| c.max_pending_writes))]
     pub max_pending_writes: String,
+    /// What watchers see of others' lastSeen: exact, coarse (rounded down to 15 minutes) or hidden.
+    #[arg(long, env = "LAST_SEEN", default_value = "exact")]
+    pub last_seen: String,
+    /// Watchers see a user offline only if no connection returns within this, ms (0: at once).
+    #[arg(long, env = "OFFLINE_GRACE_MS", default_value_t = default_of(|c| c.views.offline_grace_ms))]
+    pub offline_grace_ms: String,
+    /// Whom a user may watch: open (anyone) or claims (those their token's watch claim lists).
+    #[arg(long, env = "SUBSCRIBE_POLICY", default_value = "open")]
+    pub subscribe_policy: String,
 }
 
 /// Everything a node needs, checked.
@@ -263,6 +272,15 @@ impl Args {
         );
         p.read_min("--message-rate/MESSAGE_RATE", &self.message_rate, 1, &mut node.message_rate);
         p.read_min("--message-burst/MESSAGE_BURST", &self.message_burst, 1, &mut node.message_burst);
+        match presence_model::LastSeenPolicy::parse(&self.last_seen) {
+            Ok(v) => node.views.last_seen = v,
+            Err(e) => p.add("--last-seen/LAST_SEEN", e),
+        }
+        p.read_min("--offline-grace-ms/OFFLINE_GRACE_MS", &self.offline_grace_ms, 0, &mut node.views.offline_grace_ms);
+        match crate::config::SubscribePolicy::parse(&self.subscribe_policy) {
+            Ok(v) => node.subscribe_policy = v,
+            Err(e) => p.add("--subscribe-policy/SUBSCRIBE_POLICY", e),
+        }
         let backends = self.backends.check(&mut p, &node_id);
         let verifier = verifier(self, &mut p);
         p.finish()?;

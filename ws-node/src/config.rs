@@ -66,6 +66,32 @@ pub struct NodeConfig {
     pub message_rate: u32,
     /// Messages a client may send at once.
     pub message_burst: u32,
+    /// What watchers are shown of others (`LAST_SEEN`, `OFFLINE_GRACE_MS`).
+    pub views: crate::counts::Views,
+    /// Whom a user may watch (`SUBSCRIBE_POLICY`).
+    pub subscribe_policy: SubscribePolicy,
+}
+
+/// Whom a user may watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SubscribePolicy {
+    /// Anyone (`open`).
+    #[default]
+    Open,
+    /// Themselves and the users their token's `watch` claim lists (`claims`);
+    /// other subscriptions are refused with `forbidden`.
+    Claims,
+}
+
+impl SubscribePolicy {
+    /// Reads `open` or `claims`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "open" => Ok(Self::Open),
+            "claims" => Ok(Self::Claims),
+            other => Err(format!("expected open or claims, got {other:?}")),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -98,6 +124,8 @@ impl NodeConfig {
             max_connections_per_user: 100,
             message_rate: 20,
             message_burst: 50,
+            views: crate::counts::Views::default(),
+            subscribe_policy: SubscribePolicy::Open,
         }
     }
 

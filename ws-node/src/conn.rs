@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::time::Instant;
 
-use presence_model::UserId;
+use presence_model::{Device, UserId};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -95,6 +95,10 @@ struct ConnShared {
     signal: Notify,
     /// When the session's timer should ring, in ms on [`clock_ms`] (0: not set).
     wake_at: AtomicU64,
+    /// The device class the connection declared.
+    device: Device,
+    /// While [`IDLE`]: when the connection went idle, ms since the Unix epoch.
+    idle_at: AtomicU64,
 }
 
 /// The queue of other messages overflowed.
@@ -103,6 +107,8 @@ const OVERFLOWED: u8 = 1;
 const CLOSING: u8 = 2;
 /// The session's timer rang.
 const TIMER: u8 = 4;
+/// The client said the connection is idle.
+const IDLE: u8 = 8;
 
 /// Why a session was told to end (see [`Conn::told`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -125,8 +131,13 @@ pub fn clock_ms(at: Instant) -> u64 {
 }
 
 impl Conn {
-    /// A handle whose queue of other messages holds at most `max_others`.
+    /// A handle whose queue of other messages holds at most `max_others`, of unknown device.
     pub fn new(id: u64, max_others: usize) -> Self {
+        Self::of_device(id, max_others, Device::unknown())
+    }
+
+    /// A handle of a connection that declared `device`.
+    pub fn of_device(id: u64, max_others: usize, device: Device) -> Self {
         let shared = ConnShared {
             id,
             max_others: max_others.clamp(1, u32::MAX as usize) as u32,
@@ -134,8 +145,35 @@ impl Conn {
             signal: Notify::new(),
             flags: AtomicU8::new(0),
             wake_at: AtomicU64::new(0),
+            device,
+            idle_at: AtomicU64::new(0),
         };
         Self { inner: Arc::new(shared) }
+    }
+
+    /// The device class the connection declared.
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    /// When the connection went idle (ms since the Unix epoch), `None` while active.
+    pub fn idle_since(&self) -> Option<u64> {
+        (self.inner.flags.load(Ordering::Acquire) & IDLE != 0).then(|| self.inner.idle_at.load(Ordering::Acquire))
+    }
+
+    /// Marks the connection idle (since `now_ms`) or active; whether that changed anything.
+    pub fn set_idle(&self, idle: bool, now_ms: u64) -> bool {
+        if idle {
+            // Only the connection's own session calls this: no race between the check and the store.
+            if self.inner.flags.load(Ordering::Acquire) & IDLE != 0 {
+                return false;
+            }
+            self.inner.idle_at.store(now_ms, Ordering::Release);
+            self.inner.flags.fetch_or(IDLE, Ordering::AcqRel);
+            true
+        } else {
+            self.inner.flags.fetch_and(!IDLE, Ordering::AcqRel) & IDLE != 0
+        }
     }
 
     fn outbox(&self) -> MutexGuard<'_, Outbox> {

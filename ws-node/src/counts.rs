@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use presence_backend::CountUpdate;
-use presence_model::{Presence, PresenceChange, RoutingTable, TableNode, UserId, Vnode, VNODES};
+use presence_model::{LastSeenPolicy, Presence, PresenceChange, RoutingTable, Share, TableNode, UserId, Vnode, VNODES};
 
 use crate::conn::Conn;
 use crate::fanout;
@@ -47,6 +47,9 @@ pub(crate) struct Entry {
     pub(crate) sent_count: Option<u64>,
     /// A `reconnect` went out to the user's connections for the current move.
     handed_off: bool,
+    /// While watchers here still see the user online during the offline grace
+    /// (`OFFLINE_GRACE_MS`): when the offline status is due (ms since the Unix epoch).
+    pub(crate) held_until: Option<u64>,
 }
 
 impl Entry {
@@ -70,6 +73,20 @@ pub struct Moved {
     pub conns: Vec<Conn>,
 }
 
+/// What watchers other than the user are shown, and when.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Views {
+    /// `LAST_SEEN`: what they learn of `lastSeen`.
+    pub last_seen: LastSeenPolicy,
+    /// `OFFLINE_GRACE_MS`: how long an offline status waits for the user to
+    /// come back before watchers see it (0: not at all).
+    pub offline_grace_ms: u64,
+}
+
+/// Most users waiting to be added to the store's unique-user counts; more
+/// are dropped (counted in `presence_unique_dropped_total`) until the next flush.
+pub const MAX_SEEN_BUFFER: usize = 50_000;
+
 /// See the module docs.
 pub struct Counts {
     shards: Box<[Mutex<HashMap<UserId, Entry>>]>,
@@ -77,16 +94,37 @@ pub struct Counts {
     /// Users whose first watcher came or last watcher left here, for the
     /// live feed ([`crate::live`]).
     pub interest: crate::live::Interest,
+    /// What watchers are shown.
+    views: Views,
+    /// Users whose offline status is held (see [`Entry::held_until`]);
+    /// at most one entry per held user.
+    held: Mutex<std::collections::HashSet<UserId>>,
+    /// Users who connected since the last flush to the unique-user counts
+    /// (at most [`MAX_SEEN_BUFFER`]).
+    seen: Mutex<Vec<UserId>>,
 }
 
 impl Counts {
-    /// Empty bookkeeping reporting to `metrics`.
+    /// Empty bookkeeping reporting to `metrics`, showing watchers everything at once.
     pub fn new(metrics: std::sync::Arc<Metrics>) -> Self {
+        Self::with_views(metrics, Views::default())
+    }
+
+    /// Empty bookkeeping reporting to `metrics`, showing watchers what `views` allows.
+    pub fn with_views(metrics: std::sync::Arc<Metrics>, views: Views) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             metrics,
             interest: crate::live::Interest::default(),
+            views,
+            held: Mutex::default(),
+            seen: Mutex::default(),
         }
+    }
+
+    /// What watchers are shown.
+    pub fn views(&self) -> Views {
+        self.views
     }
 
     fn shard(&self, user: &UserId) -> MutexGuard<'_, HashMap<UserId, Entry>> {
@@ -101,13 +139,39 @@ impl Counts {
 
     /// Adds a live connection of `user`.
     pub fn connect(&self, user: &UserId, conn: Conn) {
-        let mut s = self.shard(user);
-        let e = s.entry(user.clone()).or_default();
-        e.conns.push(conn);
-        e.handed_off = false;
-        // The newcomer's `welcome` carries an estimate, not what the others were
-        // last sent: the next authoritative count must reach every connection.
-        e.sent_count = None;
+        {
+            let mut s = self.shard(user);
+            let e = s.entry(user.clone()).or_default();
+            e.conns.push(conn);
+            e.handed_off = false;
+            // The newcomer's `welcome` carries an estimate, not what the others were
+            // last sent: the next authoritative count must reach every connection.
+            e.sent_count = None;
+        }
+        self.saw(std::slice::from_ref(user));
+    }
+
+    /// Notes users seen online, for the unique-user counts.
+    pub(crate) fn saw(&self, users: &[UserId]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_SEEN_BUFFER.saturating_sub(seen.len());
+        seen.extend(users.iter().take(room).cloned());
+        let dropped = users.len().saturating_sub(room);
+        if dropped > 0 {
+            self.metrics.unique_dropped.inc_by(dropped as u64);
+        }
+    }
+
+    /// Takes the users seen since the last call.
+    pub(crate) fn take_seen(&self) -> Vec<UserId> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sets connection `conn_id` of `user` idle or active; whether the
+    /// node's share of the user changed (and must be written).
+    pub fn set_idle(&self, user: &UserId, conn_id: u64, idle: bool, now_ms: u64) -> bool {
+        let s = self.shard(user);
+        s.get(user).and_then(|e| e.conns.iter().find(|c| c.id() == conn_id)).is_some_and(|c| c.set_idle(idle, now_ms))
     }
 
     /// The user's cluster-wide count as best known now (see [`Counts::connect`]).
@@ -179,6 +243,10 @@ impl Counts {
 
     /// Applies `p` to the entry if newer: `None` when it was not, else what
     /// to send to watchers once the lock is released.
+    ///
+    /// With an offline grace, a user who goes offline while watchers here see
+    /// them online is held: watchers are told only when the grace (counted
+    /// from the disconnect) passes without a return ([`Counts::release_held`]).
     fn apply_to(
         &self,
         e: &mut Entry,
@@ -194,8 +262,70 @@ impl Counts {
         if next.last_seen.is_none() {
             next.last_seen = e.state.as_ref().and_then(|c| c.last_seen);
         }
+        let shown_online =
+            e.held_until.is_some() || e.state.as_ref().is_some_and(|c| c.online() && !c.invisible_at(now_ms));
+        let grace = self.views.offline_grace_ms;
+        e.held_until = if grace > 0 && shown_online && !next.online() && !next.invisible_at(now_ms) {
+            let due = e.held_until.unwrap_or(next.last_seen.unwrap_or(now_ms) + grace);
+            (due > now_ms).then_some(due)
+        } else {
+            None
+        };
         e.state = Some(next);
-        Some(fanout::deliver(e, now_ms, quiet))
+        if e.held_until.is_some() {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(p.user_id.clone());
+            self.metrics.offline_held.inc();
+            // The user's own connections (none while offline) still get their count.
+            fanout::push_count(e);
+            return Some(None);
+        }
+        Some(fanout::deliver(e, now_ms, quiet, &self.views))
+    }
+
+    /// Tells watchers of held users whose grace has passed that they are
+    /// offline (see [`Counts::apply_to`]).
+    pub fn release_held(&self, now_ms: u64) {
+        let users: Vec<UserId> = {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_empty() {
+                return;
+            }
+            held.iter().cloned().collect()
+        };
+        for u in users {
+            let delivery = {
+                let mut s = self.shard(&u);
+                match s.get_mut(&u) {
+                    Some(e) if e.held_until.is_some_and(|t| t <= now_ms) => {
+                        e.held_until = None;
+                        fanout::deliver(e, now_ms, None, &self.views)
+                    }
+                    // Still within its grace.
+                    Some(e) if e.held_until.is_some() => continue,
+                    _ => None,
+                }
+            };
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&u);
+            if let Some(d) = delivery {
+                d.send(&self.metrics);
+            }
+        }
+    }
+
+    /// Users served here whose status lapses by `now_ms`, with its expiry:
+    /// the owner clears them in the store so that everyone hears it.
+    pub fn lapsed_statuses(&self, now_ms: u64) -> Vec<(UserId, u64)> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            for (u, e) in s.iter().filter(|(_, e)| !e.conns.is_empty()) {
+                if let Some(t) = e.state.as_ref().and_then(|p| p.status.as_ref()).and_then(|st| st.expires_at) {
+                    if t <= now_ms {
+                        out.push((u.clone(), t));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Calls `f` with every live connection on the node, a shard at a time.
@@ -215,11 +345,16 @@ impl Counts {
         self.for_each_conn(Conn::close);
     }
 
-    /// The node's live connections of each user: what the writer writes.
+    /// The node's live connections of each user, with their devices and
+    /// activity: what the writer writes.
     pub fn local_counts(&self, users: &[UserId]) -> Vec<CountUpdate> {
         users
             .iter()
-            .map(|u| CountUpdate::new(u.clone(), self.shard(u).get(u).map_or(0, |e| e.conns.len() as u32)))
+            .map(|u| {
+                let s = self.shard(u);
+                let conns = s.get(u).map_or(&[][..], |e| &e.conns[..]);
+                CountUpdate { share: share_of(conns), ..CountUpdate::new(u.clone(), conns.len() as u32) }
+            })
             .collect()
     }
 
@@ -302,6 +437,15 @@ impl Counts {
         out
     }
 
+    /// Users with a connection here.
+    pub fn served_users(&self) -> Vec<UserId> {
+        let mut out = Vec::new();
+        for s in self.each_shard() {
+            out.extend(s.iter().filter(|(_, e)| !e.conns.is_empty()).map(|(u, _)| u.clone()));
+        }
+        out
+    }
+
     /// (connections, users) served here.
     pub fn totals(&self) -> (u64, u64) {
         let (mut c, mut u) = (0, 0);
@@ -344,6 +488,23 @@ impl Counts {
     }
 }
 
+/// The node's share of a user with these connections (see [`Share`]).
+fn share_of(conns: &[Conn]) -> Share {
+    let mut share = Share::default();
+    let mut idle_since = 0;
+    for c in conns {
+        share.devices.add(c.device(), 1);
+        match c.idle_since() {
+            None => share.active += 1,
+            Some(t) => idle_since = idle_since.max(t),
+        }
+    }
+    if share.active == 0 && !conns.is_empty() {
+        share.idle_since = Some(idle_since);
+    }
+    share
+}
+
 /// How often the node rings the sessions whose deadline passed: a session's
 /// ping, token expiry, handoff close and stalled-window limit are kept to
 /// within this. One ticker per node instead of a timer per connection keeps
@@ -358,7 +519,10 @@ pub async fn run_timers(counts: Arc<Counts>, stop: tokio_util::sync::Cancellatio
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => counts.ring_due_timers(crate::conn::clock_ms(tokio::time::Instant::now())),
+            _ = tick.tick() => {
+                counts.ring_due_timers(crate::conn::clock_ms(tokio::time::Instant::now()));
+                counts.release_held(presence_model::time::now_ms());
+            }
         }
     }
 }
@@ -379,7 +543,7 @@ pub(crate) mod tests {
     }
 
     fn p(u: &str, connections: u64, seq: u64) -> Presence {
-        Presence { user_id: uid(u), connections, seq, last_seen: None, reason: None }
+        Presence::counted(uid(u), connections, seq)
     }
 
     /// Everything queued for `c`, as the frames the session would write.

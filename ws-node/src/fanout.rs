@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use presence_backend::{BusMessage, BusSubscription, Store, TableCache};
 use presence_model::wire::ServerMessage;
-use presence_model::{EventReason, StatusEvent};
+use presence_model::{EventReason, Presence, StatusEvent};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::counts::{Counts, Entry};
+use crate::counts::{Counts, Entry, Views};
 use crate::metrics::Metrics;
 
 fn text(m: &ServerMessage) -> Utf8Bytes {
@@ -46,6 +46,9 @@ pub(crate) struct Delivery {
     seq: u64,
     frame: Utf8Bytes,
     to: Vec<crate::conn::Conn>,
+    /// The truth, for the watchers that are the user's own connections.
+    own_frame: Option<Utf8Bytes>,
+    own: Vec<crate::conn::Conn>,
 }
 
 impl Delivery {
@@ -54,15 +57,58 @@ impl Delivery {
         for c in &self.to {
             c.push_status(&self.user, self.seq, self.frame.clone(), metrics);
         }
+        if let Some(f) = &self.own_frame {
+            for c in &self.own {
+                c.push_status(&self.user, self.seq, f.clone(), metrics);
+            }
+        }
     }
 }
 
-/// Pushes the entry's state: `count` to the user's connections when the
-/// number differs from what they were last sent (under the lock: counts keep
-/// their order that way), and returns the `status` for every watcher but
-/// `quiet`, to be sent once the lock is released.
-pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>) -> Option<Delivery> {
+/// Pushes the entry's state: `count` to the user's connections (see
+/// [`push_count`]), and returns the `status` for every watcher but `quiet`,
+/// to be sent once the lock is released. Watchers that are the user's own
+/// connections get the whole truth; the others what `views` lets them see
+/// (an invisible user is offline, `lastSeen` per policy).
+pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, views: &Views) -> Option<Delivery> {
+    push_count(e);
     let state = e.state.as_ref()?;
+    let mut to = Vec::new();
+    let mut own = Vec::new();
+    for (&id, c) in e.watchers.iter().filter(|(&id, _)| Some(id) != quiet) {
+        if e.conns.iter().any(|o| o.id() == id) {
+            own.push(c.clone());
+        } else {
+            to.push(c.clone());
+        }
+    }
+    if to.is_empty() && own.is_empty() {
+        return None;
+    }
+    Some(Delivery {
+        user: state.user_id.clone(),
+        seq: state.seq,
+        frame: status_frame(state, now_ms, false, views),
+        to,
+        own_frame: (!own.is_empty()).then(|| status_frame(state, now_ms, true, views)),
+        own,
+    })
+}
+
+/// The `status` frame of `p`: the truth for the user's own connections
+/// (`own`), the public view for everyone else.
+pub(crate) fn status_frame(p: &Presence, now_ms: u64, own: bool, views: &Views) -> Utf8Bytes {
+    if own {
+        text(&ServerMessage::status(p, now_ms))
+    } else {
+        text(&ServerMessage::public_status(p, now_ms, views.last_seen))
+    }
+}
+
+/// Pushes `count` to the user's connections when the number differs from
+/// what they were last sent (under the lock: counts keep their order that way).
+pub(crate) fn push_count(e: &mut Entry) {
+    let Some(state) = e.state.as_ref() else { return };
     if !e.conns.is_empty() && e.sent_count != Some(state.connections) {
         e.sent_count = Some(state.connections);
         let t = text(&ServerMessage::Count { user_id: state.user_id.clone(), connections: state.connections });
@@ -70,17 +116,6 @@ pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>) -> Option<
             c.push_count(t.clone());
         }
     }
-    let to: Vec<crate::conn::Conn> =
-        e.watchers.iter().filter(|(&id, _)| Some(id) != quiet).map(|(_, c)| c.clone()).collect();
-    if to.is_empty() {
-        return None;
-    }
-    Some(Delivery {
-        user: state.user_id.clone(),
-        seq: state.seq,
-        frame: text(&ServerMessage::status(state, now_ms)),
-        to,
-    })
 }
 
 /// The store confirmed this node's count without a change, so the known
@@ -293,10 +328,8 @@ mod tests {
     }
 
     fn event(node: &str, seq: u64, connections: u64) -> StatusEvent {
-        let change = presence_model::PresenceChange {
-            presence: Presence { user_id: uid("bob"), connections, seq, last_seen: None, reason: None },
-            previous: 0,
-        };
+        let change =
+            presence_model::PresenceChange { presence: Presence::counted(uid("bob"), connections, seq), previous: 0 };
         StatusEvent::from_change(&change, node, None, 1, 9, None)
     }
 
@@ -338,10 +371,8 @@ mod tests {
         // The own echo is newer: applied, it would reach the watcher too. The
         // event of another run of the same node ID is not an echo.
         for (run, seq) in [("earlier-run", 5), ("me", 6)] {
-            let change = presence_model::PresenceChange {
-                presence: Presence { user_id: uid("bob"), connections: 1, seq, last_seen: None, reason: None },
-                previous: 0,
-            };
+            let change =
+                presence_model::PresenceChange { presence: Presence::counted(uid("bob"), 1, seq), previous: 0 };
             let event =
                 StatusEvent::from_change(&change, "n1", None, 1, presence_model::time::now_ms(), None).from_run(run);
             bus.publish(event).await.expect("published");

@@ -11,6 +11,7 @@
 //! * [`conn`]: the node's handle on a connection (its bounded outbound queue).
 //! * [`counts`]: per-user bookkeeping: connections, watchers, known state.
 //! * [`writer`]: the store writer: counts to the store, events to the bus.
+//! * [`status`]: statuses users set, their expiry, unique-user counts.
 //! * [`fanout`]: delivery to connections and watchers, bus consumption, resync.
 //! * [`live`]: the fast path: following watched users on the store's live feed.
 //! * [`membership`]: registration, heartbeat, drain, self-fencing.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -136,7 +138,7 @@ impl Node {
         bus: Arc<dyn Bus>,
     ) -> Arc<Node> {
         let metrics = Arc::new(Metrics::new());
-        let counts = Arc::new(Counts::new(metrics.clone()));
+        let counts = Arc::new(Counts::with_views(metrics.clone(), config.views));
         let pending = Arc::new(PendingWrites::new(config.max_pending_writes, metrics.store_overflows.clone()));
         let table = TableCache::new();
         // Unique to this process: a restart under the same NODE_ID is a new run.
@@ -189,6 +191,8 @@ impl Node {
         bg.spawn(self.membership.clone().run(stop.clone()));
         bg.spawn(self.membership.clone().watch_fence(stop.clone()));
         bg.spawn(counts::run_timers(self.counts.clone(), stop.clone()));
+        bg.spawn(status::run_expiry(self.status_writer(), stop.clone()));
+        bg.spawn(status::run_unique_users(self.status_writer(), stop.clone()));
         bg.spawn(fanout.clone().run(events, stop.clone()));
         if self.config.fast_path {
             let live =
@@ -214,10 +218,8 @@ impl Node {
             pending: self.pending.clone(),
             counts: self.counts.clone(),
             store: self.store.clone(),
-            bus: self.bus.clone(),
-            table: self.table.clone(),
+            announcer: self.announcer(),
             node_id: self.config.node_id.clone(),
-            run_id: self.run_id.clone(),
             batch: self.config.write_batch,
             fence: self.membership.fence.clone(),
             metrics: self.metrics.clone(),
@@ -233,6 +235,27 @@ impl Node {
             metrics: self.metrics.clone(),
         };
         bg.spawn(reconciler.run(life.background.clone()));
+    }
+
+    /// What writes users' statuses and unique-user counts to the store.
+    pub fn status_writer(&self) -> status::StatusWriter {
+        status::StatusWriter {
+            store: self.store.clone(),
+            counts: self.counts.clone(),
+            announcer: self.announcer(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// What puts this node's changes on the bus.
+    pub fn announcer(&self) -> writer::Announcer {
+        writer::Announcer {
+            bus: self.bus.clone(),
+            table: self.table.clone(),
+            node_id: self.config.node_id.clone(),
+            run_id: self.run_id.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Takes a place among the connections waiting for `auth`, or `None`

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub statuses_conflated: IntCounter,
     /// Clients sent to another node with `redirect`.
     pub redirects: IntCounter,
+    /// Offline statuses held back for the offline grace (`OFFLINE_GRACE_MS`).
+    pub offline_held: IntCounter,
+    /// Users not added to the unique-user counts: the buffer was full or the store failed.
+    pub unique_dropped: IntCounter,
+    /// Statuses users set (`setStatus`) and expiries the node cleared.
+    pub status_sets: IntCounter,
     /// Connections told to `reconnect` elsewhere (handoff or drain).
     pub handoffs: IntCounter,
     /// Store operations that failed.
@@ -127,6 +133,21 @@ impl Metrics {
                 "Pending status messages replaced by a newer status of the same user before they were sent.",
             ),
             redirects: counter(&r, "presence_redirects_total", "Clients redirected to the owning node."),
+            offline_held: counter(
+                &r,
+                "presence_offline_held_total",
+                "Offline statuses held back for the offline grace period.",
+            ),
+            unique_dropped: counter(
+                &r,
+                "presence_unique_dropped_total",
+                "Users not added to the unique-user counts (buffer full or store failed).",
+            ),
+            status_sets: counter(
+                &r,
+                "presence_status_sets_total",
+                "Statuses users set, and lapsed statuses the node cleared.",
+            ),
             handoffs: counter(&r, "presence_handoffs_total", "Connections told to reconnect to another node."),
             store_errors: counter(&r, "presence_store_errors_total", "Store operations that failed."),
             store_writes: counter(

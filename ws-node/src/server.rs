@@ -126,6 +126,15 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
             "node is draining or lost its registration; ask the coordinator for the route",
         );
     }
+    // `?device=`: what the connection declares, unless its token says otherwise.
+    let device = match query_param(req.uri().query(), "device") {
+        Ok(None) => None,
+        Ok(Some(d)) => match presence_model::Device::parse(&d) {
+            Ok(d) => Some(d),
+            Err(e) => return error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, &format!("device: {e}")),
+        },
+        Err(e) => return error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, &e.to_string()),
+    };
     let pre_auth = match request_token(&req) {
         Ok(None) => None,
         Ok(Some(token)) => match node.verifier.verify_identity(&token) {
@@ -160,7 +169,7 @@ fn upgrade(node: Arc<Node>, req: Request) -> Response {
     let accept = derive_accept_key(key.as_bytes());
     // The request is dropped here: the session task keeps only what it needs.
     let upgrade = hyper::upgrade::on(req);
-    let start = Box::new(session::Start { pre_auth, waiting });
+    let start = Box::new(session::Start { pre_auth, waiting, device });
     node.clone().spawn_session(upgraded(node, upgrade, slot, start));
     let mut res = Response::new(presence_http::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

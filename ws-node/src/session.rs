@@ -22,13 +22,15 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use presence_model::auth::Identity;
 use presence_model::wire::{close, code, parse_client, ClientMessage, ServerMessage};
-use presence_model::{EventReason, UserId};
+use presence_model::{Device, EventReason, UserId, UserStatus};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::config::SubscribePolicy;
 use crate::conn::{statuses_frame, Conn, Outbound, Pace, Taken, Told, Window};
+use crate::fanout::status_frame;
 use crate::handoff::{self, Deadline};
 use crate::Node;
 
@@ -78,6 +80,9 @@ pub struct Start {
     pub pre_auth: Option<Identity>,
     /// The place held among connections waiting to authenticate.
     pub waiting: Option<crate::PendingAuth>,
+    /// The device class of the upgrade's `?device=` (a token's claim, then
+    /// the `auth` message's `device`, win over it).
+    pub device: Option<Device>,
 }
 
 /// Runs a connection.
@@ -117,7 +122,7 @@ async fn open<S>(node: &Arc<Node>, ws: &mut S, start: Box<Start>) -> Option<Open
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    let Start { pre_auth, waiting } = *start;
+    let Start { pre_auth, waiting, device } = *start;
     let identity = match pre_auth {
         Some(i) => i,
         None => {
@@ -178,7 +183,8 @@ where
         return None;
     }
     let conn_uuid = uuid::Uuid::new_v4();
-    let conn = Conn::new(node.next_conn_id(), node.config.outbound_queue);
+    let device = identity.device.clone().or(device).unwrap_or_else(Device::unknown);
+    let conn = Conn::of_device(node.next_conn_id(), node.config.outbound_queue, device);
     node.counts.connect(&user, conn.clone());
     let written = node.pending.mark_and_wait(&user, Some(&conn_uuid.to_string()));
     node.metrics.connects.inc();
@@ -206,6 +212,7 @@ where
         handoff: Deadline::default(),
         expires: expiry_instant(identity.expires_at_ms),
         user: user.clone(),
+        watch: identity.watch,
     };
     // The table may have moved between the ownership check and `connect`.
     if let Some(t) = node.table.get() {
@@ -256,12 +263,20 @@ where
             }
         };
         match parse_client(&text) {
-            Ok(ClientMessage::Auth { token }) => {
-                return node.verifier.verify_identity(&token).map_err(|e| {
-                    node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
-                    node.metrics.client_errors.with_label_values(&[e.code()]).inc();
-                    Ending::after(ServerMessage::error(e.code(), e.to_string()), close::UNAUTHORIZED, "unauthorized")
-                });
+            Ok(ClientMessage::Auth { token, device }) => {
+                return node
+                    .verifier
+                    .verify_identity(&token)
+                    .map(|id| Identity { device: id.device.clone().or(device), ..id })
+                    .map_err(|e| {
+                        node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+                        node.metrics.client_errors.with_label_values(&[e.code()]).inc();
+                        Ending::after(
+                            ServerMessage::error(e.code(), e.to_string()),
+                            close::UNAUTHORIZED,
+                            "unauthorized",
+                        )
+                    });
             }
             Ok(_) => return Err(before_auth(node, code::UNAUTHORIZED)),
             Err(e) => return Err(before_auth(node, e.code())),
@@ -324,6 +339,8 @@ struct Session {
     expires: Instant,
     /// The authenticated user (a fresh `auth` must be for the same one).
     user: UserId,
+    /// Whom the token lets the user watch (`SUBSCRIBE_POLICY=claims`).
+    watch: Option<Arc<[UserId]>>,
 }
 
 /// The tokio instant of a wall-clock expiry in ms since the Unix epoch.
@@ -589,10 +606,11 @@ impl Session {
         let written = match parse_client(text) {
             Ok(ClientMessage::Ping) => self.reply(ws, &ServerMessage::Pong).await,
             // A fresh token for the same user extends the connection's life.
-            Ok(ClientMessage::Auth { token }) => match self.node.verifier.verify_identity(&token) {
+            Ok(ClientMessage::Auth { token, .. }) => match self.node.verifier.verify_identity(&token) {
                 Ok(id) if id.user == self.user => {
                     self.expires = expiry_instant(id.expires_at_ms);
-                    true
+                    self.watch = id.watch;
+                    self.drop_forbidden(ws).await
                 }
                 Ok(_) => {
                     self.reply_error(ws, code::UNAUTHORIZED, "a fresh token must be for the connection's own user")
@@ -603,7 +621,14 @@ impl Session {
                     self.reply_error(ws, e.code(), &e.to_string()).await
                 }
             },
-            Ok(ClientMessage::Subscribe { user_ids }) => return self.subscribe(user_ids).await,
+            Ok(ClientMessage::Subscribe { user_ids }) => {
+                let (allowed, refused): (Vec<UserId>, Vec<UserId>) =
+                    user_ids.into_iter().partition(|u| self.may_watch(u));
+                if !refused.is_empty() && !self.refuse(ws, &refused).await {
+                    return Some(Ending::new(close::NORMAL, "write failed"));
+                }
+                return self.subscribe(allowed).await;
+            }
             Ok(ClientMessage::Unsubscribe { user_ids }) => {
                 for u in user_ids {
                     if self.subs.remove(&u) {
@@ -613,9 +638,75 @@ impl Session {
                 }
                 true
             }
+            Ok(ClientMessage::SetStatus { availability, text, expires_in_ms }) => {
+                let now = presence_model::time::now_ms();
+                let status = UserStatus {
+                    availability,
+                    text,
+                    expires_at: expires_in_ms.map(|ms| now + ms),
+                    invisible_since: None,
+                };
+                let status = status.holds(now).then_some(status);
+                match self.node.status_writer().set(&self.user, status, None).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let m = format!("the status could not be stored now ({e}); set it again");
+                        self.reply_error(ws, code::UNAVAILABLE, &m).await
+                    }
+                }
+            }
+            Ok(ClientMessage::Activity { idle }) => {
+                let now = presence_model::time::now_ms();
+                if self.node.counts.set_idle(&self.user, self.conn.id(), idle, now) {
+                    self.node.pending.mark(&self.user, None, None);
+                }
+                true
+            }
             Err(e) => self.reply_error(ws, e.code(), &e.to_string()).await,
         };
         (!written).then(|| Ending::new(close::NORMAL, "write failed"))
+    }
+
+    /// Whether the subscribe policy lets this connection watch `other`.
+    fn may_watch(&self, other: &UserId) -> bool {
+        match self.node.config.subscribe_policy {
+            SubscribePolicy::Open => true,
+            SubscribePolicy::Claims => {
+                *other == self.user || self.watch.as_ref().is_some_and(|w| w.binary_search(other).is_ok())
+            }
+        }
+    }
+
+    /// Tells the client which users it may not watch (a few named), counted.
+    async fn refuse<S>(&self, ws: &mut S, refused: &[UserId]) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let named: Vec<&str> = refused.iter().take(10).map(UserId::as_str).collect();
+        let more = if refused.len() > named.len() {
+            format!(" and {} more", refused.len() - named.len())
+        } else {
+            String::new()
+        };
+        let m = format!("not allowed to watch {}{more}: the token does not list them", named.join(", "));
+        self.reply_error(ws, code::FORBIDDEN, &m).await
+    }
+
+    /// After a fresh token: drops the subscriptions its `watch` claim no longer allows.
+    async fn drop_forbidden<S>(&mut self, ws: &mut S) -> bool
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let gone: Vec<UserId> = self.subs.iter().filter(|u| !self.may_watch(u)).cloned().collect();
+        if gone.is_empty() {
+            return true;
+        }
+        for u in &gone {
+            self.subs.remove(u);
+            self.node.counts.unwatch(u, self.conn.id());
+            self.conn.forget(u);
+        }
+        self.refuse(ws, &gone).await
     }
 
     /// Registers the watches first, then reads unknown users from the store, so
@@ -641,11 +732,15 @@ impl Session {
         }
         let (node, conn) = (&self.node, &self.conn);
         let now = presence_model::time::now_ms();
+        let views = node.counts.views();
         let mut unknown = Vec::new();
         for u in fresh {
             self.subs.insert(u.clone());
             match node.counts.watch(&u, conn.clone()) {
-                Some(p) => conn.push_status(&u, p.seq, ServerMessage::status(&p, now).to_json().into(), &node.metrics),
+                Some(p) => {
+                    let frame = status_frame(&p, now, p.user_id == self.user, &views);
+                    conn.push_status(&u, p.seq, frame, &node.metrics)
+                }
                 None => unknown.push(u),
             }
         }
@@ -656,7 +751,7 @@ impl Session {
                         // Newer than what is held: other watchers hear it too.
                         node.counts.apply(&p, now, Some(conn.id()));
                         let current = node.counts.watch(&p.user_id, conn.clone()).unwrap_or(p);
-                        let frame = ServerMessage::status(&current, now).to_json().into();
+                        let frame = status_frame(&current, now, current.user_id == self.user, &views);
                         conn.push_status(&current.user_id, current.seq, frame, &node.metrics);
                     }
                 }
@@ -744,12 +839,17 @@ mod tests {
         let node = node_with(config).await;
         let open = |user: &str| {
             let (server_io, client_io) = tokio::io::duplex(64 * 1024);
-            let identity = Identity { user: UserId::parse(user).expect("valid"), expires_at_ms: u64::MAX };
+            let identity = Identity {
+                user: UserId::parse(user).expect("valid"),
+                expires_at_ms: u64::MAX,
+                device: None,
+                watch: None,
+            };
             let node = node.clone();
             async move {
                 let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
                 let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-                let start = Box::new(Start { pre_auth: Some(identity), waiting: None });
+                let start = Box::new(Start { pre_auth: Some(identity), waiting: None, device: None });
                 (tokio::spawn(run(node, server, start)), client)
             }
         };
@@ -801,8 +901,17 @@ mod tests {
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
         let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-        let alice = Identity { user: UserId::parse("alice").expect("valid"), expires_at_ms: u64::MAX };
-        let task = tokio::spawn(run(node.clone(), server, Box::new(Start { pre_auth: Some(alice), waiting: None })));
+        let alice = Identity {
+            user: UserId::parse("alice").expect("valid"),
+            expires_at_ms: u64::MAX,
+            device: None,
+            watch: None,
+        };
+        let task = tokio::spawn(run(
+            node.clone(),
+            server,
+            Box::new(Start { pre_auth: Some(alice), waiting: None, device: None }),
+        ));
 
         let welcome = next_json(&mut client).await;
         assert_eq!((welcome["type"].as_str(), welcome["connections"].as_u64()), (Some("welcome"), Some(1)));
@@ -831,7 +940,7 @@ mod tests {
         let node = node().await;
         let (server_io, _client_io) = tokio::io::duplex(64);
         let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
-        let session = run(node.clone(), ws, Box::new(Start { pre_auth: None, waiting: None }));
+        let session = run(node.clone(), ws, Box::new(Start { pre_auth: None, waiting: None, device: None }));
         let size = std::mem::size_of_val(&session);
         eprintln!("session future: {size} bytes");
         assert!(size <= 1100, "the session future is {size} bytes");

@@ -195,13 +195,9 @@ pub struct Writer {
     /// Where counts go.
     pub store: Arc<dyn Store>,
     /// Where events go.
-    pub bus: Arc<dyn Bus>,
-    /// The routing table (its epoch is stamped on events).
-    pub table: TableCache,
-    /// This node's ID: the store field it writes and the events' `nodeId`.
+    pub announcer: Announcer,
+    /// This node's ID: the store field it writes.
     pub node_id: String,
-    /// This process's run ID, stamped on its events (echo filtering).
-    pub run_id: String,
     /// Users per store call.
     pub batch: usize,
     /// While up, nothing is written (the node may have been counted out).
@@ -326,6 +322,29 @@ impl Writer {
     }
 
     async fn publish(&self, change: &PresenceChange, conn: Option<String>, reason: Option<EventReason>, ts: u64) {
+        self.announcer.publish(change, conn, reason, ts).await;
+    }
+}
+
+/// Puts this node's changes on the bus, one event each: what the writer's
+/// count writes and the users' own status changes ([`crate::status`]) produce.
+#[derive(Clone)]
+pub struct Announcer {
+    /// Where events go.
+    pub bus: Arc<dyn Bus>,
+    /// The routing table (its epoch is stamped on events).
+    pub table: TableCache,
+    /// This node's ID: the events' `nodeId`.
+    pub node_id: String,
+    /// This process's run ID, stamped on its events (echo filtering).
+    pub run_id: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Announcer {
+    /// Publishes the event of `change` (caused by connection `conn`, for `reason`, at `ts`).
+    pub async fn publish(&self, change: &PresenceChange, conn: Option<String>, reason: Option<EventReason>, ts: u64) {
         // Why a connection went says nothing about a join (the same batch saw
         // both); a rewrite is a rewrite either way.
         let went_down = change.presence.connections < change.previous;
