@@ -158,7 +158,10 @@ async fn route_single_and_batch_agree_with_the_table() {
     let (status, body) = raw(&format!("{}/presence", c.admin_url), "POST", "{\"userIds\":[\"a\",\"b\"]}").await;
     assert_eq!(status, 200);
     assert_eq!(body["users"].as_array().map(Vec::len), Some(2));
-    assert_eq!(body["users"][0], serde_json::json!({"userId":"a","online":false,"connections":0,"lastSeen":null}));
+    assert_eq!(
+        body["users"][0],
+        serde_json::json!({"userId":"a","online":false,"connections":0,"lastSeen":null,"availability":"available"})
+    );
     c.shutdown().await;
 }
 
