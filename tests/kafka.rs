@@ -93,7 +93,15 @@ async fn an_outside_consumer_group_reads_every_event_with_the_documented_schema(
     }
     assert!(alice.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()), "seq grows");
     for e in &events {
-        assert_eq!(e["v"], 1);
+        assert_eq!(e["v"], 2);
+        // Version 2: the devices of an online user add up to its count (these
+        // clients declare none: `unknown`); a leave to zero carries lastSeen.
+        let connections = e["connections"].as_u64().unwrap_or(0);
+        let devices: u64 = e["devices"].as_object().map_or(0, |d| d.values().filter_map(|n| n.as_u64()).sum());
+        assert_eq!(devices, connections, "devices in {e}");
+        if connections == 0 {
+            assert!(e["lastSeen"].is_u64(), "lastSeen in {e}");
+        }
         for field in ["nodeId", "connectionId"] {
             assert!(e[field].is_string(), "{field} in {e}");
         }

@@ -296,3 +296,35 @@ async fn the_sdk_sets_statuses_reports_idleness_and_types_rich_events() {
     watcher.close().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_lapses_at_its_expiry() {
+    let c = one_node(|_| {}).await;
+    let mut w = join(&c, "lapse-watcher", token("lapse-watcher"), None).await;
+    let mut me = join(&c, "max", token("max"), None).await;
+    watch(&mut w, "max").await;
+    let set = ClientMessage::SetStatus {
+        availability: Availability::Away,
+        text: Some("lunch".into()),
+        expires_in_ms: Some(1500),
+    };
+    me.send(&set).await.expect("send");
+    let away = status_of(
+        &mut w,
+        "max",
+        |m| matches!(m, ServerMessage::Status { availability: Availability::Away, .. }),
+        "away",
+    )
+    .await;
+    let ServerMessage::Status { status_expires_at: Some(at), .. } = away else { panic!("{away:?}") };
+    status_of(
+        &mut w,
+        "max",
+        |m| matches!(m, ServerMessage::Status { availability: Availability::Available, status_text: None, .. }),
+        "lapsed",
+    )
+    .await;
+    let now = presence_model::time::now_ms();
+    assert!(now >= at && now < at + 3000, "lapsed at {now}, expiry {at}");
+    c.shutdown().await;
+}
