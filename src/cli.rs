@@ -581,6 +581,9 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
     let _ = writeln!(s, "  presence nodes --coordinator {admin}");
     let _ = writeln!(s, "  presence route alice --coordinator {admin}");
     let _ = writeln!(s, "  presence status alice bob --coordinator {admin}");
+    let _ = writeln!(s, "  presence watch bob --device mobile --subscribe alice --coordinator {admin}");
+    let _ = writeln!(s, "  presence set-status alice busy --text 'In a meeting' --for 3600 --coordinator {admin}");
+    let _ = writeln!(s, "  presence stats --coordinator {admin}");
     let _ =
         writeln!(s, "  curl '{c}/route?userId=alice'    curl '{admin}/presence?userId=alice'    curl '{admin}/ring'");
     if cluster.coordinator.config.admin_key.is_some() {

@@ -235,6 +235,83 @@ async fn presence_watch_prints_the_count_as_it_changes() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
+/// Runs `presence <args>` against `coordinator` to its end; its stdout.
+async fn presence_cli(coordinator: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(args)
+        .args(["--coordinator", coordinator])
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .await
+        .expect("runs");
+    assert!(out.status.success(), "presence {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_statuses_and_shows_devices_availability_and_unique_users() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::Command;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
+        .env("JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("demo starts");
+    let mut banner = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let admin = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = banner.next_line().await {
+            if let Some(rest) = line.trim().strip_prefix("admin") {
+                return rest.split_whitespace().next().expect("a URL").to_string();
+            }
+        }
+        panic!("the demo printed no admin line");
+    })
+    .await
+    .expect("banner in time");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_presence"))
+        .args(["watch", "alice", "--device", "mobile", "--subscribe", "bob", "--coordinator", &admin])
+        .env("JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch starts");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    expect_line(&mut lines, "alice: 1 connection (connected to").await;
+    let said = presence_cli(&admin, &["set-status", "bob", "busy", "--text", "On a call", "--for", "600"]).await;
+    assert_eq!(said.trim(), "bob: busy \"On a call\"");
+    // The watch saw bob come (to set it), busy, and go; the last line says offline and busy.
+    let line = expect_line(&mut lines, "bob ").await;
+    assert!(line.contains("online") || line.contains("offline"), "{line}");
+    let mut last = line;
+    while !(last.contains("offline") && last.contains("busy \"On a call\"")) {
+        last = expect_line(&mut lines, "bob ").await;
+    }
+    let status = presence_cli(&admin, &["status", "alice", "bob"]).await;
+    let rows: Vec<&str> = status.lines().collect();
+    assert!(rows[0].starts_with("alice") && rows[0].contains("online") && rows[0].contains("[mobile=1]"), "{status}");
+    assert!(
+        rows[1].starts_with("bob") && rows[1].contains("offline") && rows[1].contains("busy \"On a call\""),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&presence_cli(&admin, &["status", "bob", "--json"]).await).expect("json");
+    assert_eq!(json[0]["availability"], "busy");
+    // Unique users: alice and bob were seen today (recorded within a second).
+    let mut stats = String::new();
+    for _ in 0..50 {
+        stats = presence_cli(&admin, &["stats"]).await;
+        if stats.contains("2 today") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stats.contains("unique users: 2 this hour, 2 today"), "{stats}");
+    let _ = watch.kill().await;
+    let _ = demo.kill().await;
+}
+
 #[tokio::test]
 async fn the_demo_banner_has_one_header_that_names_the_backends() {
     let c = cluster(2).await;
