@@ -70,12 +70,9 @@ pub enum Command {
         /// The device class this connection declares (web, mobile, desktop or a short label).
         #[arg(long)]
         device: Option<String>,
-        /// A JWT for the user; default: minted from JWT_SECRET.
-        #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Secret to mint the token with when none is given.
-        #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
-        jwt_secret: String,
+        /// How to authenticate as the user.
+        #[command(flatten)]
+        auth: AsUser,
         /// Coordinator and output options.
         #[command(flatten)]
         target: Target,
@@ -93,12 +90,9 @@ pub enum Command {
         /// How long it holds, in seconds (at most a week); forever when not given.
         #[arg(long = "for")]
         for_secs: Option<u64>,
-        /// A JWT for the user; default: minted from JWT_SECRET.
-        #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Secret to mint the token with when none is given.
-        #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
-        jwt_secret: String,
+        /// How to authenticate as the user.
+        #[command(flatten)]
+        auth: AsUser,
         /// Coordinator and output options.
         #[command(flatten)]
         target: Target,
@@ -115,6 +109,17 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// The token of a command that connects as a user.
+#[derive(Debug, Args)]
+pub struct AsUser {
+    /// A JWT for the user; default: minted from JWT_SECRET.
+    #[arg(long, env = "PRESENCE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Secret to mint the token with when none is given.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = DEMO_SECRET)]
+    pub jwt_secret: String,
 }
 
 /// Which coordinator to ask, and how to print.
@@ -201,14 +206,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Watch { user_id, subscribe, device, token, jwt_secret, target } => {
-            watch(&user_id, &subscribe, device, token, &jwt_secret, &target).await
+        Command::Watch { user_id, subscribe, device, auth, target } => {
+            watch(&user_id, &subscribe, device, auth, &target).await
         }
-        Command::SetStatus { user_id, availability, text, for_secs, token, jwt_secret, target } => {
+        Command::SetStatus { user_id, availability, text, for_secs, auth, target } => {
             let availability = presence_model::Availability::parse(&availability)
                 .context("availability: expected available, away, busy or invisible")?;
             let expires = for_secs.map(Duration::from_secs);
-            set_status(&user_id, availability, text, expires, token, &jwt_secret, &target).await
+            set_status(&user_id, availability, text, expires, auth, &target).await
         }
         Command::Stats { target } => {
             let stats = client(&target)?.stats().await?;
@@ -294,13 +299,13 @@ fn describe(u: &presence_model::api::PresenceView) -> String {
     line
 }
 
-/// Tokens for `user`: the one given, or minted from `secret`.
-fn tokens_for(user: &str, token: Option<String>, secret: &str) -> presence_client::TokenSource {
+/// Tokens for `user`: the one given, or minted from the secret.
+fn tokens_for(user: &str, auth: AsUser) -> presence_client::TokenSource {
     use presence_client::TokenSource;
-    match token {
+    match auth.token {
         Some(t) => TokenSource::fixed(t),
         None => {
-            let (secret, user) = (secret.to_string(), user.to_string());
+            let (secret, user) = (auth.jwt_secret, user.to_string());
             TokenSource::callback(move |_| {
                 let t = presence_model::auth::mint_hs256(secret.as_bytes(), &user, 3600);
                 async move { Ok(t) }
@@ -314,19 +319,18 @@ async fn set_status(
     availability: presence_model::Availability,
     text: Option<String>,
     expires: Option<Duration>,
-    token: Option<String>,
-    secret: &str,
+    auth: AsUser,
     target: &Target,
 ) -> anyhow::Result<()> {
     use presence_client::{Client, ConnectOptions, Event};
     presence_model::UserId::parse(user).context("user ID")?;
     let client = Client::new(&target.coordinator)?;
-    let mut session = client.connect(user, ConnectOptions::new(tokens_for(user, token, secret))).await?;
+    let mut session = client.connect(user, ConnectOptions::new(tokens_for(user, auth))).await?;
     // The user's own status says when the cluster has it.
     session.subscribe(&[user]).await?;
     session.set_status(availability, text.as_deref(), expires).await?;
     let wanted = |e: &Event| match e {
-        Event::Status { availability: a, status_text, .. } => *a == availability && *status_text == text,
+        Event::Status(v) => v.availability == availability && v.status_text == text,
         _ => false,
     };
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
@@ -350,15 +354,14 @@ async fn watch(
     user: &str,
     subscribe: &[String],
     device: Option<String>,
-    token: Option<String>,
-    secret: &str,
+    auth: AsUser,
     target: &Target,
 ) -> anyhow::Result<()> {
     use presence_client::{Client, ConnectOptions, Event, ReconnectReason};
     use std::io::Write;
     presence_model::UserId::parse(user).context("user ID")?;
     let client = Client::new(&target.coordinator)?;
-    let mut options = ConnectOptions::new(tokens_for(user, token, secret));
+    let mut options = ConnectOptions::new(tokens_for(user, auth));
     options.device = device;
     let mut session = client.connect(user, options).await?;
     if !subscribe.is_empty() {
@@ -384,10 +387,7 @@ async fn watch(
                     format!("{user}: {connections} {} (connected to {node_id})", plural(*connections))
                 }
                 Event::Count { connections } => format!("{user}: {connections} {}", plural(*connections)),
-                Event::Status { .. } => match status_view(&event) {
-                    Some(v) => describe(&v),
-                    None => continue,
-                },
+                Event::Status(v) => describe(v),
                 Event::Reconnecting { reason: ReconnectReason::Handoff { url }, .. } => format!("moving to {url}"),
                 Event::Reconnecting { reason: ReconnectReason::TokenExpired, .. } => {
                     "token expired; refreshing".to_string()
@@ -414,8 +414,8 @@ fn event_json(e: &presence_client::Event) -> serde_json::Value {
             "type": "welcome", "nodeId": node_id, "connectionId": connection_id, "epoch": epoch, "connections": connections
         }),
         Event::Count { connections } => serde_json::json!({"type": "count", "connections": connections}),
-        Event::Status { .. } => {
-            let mut v = serde_json::to_value(status_view(e)).unwrap_or_default();
+        Event::Status(v) => {
+            let mut v = serde_json::to_value(v).unwrap_or_default();
             v["type"] = "status".into();
             v
         }
@@ -429,39 +429,6 @@ fn event_json(e: &presence_client::Event) -> serde_json::Value {
         }
         Event::Error { code, message } => serde_json::json!({"type": "error", "code": code, "message": message}),
     }
-}
-
-/// A `Status` event as the presence view it carries.
-fn status_view(e: &presence_client::Event) -> Option<presence_model::api::PresenceView> {
-    let presence_client::Event::Status {
-        user_id,
-        online,
-        connections,
-        last_seen,
-        reason,
-        devices,
-        idle,
-        idle_since,
-        availability,
-        status_text,
-        status_expires_at,
-    } = e
-    else {
-        return None;
-    };
-    Some(presence_model::api::PresenceView {
-        user_id: presence_model::UserId::parse(user_id).ok()?,
-        online: *online,
-        connections: *connections,
-        last_seen: *last_seen,
-        reason: *reason,
-        devices: devices.clone(),
-        idle: *idle,
-        idle_since: *idle_since,
-        availability: *availability,
-        status_text: status_text.clone(),
-        status_expires_at: *status_expires_at,
-    })
 }
 
 fn client(target: &Target) -> anyhow::Result<CoordinatorClient> {

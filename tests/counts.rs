@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use presence_client::{ClientMessage, ServerMessage, UserId};
+use presence_model::api::PresenceView;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_of_a_user_follows_its_count() {
@@ -61,18 +62,18 @@ async fn a_subscriber_on_another_node_sees_status_changes() {
     let (mut w, _) = connect(&c, watcher).await;
     w.send(&ClientMessage::Subscribe { user_ids: vec![UserId::parse(target).expect("id")] }).await.expect("send");
     let first = expect_status(&mut w, target, 0).await;
-    assert!(matches!(first, ServerMessage::Status { online: false, last_seen: None, .. }));
+    assert!(matches!(first, ServerMessage::Status(PresenceView { online: false, last_seen: None, .. })));
 
     let (t1, _) = connect(&c, target).await;
     let s = expect_status(&mut w, target, 1).await;
-    assert!(matches!(s, ServerMessage::Status { online: true, last_seen: Some(_), .. }));
+    assert!(matches!(s, ServerMessage::Status(PresenceView { online: true, last_seen: Some(_), .. })));
     let (t2, _) = connect(&c, target).await;
     expect_status(&mut w, target, 2).await;
     t1.close().await;
     expect_status(&mut w, target, 1).await;
     t2.close().await;
     let last = expect_status(&mut w, target, 0).await;
-    assert!(matches!(last, ServerMessage::Status { online: false, last_seen: Some(_), .. }));
+    assert!(matches!(last, ServerMessage::Status(PresenceView { online: false, last_seen: Some(_), .. })));
 
     // After unsubscribing, changes no longer arrive: a ping's pong comes first.
     w.send(&ClientMessage::Unsubscribe { user_ids: vec![UserId::parse(target).expect("id")] }).await.expect("send");
@@ -92,7 +93,7 @@ async fn subscribing_to_an_online_user_reports_it_at_once() {
     let (_t2, _) = connect(&c, &users[1]).await;
     let (mut w, _) = connect(&c, &users[0]).await;
     w.send(&ClientMessage::Subscribe { user_ids: vec![UserId::parse(&users[1]).expect("id")] }).await.expect("send");
-    let s = expect(&mut w, |m| matches!(m, ServerMessage::Status { .. }), "status").await;
-    assert!(matches!(s, ServerMessage::Status { online: true, connections: 2, .. }), "{s:?}");
+    let s = expect(&mut w, |m| matches!(m, ServerMessage::Status(PresenceView { .. })), "status").await;
+    assert!(matches!(s, ServerMessage::Status(PresenceView { online: true, connections: 2, .. })), "{s:?}");
     c.shutdown().await;
 }

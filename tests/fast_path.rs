@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use harness::{Setup, SECRET};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement};
+use presence_model::api::PresenceView;
 use procs::Tansu;
 
 fn uid(s: &str) -> presence_model::UserId {
@@ -56,7 +57,7 @@ async fn statuses_until(w: &mut Connection, user: &str, want: (bool, u64)) -> Ve
     while seen.last() != Some(&want) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, w.next()).await {
-            Ok(Some(Frame::Message(ServerMessage::Status { user_id, online, connections, .. })))
+            Ok(Some(Frame::Message(ServerMessage::Status(PresenceView { user_id, online, connections, .. }))))
                 if user_id.as_str() == user =>
             {
                 seen.push((online, connections));

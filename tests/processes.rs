@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use harness::{leader_of, wait_for_nodes, Churn, Setup, SECRET};
 use presence_client::CoordinatorClient;
+use presence_model::api::PresenceView;
 use procs::{Proc, Redis, Shared, Tansu};
 use tracked::Client;
 
@@ -383,7 +384,7 @@ async fn an_sdk_session_survives_kill_9_of_its_node() {
         }
     };
     a.subscribe(&["bob"]).await.expect("subscribe");
-    next(&mut a, "bob's status", |e| matches!(e, Event::Status { connections: 0, .. })).await;
+    next(&mut a, "bob's status", |e| matches!(e, Event::Status(PresenceView { connections: 0, .. }))).await;
 
     let i = setup.nodes.iter().position(|n| n.0.name == first).expect("alice's node");
     setup.nodes[i].0.kill9();
@@ -392,10 +393,10 @@ async fn an_sdk_session_survives_kill_9_of_its_node() {
     let w = next(&mut a, "welcome on another node", |e| matches!(e, Event::Welcome { .. })).await;
     assert!(matches!(w, Event::Welcome { ref node_id, .. } if *node_id != first), "{w:?}");
     // Re-subscribed, and events after the reconnect arrive.
-    next(&mut a, "bob's status again", |e| matches!(e, Event::Status { connections: 0, .. })).await;
+    next(&mut a, "bob's status again", |e| matches!(e, Event::Status(PresenceView { connections: 0, .. }))).await;
     let mut b = sdk.connect("bob", ConnectOptions::new(token("bob"))).await.expect("session");
     next(&mut b, "bob's welcome", |e| matches!(e, Event::Welcome { .. })).await;
-    next(&mut a, "bob online", |e| matches!(e, Event::Status { online: true, connections: 1, .. })).await;
+    next(&mut a, "bob online", |e| matches!(e, Event::Status(PresenceView { online: true, connections: 1, .. }))).await;
     b.close().await;
     a.close().await;
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement};
+use presence_model::api::PresenceView;
 use presence_model::{Availability, LastSeenPolicy, UserId};
 
 fn uid(s: &str) -> UserId {
@@ -44,24 +45,13 @@ async fn watch(conn: &mut Connection, user: &str) -> ServerMessage {
     status_of(conn, user, |_| true, "the snapshot").await
 }
 
-/// The next `status` of `user` that satisfies `pred`.
-async fn status_of(
-    conn: &mut Connection,
-    user: &str,
-    pred: impl Fn(&ServerMessage) -> bool,
-    what: &str,
-) -> ServerMessage {
-    expect(conn, |m| matches!(m, ServerMessage::Status { user_id, .. } if user_id.as_str() == user) && pred(m), what)
-        .await
-}
-
 /// Every `status` of `user` that arrives within `d`.
 async fn statuses_within(conn: &mut Connection, user: &str, d: Duration) -> Vec<ServerMessage> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + d;
     while let Ok(Some(f)) = tokio::time::timeout_at(deadline, conn.next()).await {
-        if let Frame::Message(m @ ServerMessage::Status { .. }) = f {
-            if matches!(&m, ServerMessage::Status { user_id, .. } if user_id.as_str() == user) {
+        if let Frame::Message(m @ ServerMessage::Status(PresenceView { .. })) = f {
+            if matches!(&m, ServerMessage::Status(PresenceView { user_id, .. }) if user_id.as_str() == user) {
                 out.push(m);
             }
         }
@@ -70,11 +60,11 @@ async fn statuses_within(conn: &mut Connection, user: &str, d: Duration) -> Vec<
 }
 
 fn idle(m: &ServerMessage) -> bool {
-    matches!(m, ServerMessage::Status { idle: true, .. })
+    matches!(m, ServerMessage::Status(PresenceView { idle: true, .. }))
 }
 
 fn online(m: &ServerMessage) -> bool {
-    matches!(m, ServerMessage::Status { online: true, .. })
+    matches!(m, ServerMessage::Status(PresenceView { online: true, .. }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,22 +83,26 @@ async fn a_user_is_idle_when_every_connection_is() {
     let before = presence_model::time::now_ms();
     b.send(&ClientMessage::Activity { idle: true }).await.expect("send");
     let all_idle = status_of(&mut w, "dana", idle, "dana idle").await;
-    let ServerMessage::Status { idle_since: Some(since), connections: 2, .. } = all_idle else {
+    let ServerMessage::Status(PresenceView { idle_since: Some(since), connections: 2, .. }) = all_idle else {
         panic!("{all_idle:?}")
     };
     assert!(since >= before.saturating_sub(1000), "idle since the last connection went idle: {since} vs {before}");
     a.send(&ClientMessage::Activity { idle: false }).await.expect("send");
     let back = status_of(&mut w, "dana", |m| !idle(m), "dana active").await;
-    assert!(matches!(back, ServerMessage::Status { idle_since: None, connections: 2, .. }), "{back:?}");
+    assert!(matches!(back, ServerMessage::Status(PresenceView { idle_since: None, connections: 2, .. })), "{back:?}");
     // An idle connection that closes leaves the active one: still not idle;
     // the active one closing leaves only idle ones: idle.
     b.close().await;
-    let one = status_of(&mut w, "dana", |m| matches!(m, ServerMessage::Status { connections: 1, .. }), "1").await;
+    let one =
+        status_of(&mut w, "dana", |m| matches!(m, ServerMessage::Status(PresenceView { connections: 1, .. })), "1")
+            .await;
     assert!(!idle(&one), "{one:?}");
     let mut c2 = join(&c, "dana", token("dana"), None).await;
     c2.send(&ClientMessage::Activity { idle: true }).await.expect("send");
     a.close().await;
-    let left = status_of(&mut w, "dana", |m| matches!(m, ServerMessage::Status { connections: 1, .. }), "1").await;
+    let left =
+        status_of(&mut w, "dana", |m| matches!(m, ServerMessage::Status(PresenceView { connections: 1, .. })), "1")
+            .await;
     assert!(idle(&left), "only an idle connection is left: {left:?}");
     c.shutdown().await;
 }
@@ -126,7 +120,12 @@ async fn invisible_users_look_offline_to_everyone_but_themselves() {
     let invisible = ClientMessage::SetStatus { availability: Availability::Invisible, text: None, expires_in_ms: None };
     me.send(&invisible).await.expect("send");
     let seen = status_of(&mut w, "ivy", |m| !online(m), "ivy offline to watchers").await;
-    let ServerMessage::Status { connections: 0, last_seen: Some(ls), availability: Availability::Available, .. } = seen
+    let ServerMessage::Status(PresenceView {
+        connections: 0,
+        last_seen: Some(ls),
+        availability: Availability::Available,
+        ..
+    }) = seen
     else {
         panic!("{seen:?}")
     };
@@ -134,7 +133,7 @@ async fn invisible_users_look_offline_to_everyone_but_themselves() {
     let own = status_of(
         &mut me,
         "ivy",
-        |m| matches!(m, ServerMessage::Status { availability: Availability::Invisible, .. }),
+        |m| matches!(m, ServerMessage::Status(PresenceView { availability: Availability::Invisible, .. })),
         "own truth",
     )
     .await;
@@ -153,7 +152,7 @@ async fn invisible_users_look_offline_to_everyone_but_themselves() {
         .await
         .expect("send");
     let back = status_of(&mut w, "ivy", online, "ivy online").await;
-    assert!(matches!(back, ServerMessage::Status { connections: 2, .. }), "{back:?}");
+    assert!(matches!(back, ServerMessage::Status(PresenceView { connections: 2, .. })), "{back:?}");
     c.shutdown().await;
 }
 
@@ -187,7 +186,7 @@ async fn the_claims_policy_lets_users_watch_only_whom_their_token_lists() {
     status_of(&mut fran, "gus", online, "gus online").await;
     gus.close().await;
     let gone = status_of(&mut fran, "gus", |m| !online(m), "gus offline").await;
-    let ServerMessage::Status { last_seen: Some(ls), .. } = gone else { panic!("{gone:?}") };
+    let ServerMessage::Status(PresenceView { last_seen: Some(ls), .. }) = gone else { panic!("{gone:?}") };
     assert_eq!(ls % presence_model::rich::COARSE_LAST_SEEN_MS, 0, "rounded to the quarter hour: {ls}");
     assert!(presence_model::time::now_ms() - ls < presence_model::rich::COARSE_LAST_SEEN_MS + 5_000);
     c.shutdown().await;
@@ -199,10 +198,10 @@ async fn hidden_last_seen_is_never_shown_to_watchers() {
     let mut w = join(&c, "hid-watcher", token("hid-watcher"), None).await;
     let jo = join(&c, "jo", token("jo"), None).await;
     let first = watch(&mut w, "jo").await;
-    assert!(matches!(first, ServerMessage::Status { online: true, last_seen: None, .. }), "{first:?}");
+    assert!(matches!(first, ServerMessage::Status(PresenceView { online: true, last_seen: None, .. })), "{first:?}");
     jo.close().await;
     let gone = status_of(&mut w, "jo", |m| !online(m), "jo offline").await;
-    assert!(matches!(gone, ServerMessage::Status { last_seen: None, .. }), "{gone:?}");
+    assert!(matches!(gone, ServerMessage::Status(PresenceView { last_seen: None, .. })), "{gone:?}");
     // The server API keeps the exact time.
     let view = coordinator(&c).status(&["jo"]).await.expect("presence").remove(0);
     assert!(view.last_seen.is_some(), "{view:?}");
@@ -232,7 +231,7 @@ async fn within_the_offline_grace_a_return_is_never_seen_as_offline() {
     let gone = status_of(&mut w, "kit", |m| !online(m), "kit offline after the grace").await;
     let waited = told.elapsed();
     assert!(waited >= Duration::from_millis(1200), "offline came after {waited:?}, before the grace");
-    let ServerMessage::Status { last_seen: Some(ls), .. } = gone else { panic!("{gone:?}") };
+    let ServerMessage::Status(PresenceView { last_seen: Some(ls), .. }) = gone else { panic!("{gone:?}") };
     assert!(ls >= closed_at.saturating_sub(50) && ls <= closed_at + 1000, "lastSeen is the close: {ls} vs {closed_at}");
     c.shutdown().await;
 }
@@ -274,23 +273,28 @@ async fn the_sdk_sets_statuses_reports_idleness_and_types_rich_events() {
         .await
         .expect("connects");
     watcher.subscribe(&["lee"]).await.expect("subscribe");
-    let first = event_where(&mut watcher, |e| matches!(e, Event::Status { online: true, .. }), "lee online").await;
-    let Event::Status { devices, .. } = &first else { unreachable!() };
+    let first =
+        event_where(&mut watcher, |e| matches!(e, Event::Status(PresenceView { online: true, .. })), "lee online")
+            .await;
+    let Event::Status(PresenceView { devices, .. }) = &first else { unreachable!() };
     assert_eq!(devices.get("desktop"), 1, "{first:?}");
 
     lee.set_status(Availability::Busy, Some("Focus time"), Some(Duration::from_secs(600))).await.expect("set");
-    let busy =
-        event_where(&mut watcher, |e| matches!(e, Event::Status { availability: Availability::Busy, .. }), "busy")
-            .await;
-    let Event::Status { status_text, status_expires_at, .. } = &busy else { unreachable!() };
+    let busy = event_where(
+        &mut watcher,
+        |e| matches!(e, Event::Status(PresenceView { availability: Availability::Busy, .. })),
+        "busy",
+    )
+    .await;
+    let Event::Status(PresenceView { status_text, status_expires_at, .. }) = &busy else { unreachable!() };
     assert_eq!(status_text.as_deref(), Some("Focus time"));
     assert!(status_expires_at.is_some_and(|t| t > presence_model::time::now_ms() + 500_000), "{busy:?}");
 
     // The idle helper: idle after 300 ms without activity, active at the next touch.
     let timer = IdleTimer::start(&lee, Duration::from_millis(300));
-    event_where(&mut watcher, |e| matches!(e, Event::Status { idle: true, .. }), "lee idle").await;
+    event_where(&mut watcher, |e| matches!(e, Event::Status(PresenceView { idle: true, .. })), "lee idle").await;
     timer.touch();
-    event_where(&mut watcher, |e| matches!(e, Event::Status { idle: false, .. }), "lee active").await;
+    event_where(&mut watcher, |e| matches!(e, Event::Status(PresenceView { idle: false, .. })), "lee active").await;
     drop(timer);
     lee.close().await;
     watcher.close().await;
@@ -312,15 +316,20 @@ async fn a_status_lapses_at_its_expiry() {
     let away = status_of(
         &mut w,
         "max",
-        |m| matches!(m, ServerMessage::Status { availability: Availability::Away, .. }),
+        |m| matches!(m, ServerMessage::Status(PresenceView { availability: Availability::Away, .. })),
         "away",
     )
     .await;
-    let ServerMessage::Status { status_expires_at: Some(at), .. } = away else { panic!("{away:?}") };
+    let ServerMessage::Status(PresenceView { status_expires_at: Some(at), .. }) = away else { panic!("{away:?}") };
     status_of(
         &mut w,
         "max",
-        |m| matches!(m, ServerMessage::Status { availability: Availability::Available, status_text: None, .. }),
+        |m| {
+            matches!(
+                m,
+                ServerMessage::Status(PresenceView { availability: Availability::Available, status_text: None, .. })
+            )
+        },
         "lapsed",
     )
     .await;

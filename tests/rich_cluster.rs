@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use common::status_of;
 use harness::{wait_for_nodes, SECRET};
 use presence_client::{ClientMessage, Connection, CoordinatorClient, Frame, ServerMessage, TokenPlacement};
+use presence_model::api::PresenceView;
 use presence_model::{Availability, UserId};
 use procs::{Redis, Shared};
 
@@ -47,25 +49,12 @@ async fn connect(url: &str, user: &str, device: Option<&str>) -> Connection {
     }
 }
 
-/// The next `status` of `user` that satisfies `pred`.
-async fn status_of(
-    conn: &mut Connection,
-    user: &str,
-    pred: impl Fn(&ServerMessage) -> bool,
-    what: &str,
-) -> ServerMessage {
-    common::expect(
-        conn,
-        |m| matches!(m, ServerMessage::Status { user_id, .. } if user_id.as_str() == user) && pred(m),
-        what,
-    )
-    .await
-}
-
 /// The devices of a status as (label, connections).
 fn devices(m: &ServerMessage) -> Vec<(String, u64)> {
     match m {
-        ServerMessage::Status { devices, .. } => devices.iter().map(|(d, n)| (d.to_string(), n)).collect(),
+        ServerMessage::Status(PresenceView { devices, .. }) => {
+            devices.iter().map(|(d, n)| (d.to_string(), n)).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -107,7 +96,9 @@ async fn a_watcher_on_a_third_node_sees_the_exact_devices_of_a_user_on_two_nodes
     status_of(&mut w, &user, |m| devices(m).is_empty(), "the offline snapshot").await;
 
     let web = connect(&url1, &user, Some("web")).await;
-    let s = status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { connections: 1, .. }), "web").await;
+    let s =
+        status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status(PresenceView { connections: 1, .. })), "web")
+            .await;
     assert_eq!(devices(&s), pairs(&[("web", 1)]));
 
     // node-3 joins pinned to the user's vnode: the user moves there.
@@ -115,22 +106,42 @@ async fn a_watcher_on_a_third_node_sees_the_exact_devices_of_a_user_on_two_nodes
     nodes.push(sh.node_with("node-3", &[("ASSIGNED_VNODES", &pin)]));
     let url3 = routed_to(&api, &user, "node-3").await;
     let mobile = connect(&url3, &user, Some("mobile")).await;
-    let s =
-        status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { connections: 2, .. }), "web + mobile").await;
+    let s = status_of(
+        &mut w,
+        &user,
+        |m| matches!(m, ServerMessage::Status(PresenceView { connections: 2, .. })),
+        "web + mobile",
+    )
+    .await;
     assert_eq!(devices(&s), pairs(&[("mobile", 1), ("web", 1)]), "{s:?}");
     let tablet = connect(&url3, &user, Some("tablet")).await;
-    let s = status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { connections: 3, .. }), "three").await;
+    let s =
+        status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status(PresenceView { connections: 3, .. })), "three")
+            .await;
     assert_eq!(devices(&s), pairs(&[("mobile", 1), ("tablet", 1), ("web", 1)]));
 
     web.close().await;
-    let s = status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { connections: 2, .. }), "web gone").await;
+    let s = status_of(
+        &mut w,
+        &user,
+        |m| matches!(m, ServerMessage::Status(PresenceView { connections: 2, .. })),
+        "web gone",
+    )
+    .await;
     assert_eq!(devices(&s), pairs(&[("mobile", 1), ("tablet", 1)]));
     tablet.close().await;
-    let s =
-        status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { connections: 1, .. }), "tablet gone").await;
+    let s = status_of(
+        &mut w,
+        &user,
+        |m| matches!(m, ServerMessage::Status(PresenceView { connections: 1, .. })),
+        "tablet gone",
+    )
+    .await;
     assert_eq!(devices(&s), pairs(&[("mobile", 1)]));
     mobile.close().await;
-    let s = status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { online: false, .. }), "offline").await;
+    let s =
+        status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status(PresenceView { online: false, .. })), "offline")
+            .await;
     assert!(devices(&s).is_empty(), "{s:?}");
     let view = api.status(&[&user]).await.expect("presence").remove(0);
     assert!(!view.online && view.devices.is_empty(), "{view:?}");
@@ -138,7 +149,7 @@ async fn a_watcher_on_a_third_node_sees_the_exact_devices_of_a_user_on_two_nodes
 }
 
 fn busy(m: &ServerMessage) -> bool {
-    matches!(m, ServerMessage::Status { availability: Availability::Busy, status_text: Some(t), .. } if t == "In a meeting")
+    matches!(m, ServerMessage::Status(PresenceView { availability: Availability::Busy, status_text: Some(t), .. }) if t == "In a meeting")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +170,8 @@ async fn a_status_reaches_every_device_and_watcher_survives_moves_and_lapses() {
     let mut desktop = connect(&url1, &user, Some("desktop")).await;
     w.send(&ClientMessage::Subscribe { user_ids: vec![me.clone()] }).await.expect("send");
     desktop.send(&ClientMessage::Subscribe { user_ids: vec![me.clone()] }).await.expect("send");
-    status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { connections: 2, .. }), "snapshot").await;
+    status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status(PresenceView { connections: 2, .. })), "snapshot")
+        .await;
 
     let set_at = presence_model::time::now_ms();
     // Long enough for the reconnect and the move below, short enough to wait for.
@@ -173,16 +185,19 @@ async fn a_status_reaches_every_device_and_watcher_survives_moves_and_lapses() {
         .await
         .expect("send");
     let seen = status_of(&mut w, &user, busy, "busy at the watcher").await;
-    let ServerMessage::Status { status_expires_at: Some(at), .. } = seen else { panic!("{seen:?}") };
+    let ServerMessage::Status(PresenceView { status_expires_at: Some(at), .. }) = seen else { panic!("{seen:?}") };
     assert!(at >= set_at + lapse.as_millis() as u64 - 1000, "{at} vs {set_at}");
     status_of(&mut desktop, &user, busy, "busy on the user's other device").await;
 
     // The user reconnects: still busy.
     phone.close().await;
     desktop.close().await;
-    status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { online: false, .. }), "offline").await;
+    status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status(PresenceView { online: false, .. })), "offline")
+        .await;
     let mut phone = connect(&url1, &user, Some("mobile")).await;
-    let back = status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status { online: true, .. }), "back").await;
+    let back =
+        status_of(&mut w, &user, |m| matches!(m, ServerMessage::Status(PresenceView { online: true, .. })), "back")
+            .await;
     assert!(busy(&back), "the status survived the reconnect: {back:?}");
 
     // The vnode moves to a new node: the user follows, still busy.
@@ -202,7 +217,12 @@ async fn a_status_reaches_every_device_and_watcher_survives_moves_and_lapses() {
     let lapsed = |m: &ServerMessage| {
         matches!(
             m,
-            ServerMessage::Status { availability: Availability::Available, status_text: None, online: true, .. }
+            ServerMessage::Status(PresenceView {
+                availability: Availability::Available,
+                status_text: None,
+                online: true,
+                ..
+            })
         )
     };
     let gone = status_of(&mut w, &user, lapsed, "available again at the watcher").await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{Client, ConnectOptions, Event, ReconnectReason, Session, TokenSource};
+use presence_model::api::PresenceView;
 
 fn options(user: &str) -> ConnectOptions {
     ConnectOptions::new(TokenSource::fixed(token(user)))
@@ -30,7 +31,7 @@ async fn until(s: &mut Session, what: &str, pred: impl Fn(&Event) -> bool) -> Ev
 }
 
 fn status_of(user: &str, n: u64) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::Status { user_id, connections, .. } if user_id == user && *connections == n)
+    move |e| matches!(e, Event::Status(PresenceView { user_id, connections, .. }) if user_id == user && *connections == n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,10 +100,13 @@ async fn a_handoff_moves_the_client_with_no_gap() {
     until(&mut a, "count back to 1", |e| matches!(e, Event::Count { connections: 1 })).await;
     // The watcher saw 1 -> 2 -> 1, never 0.
     until(&mut watcher, "both sides counted", status_of("alice", 2)).await;
-    let back =
-        until(&mut watcher, "old side gone", |e| matches!(e, Event::Status { user_id, .. } if user_id == "alice"))
-            .await;
-    assert!(matches!(back, Event::Status { online: true, connections: 1, .. }), "{back:?}");
+    let back = until(
+        &mut watcher,
+        "old side gone",
+        |e| matches!(e, Event::Status(PresenceView { user_id, .. }) if user_id == "alice"),
+    )
+    .await;
+    assert!(matches!(back, Event::Status(PresenceView { online: true, connections: 1, .. })), "{back:?}");
     a.close().await;
     watcher.close().await;
     c.shutdown().await;
@@ -193,11 +197,27 @@ async fn expect_line(
     got.unwrap_or_else(|_| panic!("watch never printed {want:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_watch_prints_the_count_as_it_changes() {
+/// `presence watch <args>`, and its output lines.
+fn watch(
+    args: &[&str],
+) -> (tokio::process::Child, tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_presence"))
+        .arg("watch")
+        .args(args)
+        .env("JWT_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch starts");
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+/// `presence demo` with two nodes on free ports, and the URL of its banner line named `which`.
+async fn demo(which: &str) -> (tokio::process::Child, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::process::Command;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_presence"))
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_presence"))
         .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
         .env("JWT_SECRET", SECRET)
         .stdout(std::process::Stdio::piped())
@@ -205,24 +225,23 @@ async fn presence_watch_prints_the_count_as_it_changes() {
         .spawn()
         .expect("demo starts");
     let mut banner = BufReader::new(demo.stdout.take().expect("stdout")).lines();
-    let coordinator = tokio::time::timeout(WAIT, async {
+    let url = tokio::time::timeout(WAIT, async {
         while let Ok(Some(line)) = banner.next_line().await {
-            if let Some(rest) = line.trim().strip_prefix("coordinator") {
+            if let Some(rest) = line.trim().strip_prefix(which) {
                 return rest.split_whitespace().next().expect("a URL").to_string();
             }
         }
-        panic!("the demo printed no coordinator line");
+        panic!("the demo printed no {which} line");
     })
     .await
     .expect("banner in time");
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["watch", "alice", "--coordinator", &coordinator])
-        .env("JWT_SECRET", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("watch starts");
-    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    (demo, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_watch_prints_the_count_as_it_changes() {
+    let (mut demo, coordinator) = demo("coordinator").await;
+    let (mut watch, mut lines) = watch(&["alice", "--coordinator", &coordinator]);
     expect_line(&mut lines, "alice: 1 connection (connected to").await;
     let client = Client::new(&coordinator).expect("client");
     let mut other = client.connect("alice", options("alice")).await.expect("connect");
@@ -250,34 +269,8 @@ async fn presence_cli(coordinator: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sets_statuses_and_shows_devices_availability_and_unique_users() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::process::Command;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
-        .env("JWT_SECRET", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("demo starts");
-    let mut banner = BufReader::new(demo.stdout.take().expect("stdout")).lines();
-    let admin = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(line)) = banner.next_line().await {
-            if let Some(rest) = line.trim().strip_prefix("admin") {
-                return rest.split_whitespace().next().expect("a URL").to_string();
-            }
-        }
-        panic!("the demo printed no admin line");
-    })
-    .await
-    .expect("banner in time");
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["watch", "alice", "--device", "mobile", "--subscribe", "bob", "--coordinator", &admin])
-        .env("JWT_SECRET", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("watch starts");
-    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let (mut demo, admin) = demo("admin").await;
+    let (mut watch, mut lines) = watch(&["alice", "--device", "mobile", "--subscribe", "bob", "--coordinator", &admin]);
     expect_line(&mut lines, "alice: 1 connection (connected to").await;
     let said = presence_cli(&admin, &["set-status", "bob", "busy", "--text", "On a call", "--for", "600"]).await;
     assert_eq!(said.trim(), "bob: busy \"On a call\"");

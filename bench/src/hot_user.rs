@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use presence_client::{ClientMessage, Connection, CoordinatorClient, Frame, ServerMessage, UserId};
 
 use crate::{child, percentile, welcomed, SECRET};
+use presence_model::api::PresenceView;
 
 fn token(user: &str) -> String {
     presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
@@ -23,7 +24,9 @@ fn token(user: &str) -> String {
 async fn until_status(c: &mut Connection, online: bool) -> Option<Instant> {
     loop {
         match c.next().await? {
-            Frame::Message(ServerMessage::Status { online: o, .. }) if o == online => return Some(Instant::now()),
+            Frame::Message(ServerMessage::Status(PresenceView { online: o, .. })) if o == online => {
+                return Some(Instant::now())
+            }
             _ => {}
         }
     }

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
+use presence_model::api::PresenceView;
 
 mod deployed;
 mod floors;
@@ -526,7 +527,7 @@ async fn fanout(f: FanoutConfig, redis_url: Option<&str>, kafka_brokers: Option<
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, Instant)>();
     tokio::spawn(async move {
         while let Some(f) = w.next().await {
-            if let Frame::Message(ServerMessage::Status { user_id, connections, .. }) = f {
+            if let Frame::Message(ServerMessage::Status(PresenceView { user_id, connections, .. })) = f {
                 let _ = seen_tx.send((user_id.to_string(), connections, Instant::now()));
             }
         }

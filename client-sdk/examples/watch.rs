@@ -7,6 +7,7 @@
 //! cargo run -p presence-client --example watch -- http://127.0.0.1:8080 alice "$TOKEN" bob carol
 //! ```
 
+use presence_client::PresenceView;
 use presence_client::{Client, ConnectOptions, Event, TokenSource};
 
 #[tokio::main]
@@ -28,7 +29,7 @@ async fn main() -> Result<(), presence_client::Error> {
                 println!("connected to {node_id}; {user} has {connections} connection(s)")
             }
             Event::Count { connections } => println!("{user} has {connections} connection(s)"),
-            Event::Status { user_id, online, connections, .. } => {
+            Event::Status(PresenceView { user_id, online, connections, .. }) => {
                 println!("{user_id} is {} ({connections})", if online { "online" } else { "offline" })
             }
             Event::Reconnecting { reason, delay, .. } => println!("reconnecting in {delay:?}: {reason:?}"),

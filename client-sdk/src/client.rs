@@ -125,31 +125,9 @@ pub enum Event {
         /// Connections in the cluster.
         connections: u64,
     },
-    /// A subscribed user's status.
-    Status {
-        /// The user.
-        user_id: String,
-        /// `connections > 0`.
-        online: bool,
-        /// Connections in the cluster.
-        connections: u64,
-        /// Last disconnect (ms), now while online, `None` if never seen.
-        last_seen: Option<u64>,
-        /// Why the user went offline, when the server knows (`None` while online).
-        reason: Option<presence_model::EventReason>,
-        /// Connections per device (`web`, `mobile`, ...); empty while offline.
-        devices: presence_model::Devices,
-        /// Online with every connection idle.
-        idle: bool,
-        /// Since when idle (ms), while idle.
-        idle_since: Option<u64>,
-        /// What the user set: `Available` when nothing (or it expired).
-        availability: presence_model::Availability,
-        /// The user's status text.
-        status_text: Option<String>,
-        /// When availability and text lapse (ms).
-        status_expires_at: Option<u64>,
-    },
+    /// A subscribed user's status: online, connections, lastSeen, devices,
+    /// idleness, availability (`docs/protocol.md`, "Rich presence").
+    Status(presence_model::api::PresenceView),
     /// The client is moving or reconnecting.
     Reconnecting {
         /// Why.
@@ -654,31 +632,7 @@ impl Driver {
                     (heard, pinged) = (tokio::time::Instant::now(), false);
                     let event = match frame {
                         Some(Frame::Message(ServerMessage::Count { connections, .. })) => Event::Count { connections },
-                        Some(Frame::Message(ServerMessage::Status {
-                            user_id,
-                            online,
-                            connections,
-                            last_seen,
-                            reason,
-                            devices,
-                            idle,
-                            idle_since,
-                            availability,
-                            status_text,
-                            status_expires_at,
-                        })) => Event::Status {
-                            user_id: user_id.to_string(),
-                            online,
-                            connections,
-                            last_seen,
-                            reason,
-                            devices,
-                            idle,
-                            idle_since,
-                            availability,
-                            status_text,
-                            status_expires_at,
-                        },
+                        Some(Frame::Message(ServerMessage::Status(v))) => Event::Status(v),
                         Some(Frame::Message(ServerMessage::Error { code, message })) => Event::Error { code, message },
                         Some(Frame::Message(ServerMessage::Reconnect { url, .. })) => {
                             if !self.emit(Event::Reconnecting { reason: ReconnectReason::Handoff { url: url.clone() }, attempt: 0, delay: Duration::ZERO }).await {

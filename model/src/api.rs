@@ -25,8 +25,8 @@ pub struct Route {
     pub stale: bool,
 }
 
-/// One user's presence, as `/presence` answers it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One user's presence, as `/presence` answers it and `status` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceView {
     /// The user.

@@ -100,6 +100,18 @@ impl fmt::Debug for UserId {
     }
 }
 
+impl PartialEq<str> for UserId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for UserId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl AsRef<str> for UserId {
     fn as_ref(&self) -> &str {
         &self.0

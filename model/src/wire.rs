@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::PresenceView;
-use crate::rich::{Availability, Device, Devices, LastSeenPolicy, UserStatus, MAX_STATUS_TTL_MS};
-use crate::{EventReason, Presence, UserId};
+use crate::rich::{Availability, Device, LastSeenPolicy, UserStatus, MAX_STATUS_TTL_MS};
+use crate::{Presence, UserId};
 
 /// Close codes the node uses, and what each means to a client.
 pub mod close {
@@ -145,39 +145,9 @@ pub enum ServerMessage {
         /// Live connections in the cluster.
         connections: u64,
     },
-    /// A subscribed user's status: once on subscribe, then on every change.
-    #[serde(rename_all = "camelCase")]
-    Status {
-        /// The subscribed user.
-        user_id: UserId,
-        /// `connections > 0`.
-        online: bool,
-        /// Live connections in the cluster.
-        connections: u64,
-        /// Last disconnect (ms since epoch), or now while online; null if never seen.
-        last_seen: Option<u64>,
-        /// Why the user went offline, when known; absent while online.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<EventReason>,
-        /// Live connections per device (absent while offline).
-        #[serde(default, skip_serializing_if = "Devices::is_empty")]
-        devices: Devices,
-        /// Online with every connection idle (absent: false).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        idle: bool,
-        /// Since when idle, ms (only while `idle`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        idle_since: Option<u64>,
-        /// What the user set (`available` when nothing, or when it expired).
-        #[serde(default)]
-        availability: Availability,
-        /// The user's status text, if set.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        status_text: Option<String>,
-        /// When the availability and text lapse, ms, if they do.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        status_expires_at: Option<u64>,
-    },
+    /// A subscribed user's status: once on subscribe, then on every change
+    /// (the fields of [`PresenceView`], as `/presence` has them).
+    Status(PresenceView),
     /// Several `status` messages at once: what a connection's outbox held when
     /// its client was behind (each user at most once, newest state).
     #[serde(rename_all = "camelCase")]
@@ -224,43 +194,13 @@ impl ServerMessage {
 
     /// The `status` message for `p` as seen at `now_ms` (the same view as `/presence`).
     pub fn status(p: &Presence, now_ms: u64) -> Self {
-        Self::from_view(PresenceView::of(p, now_ms))
+        Self::Status(PresenceView::of(p, now_ms))
     }
 
     /// The `status` of `p` as a watcher other than the user sees it
     /// ([`PresenceView::public`]).
     pub fn public_status(p: &Presence, now_ms: u64, policy: LastSeenPolicy) -> Self {
-        Self::from_view(PresenceView::public(p, now_ms, policy))
-    }
-
-    /// The `status` message of a view.
-    pub fn from_view(v: PresenceView) -> Self {
-        let PresenceView {
-            user_id,
-            online,
-            connections,
-            last_seen,
-            reason,
-            devices,
-            idle,
-            idle_since,
-            availability,
-            status_text,
-            status_expires_at,
-        } = v;
-        Self::Status {
-            user_id,
-            online,
-            connections,
-            last_seen,
-            reason,
-            devices,
-            idle,
-            idle_since,
-            availability,
-            status_text,
-            status_expires_at,
-        }
+        Self::Status(PresenceView::public(p, now_ms, policy))
     }
 
     /// Serialises to the JSON text of a frame.
@@ -458,7 +398,7 @@ mod tests {
         );
         let gone = Presence {
             last_seen: Some(7),
-            reason: Some(EventReason::Timeout),
+            reason: Some(crate::EventReason::Timeout),
             ..Presence::counted(UserId::parse("bob").expect("valid"), 0, 3)
         };
         assert_eq!(
@@ -480,7 +420,7 @@ mod tests {
     fn rich_statuses_and_what_watchers_see_of_them() {
         use crate::rich::{Availability, Device, UserStatus};
         let mut p = Presence { idle_since: Some(500), ..Presence::counted(UserId::parse("ann").expect("valid"), 3, 9) };
-        p.devices = Devices::default();
+        p.devices = crate::Devices::default();
         p.devices.add(&Device::parse("web").expect("valid"), 1);
         p.devices.add(&Device::parse("mobile").expect("valid"), 2);
         p.status = Some(Box::new(UserStatus {

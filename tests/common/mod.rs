@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use presence::cluster::{Cluster, ClusterConfig};
 use presence_client::{Connection, CoordinatorClient, Frame, ServerMessage, TokenPlacement};
+use presence_model::api::PresenceView;
 
 pub const SECRET: &str = "integration-test-secret";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -89,10 +90,20 @@ pub async fn expect_count(conn: &mut Connection, n: u64) {
 pub async fn expect_status(conn: &mut Connection, user: &str, n: u64) -> ServerMessage {
     expect(
         conn,
-        |m| matches!(m, ServerMessage::Status { user_id, connections, .. } if user_id.as_str() == user && *connections == n),
+        |m| matches!(m, ServerMessage::Status(PresenceView { user_id, connections, .. }) if user_id.as_str() == user && *connections == n),
         &format!("status of {user} with {n} connections"),
     )
     .await
+}
+
+/// The next `status` of `user` that satisfies `pred`.
+pub async fn status_of(
+    conn: &mut Connection,
+    user: &str,
+    pred: impl Fn(&ServerMessage) -> bool,
+    what: &str,
+) -> ServerMessage {
+    expect(conn, |m| matches!(m, ServerMessage::Status(v) if v.user_id == user) && pred(m), what).await
 }
 
 /// A counter's or gauge's value in a server's `/metrics` (0 when absent),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presence_client::{ConnectOptions, Event, ReconnectReason, TokenSource};
+use presence_model::api::PresenceView;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +108,8 @@ impl Client {
                             g.count = Some(connections);
                             false
                         }
-                        Some(Event::Status { user_id, online, connections, .. }) => {
+                        Some(Event::Status(PresenceView { user_id, online, connections, .. })) => {
+                            let user_id = user_id.to_string();
                             g.status.insert(user_id.clone(), connections);
                             g.timeline.push((tokio::time::Instant::now(), user_id.clone(), connections));
                             g.history.push((user_id, online, connections));
