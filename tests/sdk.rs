@@ -214,12 +214,17 @@ fn watch(
     (child, lines)
 }
 
-/// `presence demo` with two nodes on free ports, and the URL of its banner line named `which`.
+/// `presence demo` with two nodes on free ports, on its embedded backends
+/// (not the Redis and Kafka of the test's environment, which demos running
+/// at once would share under the same node IDs), and the URL of its banner
+/// line named `which`.
 async fn demo(which: &str) -> (tokio::process::Child, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_presence"))
         .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--node-port", "0", "--nodes", "2"])
         .env("JWT_SECRET", SECRET)
+        .env_remove("REDIS_URL")
+        .env_remove("KAFKA_BROKERS")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

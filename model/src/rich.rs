@@ -21,8 +21,20 @@ pub const MAX_STATUS_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// A connection's device class: `web`, `mobile`, `desktop` or a short label
 /// of the application's own (1 to 16 of `a-z 0-9 _ -`, lower-cased on the way
 /// in). Connections that declare none count as `unknown`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Device(Box<str>);
+///
+/// The usual labels take no allocation: every connection holds its device,
+/// and so does every user's breakdown.
+#[derive(Debug, Clone)]
+pub struct Device(Label);
+
+#[derive(Debug, Clone)]
+enum Label {
+    Known(&'static str),
+    Custom(Box<str>),
+}
+
+/// Labels held without an allocation.
+const KNOWN_DEVICES: [&str; 4] = ["web", "mobile", "desktop", Device::UNKNOWN];
 
 impl Device {
     /// What a connection that declares no device counts as.
@@ -37,23 +49,55 @@ impl Device {
         if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
             return Err("a device label has only a-z, 0-9, '_' and '-'".into());
         }
-        Ok(Self(s.into_boxed_str()))
+        Ok(Self(match KNOWN_DEVICES.iter().find(|k| **k == s) {
+            Some(k) => Label::Known(k),
+            None => Label::Custom(s.into_boxed_str()),
+        }))
     }
 
     /// `unknown`.
     pub fn unknown() -> Self {
-        Self(Self::UNKNOWN.into())
+        Self(Label::Known(Self::UNKNOWN))
     }
 
     /// The label.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Label::Known(s) => s,
+            Label::Custom(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Device {}
+
+impl PartialOrd for Device {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Device {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Device {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
     }
 }
 
 impl Serialize for Device {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
