@@ -123,6 +123,15 @@ async fn the_dashboard_renders_and_updates_live() {
         "[...document.querySelectorAll('#nodes td.conns')].reduce((s, td) => s + Number(td.textContent), 0) === 1",
     )
     .await;
+    // Unique users and the day's peak (refreshed with each snapshot).
+    page.until("alice among today's unique users", "document.getElementById('s-unique').textContent === '1 / 1'").await;
+    page.until("the peak", "document.getElementById('s-peak').textContent === '1'").await;
+    // Rich presence in the feed: alice's device.
+    page.until(
+        "alice's device in the feed",
+        "document.querySelector('#feed li[data-user=\"alice\"]').textContent.includes('[unknown=1]')",
+    )
+    .await;
     let navigations = page.eval("performance.getEntriesByType('navigation').length").await;
     assert_eq!(navigations, 1, "the page was not reloaded");
 

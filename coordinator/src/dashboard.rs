@@ -4,7 +4,7 @@
 //! * `snapshot` (at once, then every second): live nodes with their load, totals;
 //! * `ring` (at once, then on every new epoch): the 4096 owners;
 //! * `rebalance` (as it happens): epoch, vnodes moved, gains and losses per node;
-//! * `presence` (as it happens): every join/leave event from the bus.
+//! * `presence` (as it happens): every event from the bus, with its devices, idleness and status.
 //!
 //! One bus subscription and one table watcher per coordinator feed a bounded
 //! broadcast channel; each browser has its own bounded queue. A browser that
@@ -92,6 +92,7 @@ pub async fn run(coord: Arc<Coordinator>, stop: CancellationToken) {
                     let data = serde_json::json!({
                         "userId": e.user_id, "type": e.kind, "connections": e.connections,
                         "nodeId": e.node_id, "ts": e.ts, "reason": e.reason,
+                        "devices": e.devices, "idleSince": e.idle_since, "status": e.status,
                     });
                     let _ = coord.dashboard.feed.send(sse_event("presence", &data));
                 }
