@@ -29,11 +29,12 @@ pub struct Device(Label);
 
 #[derive(Debug, Clone)]
 enum Label {
-    Known(&'static str),
+    /// An index into [`KNOWN_DEVICES`] (16 bytes in all, like the box).
+    Known(u8),
     Custom(Box<str>),
 }
 
-/// Labels held without an allocation.
+/// Labels held without an allocation (`unknown` last).
 const KNOWN_DEVICES: [&str; 4] = ["web", "mobile", "desktop", Device::UNKNOWN];
 
 impl Device {
@@ -49,21 +50,21 @@ impl Device {
         if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
             return Err("a device label has only a-z, 0-9, '_' and '-'".into());
         }
-        Ok(Self(match KNOWN_DEVICES.iter().find(|k| **k == s) {
-            Some(k) => Label::Known(k),
+        Ok(Self(match KNOWN_DEVICES.iter().position(|k| *k == s) {
+            Some(i) => Label::Known(i as u8),
             None => Label::Custom(s.into_boxed_str()),
         }))
     }
 
     /// `unknown`.
     pub fn unknown() -> Self {
-        Self(Label::Known(Self::UNKNOWN))
+        Self(Label::Known(KNOWN_DEVICES.len() as u8 - 1))
     }
 
     /// The label.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Label::Known(s) => s,
+            Label::Known(i) => KNOWN_DEVICES.get(usize::from(*i)).copied().unwrap_or(Self::UNKNOWN),
             Label::Custom(s) => s,
         }
     }
@@ -109,15 +110,24 @@ impl<'de> Deserialize<'de> for Device {
 }
 
 /// Connections per device, sorted by label, no zeros. On the wire a JSON
-/// object (`{"mobile": 2, "web": 1}`). A vector, not a map: a user has one
-/// or two devices, and a map's first allocation alone is larger.
+/// object (`{"mobile": 2, "web": 1}`). Most users have one device, held
+/// inline; several go in a vector (a map's first allocation alone is larger).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Devices(Vec<(Device, u64)>);
+pub struct Devices(DeviceCounts);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum DeviceCounts {
+    #[default]
+    None,
+    One(Device, u64),
+    /// Two or more, sorted by label (never fewer: entries are only added).
+    Many(Vec<(Device, u64)>),
+}
 
 impl Devices {
     /// No connections.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        matches!(self.0, DeviceCounts::None)
     }
 
     /// Adds `n` connections of `device`.
@@ -125,38 +135,61 @@ impl Devices {
         if n == 0 {
             return;
         }
-        match self.0.binary_search_by(|(d, _)| d.cmp(device)) {
-            Ok(i) => self.0[i].1 += n,
-            Err(i) => self.0.insert(i, (device.clone(), n)),
+        match &mut self.0 {
+            DeviceCounts::None => self.0 = DeviceCounts::One(device.clone(), n),
+            DeviceCounts::One(d, m) if d == device => *m += n,
+            DeviceCounts::One(d, m) => {
+                let mut v = vec![(d.clone(), *m), (device.clone(), n)];
+                v.sort();
+                self.0 = DeviceCounts::Many(v);
+            }
+            DeviceCounts::Many(v) => match v.binary_search_by(|(d, _)| d.cmp(device)) {
+                Ok(i) => v[i].1 += n,
+                Err(i) => v.insert(i, (device.clone(), n)),
+            },
         }
+    }
+
+    /// (device, connections), sorted by label.
+    fn entries(&self) -> impl Iterator<Item = (&Device, u64)> {
+        let (one, many) = match &self.0 {
+            DeviceCounts::None => (None, &[][..]),
+            DeviceCounts::One(d, n) => (Some((d, *n)), &[][..]),
+            DeviceCounts::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(d, n)| (d, *n)))
     }
 
     /// Connections of `device`.
     pub fn get(&self, device: &str) -> u64 {
-        self.0.iter().find(|(d, _)| d.as_str() == device).map_or(0, |(_, n)| *n)
+        self.entries().find(|(d, _)| d.as_str() == device).map_or(0, |(_, n)| n)
     }
 
     /// All connections.
     pub fn total(&self) -> u64 {
-        self.0.iter().map(|(_, n)| n).sum()
+        self.entries().map(|(_, n)| n).sum()
     }
 
     /// (label, connections), sorted by label.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.0.iter().map(|(d, n)| (d.as_str(), *n))
+        self.entries().map(|(d, n)| (d.as_str(), n))
     }
 }
 
 impl Serialize for Devices {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(d, n)| (d.as_str(), *n)))
+        s.collect_map(self.iter())
     }
 }
 
 impl<'de> Deserialize<'de> for Devices {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = std::collections::BTreeMap::<Device, u64>::deserialize(d)?;
-        Ok(Self(map.into_iter().filter(|(_, n)| *n > 0).collect()))
+        let mut out = Self::default();
+        for (device, n) in &map {
+            out.add(device, *n);
+        }
+        Ok(out)
     }
 }
 
@@ -290,8 +323,8 @@ pub fn sum_shares<'a>(total: u64, shares: impl IntoIterator<Item = &'a Share>) -
     let mut devices = Devices::default();
     let (mut active, mut idle_since) = (0u64, None::<u64>);
     for s in shares {
-        for (d, n) in &s.devices.0 {
-            devices.add(d, *n);
+        for (d, n) in s.devices.entries() {
+            devices.add(d, n);
         }
         active += u64::from(s.active);
         idle_since = idle_since.max(s.idle_since);
@@ -348,6 +381,22 @@ mod tests {
         assert!(Device::parse("a:b").is_err());
         assert!(Device::parse(&"x".repeat(17)).is_err());
         assert_eq!(Device::parse("tv-2_b").expect("valid").as_str(), "tv-2_b");
+    }
+
+    #[test]
+    fn one_device_is_held_inline_and_several_stay_sorted() {
+        assert_eq!(std::mem::size_of::<Device>(), 16);
+        let mut d = Devices::default();
+        d.add(&Device::parse("web").expect("valid"), 1);
+        assert!(matches!(d.0, DeviceCounts::One(..)));
+        for label in ["tv", "mobile", "web", "car"] {
+            d.add(&Device::parse(label).expect("valid"), 1);
+        }
+        let labels: Vec<(&str, u64)> = d.iter().collect();
+        assert_eq!(labels, vec![("car", 1), ("mobile", 1), ("tv", 1), ("web", 2)]);
+        assert_eq!((d.total(), d.get("web"), d.get("fridge")), (5, 2, 0));
+        let back: Devices = serde_json::from_str(&serde_json::to_string(&d).expect("json")).expect("parse");
+        assert_eq!(back, d);
     }
 
     #[test]

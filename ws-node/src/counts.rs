@@ -48,8 +48,9 @@ pub(crate) struct Entry {
     /// A `reconnect` went out to the user's connections for the current move.
     handed_off: bool,
     /// While watchers here still see the user online during the offline grace
-    /// (`OFFLINE_GRACE_MS`): when the offline status is due (ms since the Unix epoch).
-    pub(crate) held_until: Option<u64>,
+    /// (`OFFLINE_GRACE_MS`): when the offline status is due (ms since the
+    /// Unix epoch); 0 when nothing is held (a plain number: every entry has one).
+    pub(crate) held_until: u64,
 }
 
 impl Entry {
@@ -262,17 +263,20 @@ impl Counts {
         if next.last_seen.is_none() {
             next.last_seen = e.state.as_ref().and_then(|c| c.last_seen);
         }
-        let shown_online =
-            e.held_until.is_some() || e.state.as_ref().is_some_and(|c| c.online() && !c.invisible_at(now_ms));
+        let shown_online = e.held_until > 0 || e.state.as_ref().is_some_and(|c| c.online() && !c.invisible_at(now_ms));
         let grace = self.views.offline_grace_ms;
         e.held_until = if grace > 0 && shown_online && !next.online() && !next.invisible_at(now_ms) {
-            let due = e.held_until.unwrap_or(next.last_seen.unwrap_or(now_ms) + grace);
-            (due > now_ms).then_some(due)
+            let due = if e.held_until > 0 { e.held_until } else { next.last_seen.unwrap_or(now_ms) + grace };
+            if due > now_ms {
+                due
+            } else {
+                0
+            }
         } else {
-            None
+            0
         };
         e.state = Some(next);
-        if e.held_until.is_some() {
+        if e.held_until > 0 {
             self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(p.user_id.clone());
             self.metrics.offline_held.inc();
             // The user's own connections (none while offline) still get their count.
@@ -296,12 +300,12 @@ impl Counts {
             let delivery = {
                 let mut s = self.shard(&u);
                 match s.get_mut(&u) {
-                    Some(e) if e.held_until.is_some_and(|t| t <= now_ms) => {
-                        e.held_until = None;
+                    Some(e) if e.held_until > 0 && e.held_until <= now_ms => {
+                        e.held_until = 0;
                         fanout::deliver(e, now_ms, None, &self.views)
                     }
                     // Still within its grace.
-                    Some(e) if e.held_until.is_some() => continue,
+                    Some(e) if e.held_until > 0 => continue,
                     _ => None,
                 }
             };
