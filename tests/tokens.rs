@@ -99,3 +99,62 @@ async fn the_sdk_refreshes_its_token_ahead_of_expiry() {
     session.close().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_session_still_refreshes_on_time() {
+    let c = strict_cluster().await;
+    // Each token handed out: when, and when it expires (both ms).
+    let issued = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let log = issued.clone();
+    let tokens = TokenSource::callback(move |_| {
+        let now = presence_model::time::now_ms();
+        let t = short_token("alice", 3);
+        log.lock().expect("log").push((now, (now / 1000 + 3) * 1000));
+        async move { Ok(t) }
+    });
+    let client = Client::new(&c.coordinator_url).expect("client");
+    let mut session = client.connect("alice", ConnectOptions::new(tokens)).await.expect("session");
+    session.subscribe(&["flapper"]).await.expect("subscribe");
+    // A status every 50 ms or so: the refresh must not be pushed back by the traffic.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flapping = {
+        let (stop, url) = (stop.clone(), owner(&c, "flapper").1);
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let mut conn = presence_client::Connection::connect(
+                    &url,
+                    presence_client::TokenPlacement::Header(token("flapper")),
+                )
+                .await
+                .expect("flapper connects");
+                let _ = conn.next_within(Duration::from_secs(5)).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                conn.close().await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut events = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, session.next_event()).await {
+        events.push(e);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = flapping.await;
+    let statuses = events.iter().filter(|e| matches!(e, Event::Status(_))).count();
+    assert!(statuses > 20, "the session was busy: {statuses} statuses");
+    let troubles: Vec<&Event> =
+        events.iter().filter(|e| matches!(e, Event::Reconnecting { .. } | Event::Error { .. })).collect();
+    assert!(troubles.is_empty(), "no reconnect needed: {troubles:?}");
+    // Each refresh came about 80% into the life the previous token had left,
+    // not at its last moment (traffic must not keep moving the deadline).
+    let issued = issued.lock().expect("log").clone();
+    assert!(issued.len() >= 3, "refreshed {} times in 6 s of 3 s tokens", issued.len());
+    for w in issued.windows(2) {
+        let ((t0, exp0), (t1, _)) = (w[0], w[1]);
+        let life = exp0.saturating_sub(t0);
+        assert!(t1 - t0 <= life * 9 / 10 + 150, "a refresh {} ms into a token with {life} ms to live", t1 - t0);
+    }
+    session.close().await;
+    c.shutdown().await;
+}

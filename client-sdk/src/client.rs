@@ -257,7 +257,7 @@ impl Client {
             token: None,
             current_url: None,
             trusted,
-            token_expires_at: None,
+            refresh_at: None,
             idle: false,
             unsent: None,
         };
@@ -375,9 +375,10 @@ struct Driver {
     current_url: Option<String>,
     /// URLs the coordinator (or the application) named for this user.
     trusted: std::collections::HashSet<String>,
-    /// When the server closes the connection unless it hears a fresh token
-    /// (from `welcome`, then from each refreshed token's `exp`).
-    token_expires_at: Option<u64>,
+    /// When to send a fresh token: 80% into the remaining life of the current
+    /// one (from `welcome`, then from each refreshed token's `exp`), fixed when
+    /// learnt, so that a busy connection does not keep pushing it back.
+    refresh_at: Option<tokio::time::Instant>,
     /// The app said this session is idle (re-said on every new connection).
     idle: bool,
     /// A status set while disconnected: sent on the next connection.
@@ -428,7 +429,7 @@ impl Driver {
                     token_expires_at,
                     ..
                 }))) => {
-                    self.token_expires_at = token_expires_at;
+                    self.expires_at(token_expires_at);
                     if !self.emit(Event::Welcome { node_id, connection_id, epoch, connections }).await {
                         return Err(Failure::Other("session dropped".into()));
                     }
@@ -559,11 +560,7 @@ impl Driver {
         let mut heard = tokio::time::Instant::now();
         let mut pinged = false;
         loop {
-            // Refresh the token over the live connection when 80% of its remaining life has passed.
-            let refresh_at = self.token_expires_at.map(|at| {
-                let left = at.saturating_sub(presence_model::time::now_ms());
-                tokio::time::Instant::now() + Duration::from_millis(left * 4 / 5)
-            });
+            let refresh_at = self.refresh_at;
             let refresh = async move {
                 match refresh_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -577,13 +574,13 @@ impl Driver {
                 _ = refresh => {
                     match self.options.token.get(true).await {
                         Ok(token) => {
-                            self.token_expires_at = token_expiry_ms(&token);
+                            self.expires_at(token_expiry_ms(&token));
                             self.token = Some(token.clone());
                             let _ = conn.send(&ClientMessage::Auth { token, device: None }).await;
                         }
                         Err(e) => {
                             // Tried again in a second; at expiry the server closes and the session reconnects.
-                            self.token_expires_at = self.token_expires_at.map(|at| at.max(presence_model::time::now_ms() + 1250));
+                            self.refresh_at = Some(tokio::time::Instant::now() + Duration::from_millis(1250));
                             if !self.emit(Event::Error { code: code::UNAUTHORIZED.into(), message: format!("token refresh failed: {e}") }).await {
                                 return;
                             }
@@ -666,6 +663,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The connection's token runs out at `at` (ms since the Unix epoch):
+    /// refresh when 80% of what is left has passed.
+    fn expires_at(&mut self, at: Option<u64>) {
+        self.refresh_at = at.map(|at| {
+            let left = at.saturating_sub(presence_model::time::now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(left * 4 / 5)
+        });
     }
 
     /// After a drop: announce it, wait the first backoff step, then establish again.
