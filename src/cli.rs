@@ -151,6 +151,9 @@ pub struct DemoArgs {
     /// Coordinator admin address: dashboard, /nodes, /ring, /metrics, /presence (loopback only without a key).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
+    /// The try-it page (it hands out development tokens to anyone: keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub try_listen: SocketAddr,
     /// Key the admin listener asks for (at least 16 bytes).
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
@@ -457,6 +460,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = ClusterConfig::demo(args.nodes.unwrap_or(3) as usize, &args.jwt_secret);
     config.coordinator_addr = args.listen;
     config.admin_addr = args.admin_listen;
+    config.try_addr = args.try_listen;
     config.coordinator.admin_key = demo_admin_key(&args)?;
     config.first_node_port = args.node_port;
     config.host = args.listen.ip().to_string();
@@ -540,6 +544,7 @@ pub fn banner(cluster: &Cluster, secret: &str, store: &str, bus: &str) -> String
     let _ = writeln!(s, "  {:<width$}  {c}   (public: /route, /healthz, /readyz)", "coordinator");
     let _ = writeln!(s, "  {:<width$}  {admin}   (private: /nodes, /ring, /presence, /metrics)", "admin");
     let _ = writeln!(s, "  {:<width$}  {admin}/", "dashboard");
+    let _ = writeln!(s, "  {:<width$}  {}   (open it in two or three tabs: each is a user)", "try it", cluster.try_url);
     for n in &cluster.nodes {
         let _ = writeln!(s, "  {:<width$}  {}   (metrics {}/metrics)", n.node.config.node_id, n.url, n.http_url);
     }

@@ -23,6 +23,8 @@ pub struct ClusterConfig {
     pub coordinator_addr: SocketAddr,
     /// Coordinator admin listen address (dashboard, `/nodes`, `/presence`...).
     pub admin_addr: SocketAddr,
+    /// The try-it page's address (`/try`, demo only: it hands out tokens).
+    pub try_addr: SocketAddr,
     /// Port of the first node (the others follow); 0: any free ports.
     pub first_node_port: u16,
     /// Host the nodes bind and advertise.
@@ -44,6 +46,7 @@ impl ClusterConfig {
             nodes,
             coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            try_addr: SocketAddr::from(([127, 0, 0, 1], 8082)),
             first_node_port: 9001,
             host: "127.0.0.1".into(),
             jwt_secret: jwt_secret.into(),
@@ -58,6 +61,7 @@ impl ClusterConfig {
         let mut c = Self::demo(nodes, jwt_secret);
         c.coordinator_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.try_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         c.first_node_port = 0;
         c.node.heartbeat_interval = Duration::from_millis(100);
         c.node.node_ttl = Duration::from_millis(1000);
@@ -89,6 +93,8 @@ pub struct Cluster {
     pub coordinator_url: String,
     /// The coordinator's admin base URL (dashboard, `/nodes`, `/ring`, `/metrics`, `/presence`).
     pub admin_url: String,
+    /// The try-it page (`crate::try_page`).
+    pub try_url: String,
     /// The coordinator's state.
     pub coordinator: Arc<Coordinator>,
     /// The nodes, in start order.
@@ -190,7 +196,19 @@ impl Cluster {
         let coordinator_url = format!("http://{}", public.local_addr()?);
         let admin = bind_or_any(config.admin_addr).await?;
         let admin_url = format!("http://{}", admin.local_addr()?);
+        let try_listener = bind_or_any(config.try_addr).await?;
+        let try_url = format!("http://{}/try", try_listener.local_addr()?);
         let stop = CancellationToken::new();
+        let page = crate::try_page::TryPage::new(&config.jwt_secret, &coordinator_url);
+        let gate = presence_http::Gate::new(
+            presence_http::Limits::default(),
+            presence_http::HttpMetrics::new(&prometheus::Registry::new(), "try"),
+        );
+        let handler = move |req: presence_http::Request| {
+            let page = page.clone();
+            async move { page.handle(&req) }
+        };
+        tokio::spawn(presence_http::serve(try_listener, handler, stop.clone(), gate));
         let mut nodes = Vec::new();
         for i in 1..=config.nodes {
             nodes.push(spawn_node(&config, &format!("node-{i}"), i, &verifier, &store, &bus, &stop).await?);
@@ -201,6 +219,7 @@ impl Cluster {
         Ok(Self {
             coordinator_url,
             admin_url,
+            try_url,
             coordinator,
             nodes,
             config,

@@ -1,114 +1,17 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`,
 //! installed by scripts/test) driven over the DevTools protocol.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A page driven over the DevTools protocol.
-struct Page {
-    ws: Ws,
-    session: String,
-    next_id: u64,
-}
-
-impl Page {
-    async fn call(&mut self, method: &str, params: serde_json::Value, session: bool) -> serde_json::Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
-        if session {
-            msg["sessionId"] = serde_json::Value::String(self.session.clone());
-        }
-        self.ws.send(Message::Text(msg.to_string().into())).await.expect("cdp send");
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("cdp answer in time");
-            let Some(Ok(Message::Text(t))) = frame else { panic!("cdp connection ended") };
-            let v: serde_json::Value = serde_json::from_str(&t).expect("cdp json");
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
-            }
-        }
-    }
-
-    async fn eval(&mut self, expr: &str) -> serde_json::Value {
-        let r =
-            self.call("Runtime.evaluate", serde_json::json!({"expression": expr, "returnByValue": true}), true).await;
-        r["result"]["value"].clone()
-    }
-
-    /// Polls `expr` until it is true.
-    async fn until(&mut self, what: &str, expr: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.eval(expr).await != serde_json::Value::Bool(true) {
-            assert!(tokio::time::Instant::now() < deadline, "dashboard never showed {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn chromium() -> String {
-    for candidate in ["chromium", "chromium-browser", "google-chrome"] {
-        if std::process::Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
-            return candidate.to_string();
-        }
-    }
-    panic!("no chromium found: ./scripts/test installs Debian's `chromium` package");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_and_updates_live() {
     let c = cluster(3).await;
-    let profile = std::env::temp_dir().join(format!("presence-chromium-{}", presence_model::time::now_us()));
-    let mut browser = tokio::process::Command::new(chromium())
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-port=0",
-            "--window-size=1400,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromium starts");
-    let mut err = BufReader::new(browser.stderr.take().expect("stderr")).lines();
-    let endpoint = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = err.next_line().await {
-            if let Some(url) = line.split("DevTools listening on ").nth(1) {
-                return url.trim().to_string();
-            }
-        }
-        panic!("chromium printed no DevTools endpoint");
-    })
-    .await
-    .expect("chromium ready in time");
-    // Keep draining chromium's stderr so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
-
-    let (ws, _) = tokio_tungstenite::connect_async(&endpoint).await.expect("devtools");
-    let mut page = Page { ws, session: String::new(), next_id: 0 };
-    let target = page.call("Target.createTarget", serde_json::json!({"url": format!("{}/", c.admin_url)}), false).await;
-    let attached = page
-        .call("Target.attachToTarget", serde_json::json!({"targetId": target["targetId"], "flatten": true}), false)
-        .await;
-    page.session = attached["sessionId"].as_str().expect("session").to_string();
-
+    let browser = browser::Browser::start().await;
+    let mut page = browser.open(&format!("{}/", c.admin_url)).await;
     page.until("3 nodes", "document.querySelectorAll('#nodes tbody tr').length === 3").await;
     page.until("the ring", "document.getElementById('ring').dataset.epoch !== undefined").await;
     page.until("the live stream", "document.getElementById('conn').className === 'live'").await;
@@ -157,8 +60,7 @@ async fn the_dashboard_renders_and_updates_live() {
     a.close().await;
     page.until("alice's leave in the feed", "document.querySelector('#feed li[data-user=\"alice\"] .leave') !== null")
         .await;
-    let _ = browser.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    browser.stop().await;
     c.shutdown().await;
 }
 

@@ -139,6 +139,14 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let key = coord.config.admin_key.as_ref();
+    // `/route` may be asked by pages of any origin (the JavaScript SDK in a
+    // browser): it answers the same to everyone and uses no credentials.
+    let cross_origin = req.uri().path() == "/route";
+    if cross_origin && req.method() == Method::OPTIONS {
+        let res = preflight();
+        coord.metrics.request("route", res.status().as_u16());
+        return res;
+    }
     let (route, result) = match access(listener, key.is_some(), req.uri().path()) {
         Access::Hidden => ("other", Err(ApiError::NotFound)),
         Access::Keyed if !key.is_some_and(|k| k.admits(req.headers())) => {
@@ -147,8 +155,23 @@ where
         }
         Access::Open | Access::Keyed => dispatch(&coord, req).await,
     };
-    let res = result.unwrap_or_else(ApiError::into_response);
+    let mut res = result.unwrap_or_else(ApiError::into_response);
+    if cross_origin {
+        res.headers_mut().insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, http::HeaderValue::from_static("*"));
+    }
     coord.metrics.request(route, res.status().as_u16());
+    res
+}
+
+/// The answer to a CORS preflight of `/route` (a `POST` with a JSON body needs one).
+fn preflight() -> Response {
+    let mut res = Response::new(presence_http::empty());
+    *res.status_mut() = StatusCode::NO_CONTENT;
+    let h = res.headers_mut();
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, http::HeaderValue::from_static("*"));
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_METHODS, http::HeaderValue::from_static("GET, POST"));
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, http::HeaderValue::from_static("content-type"));
+    h.insert(http::header::ACCESS_CONTROL_MAX_AGE, http::HeaderValue::from_static("600"));
     res
 }
 
@@ -359,6 +382,26 @@ mod tests {
             let got = [(Public, false), (Public, true), (Admin, false), (Admin, true)].map(|(l, k)| access(l, k, path));
             assert_eq!(got, want, "{path}: [public, public+key, admin, admin+key]");
         }
+    }
+
+    #[tokio::test]
+    async fn pages_of_any_origin_may_route_and_nothing_else() {
+        let (c, _) = coordinator();
+        let req = |method: Method, uri: &str| {
+            http::Request::builder().method(method).uri(uri).body(Full::new(Bytes::new())).expect("request")
+        };
+        let origin = |res: &Response| res.headers().get(http::header::ACCESS_CONTROL_ALLOW_ORIGIN).cloned();
+        let pre = handle(c.clone(), Listener::Public, req(Method::OPTIONS, "/route")).await;
+        assert_eq!(pre.status(), StatusCode::NO_CONTENT);
+        assert_eq!(origin(&pre).as_ref().map(|v| v.as_bytes()), Some(&b"*"[..]));
+        assert!(pre.headers().get(http::header::ACCESS_CONTROL_ALLOW_HEADERS).is_some());
+        // Answered (here 503: no table yet) with the header, so the page can read why.
+        let get = handle(c.clone(), Listener::Public, req(Method::GET, "/route?userId=alice")).await;
+        assert!(origin(&get).is_some());
+        let presence = handle(c.clone(), Listener::Admin, req(Method::GET, "/presence?userId=alice")).await;
+        assert!(origin(&presence).is_none(), "the server API is not for pages");
+        let pre = handle(c, Listener::Admin, req(Method::OPTIONS, "/presence")).await;
+        assert!(origin(&pre).is_none());
     }
 
     #[tokio::test]

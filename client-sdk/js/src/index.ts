@@ -585,10 +585,13 @@ export class Session {
     const timeout = this.options.pingTimeoutMs ?? 3000;
     while (link && !this.closing) {
       const checkAt = heard + interval + (pinged ? timeout : 0);
+      // What the wait is for is decided now: a timer may fire a little
+      // early, and a refresh taken for a silent node would reconnect.
+      const forRefresh = this.refreshAt <= checkAt;
       const f = await link.next(Math.min(checkAt, this.refreshAt) - Date.now());
       if (this.closing) break;
       if (f === TIMEOUT) {
-        if (Date.now() >= this.refreshAt) {
+        if (forRefresh) {
           await this.refresh(link);
         } else if (!pinged) {
           pinged = true;
@@ -641,7 +644,7 @@ export class Session {
 
   /** The connection's token runs out at `at` (ms): refresh at 80% of what is left. */
   private expiresAt(at: number | undefined): void {
-    this.refreshAt = at === undefined ? Infinity : Date.now() + ((at - Date.now()) * 4) / 5;
+    this.refreshAt = at === undefined ? Infinity : Date.now() + Math.floor(((at - Date.now()) * 4) / 5);
   }
 
   /** Sends a fresh token over the live connection; on failure, tries again soon. */
