@@ -51,6 +51,10 @@ pub struct BusStats {
     pub queue_depth: u64,
     /// Events received by this process's subscribers.
     pub received: u64,
+    /// Events on the bus not yet read by this process's subscriber: how far
+    /// behind it is (Kafka: the partitions' high watermarks minus the next
+    /// offsets to read, as of the last check, once a second; 0 embedded).
+    pub consumer_lag: u64,
     /// Whether the bus is reachable as far as this process knows.
     pub healthy: bool,
 }

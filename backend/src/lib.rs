@@ -9,6 +9,8 @@
 //! * `conformance` (feature `conformance`): the test suite every store must pass.
 //! * [`table_cache`]: a reader's cached copy of the routing table, refreshed
 //!   on notice and by a periodic epoch check.
+//! * [`timed`]: a store that reports each operation's duration (for metrics).
+//! * [`hll`]: the HyperLogLog behind the embedded store's unique-user counts.
 //!
 //! The Redis store lives in `redis/` and the Kafka bus in `kafka/`.
 
@@ -20,9 +22,11 @@ pub mod live;
 pub mod memory;
 pub mod store;
 pub mod table_cache;
+pub mod timed;
 
 pub use bus::{Bus, BusError, BusMessage, BusStats, BusSubscription};
 pub use live::{Live, LiveFeed, LiveSender};
 pub use memory::{MemoryBus, MemoryStore};
 pub use store::{periods, Activity, CountUpdate, Registration, Store, StoreError};
 pub use table_cache::TableCache;
+pub use timed::Timed;

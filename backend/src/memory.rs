@@ -517,6 +517,9 @@ impl Bus for MemoryBus {
             delivery_errors: 0,
             queue_depth: 0,
             received: self.received.load(Ordering::Relaxed),
+            // Subscribers read a broadcast channel as it fills; one too far
+            // behind is told to resync instead of lagging.
+            consumer_lag: 0,
             healthy: true,
         }
     }

@@ -82,6 +82,11 @@ impl Coordinator {
             presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry, name))
         };
         let (public_gate, admin_gate) = (gate("public"), gate("admin"));
+        let timings = metrics.store_seconds.clone();
+        let store = presence_backend::Timed::wrap(
+            store,
+            Arc::new(move |op, took| timings.with_label_values(&[op]).observe(took.as_secs_f64())),
+        );
         Arc::new(Self {
             gate: public_gate,
             admin_gate,

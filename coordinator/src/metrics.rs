@@ -13,6 +13,8 @@ pub struct Metrics {
     requests: Vec<IntCounter>,
     /// `/route` latency, single and batch.
     pub route_seconds: Histogram,
+    /// How long each store operation took, by operation.
+    pub store_seconds: prometheus::HistogramVec,
     /// 1 while this coordinator holds the leader lease.
     pub leader: IntGauge,
     /// Live ws-nodes.
@@ -81,6 +83,7 @@ impl Metrics {
                 );
                 ROUTES.iter().flat_map(|route| CLASSES.map(|class| v.with_label_values(&[route, class]))).collect()
             },
+            store_seconds: presence_http::metric::store_seconds(&r),
             route_seconds: histogram(
                 &r,
                 "presence_route_duration_seconds",

@@ -387,6 +387,17 @@ pub mod metric {
         registered(r, IntCounterVec::new(Opts::new(name, help), labels))
     }
 
+    /// `presence_store_seconds{op}`: how long each store operation took, by
+    /// operation (fed through `presence_backend::Timed`), registered on `r`.
+    pub fn store_seconds(r: &Registry) -> prometheus::HistogramVec {
+        let opts = HistogramOpts::new(
+            "presence_store_seconds",
+            "Time of each store operation (Redis round trips), by operation.",
+        )
+        .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0]);
+        registered(r, prometheus::HistogramVec::new(opts, &["op"]))
+    }
+
     /// A histogram with these bucket bounds (seconds), registered on `r`.
     pub fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
         registered(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))

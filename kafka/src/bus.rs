@@ -39,6 +39,8 @@ struct Stats {
     delivered: AtomicU64,
     delivery_errors: AtomicU64,
     received: AtomicU64,
+    /// Events not yet read by the subscriber, as of the last check.
+    consumer_lag: AtomicU64,
     /// Cleared on errors, set again on the next success.
     healthy: AtomicBool,
 }
@@ -138,6 +140,7 @@ impl Bus for KafkaBus {
             delivery_errors: self.stats.delivery_errors.load(Ordering::Relaxed),
             queue_depth: self.producer.in_flight_count().max(0) as u64,
             received: self.stats.received.load(Ordering::Relaxed),
+            consumer_lag: self.stats.consumer_lag.load(Ordering::Relaxed),
             healthy: self.stats.healthy.load(Ordering::Relaxed),
         }
     }
@@ -221,22 +224,33 @@ async fn assign_all(
     consumer: &StreamConsumer,
     producer: &Arc<ThreadedProducer<DeliveryCounter>>,
     topic: &str,
-) -> Result<usize, KafkaError> {
+) -> Result<Vec<i64>, KafkaError> {
     let n = partitions(producer, topic, Duration::from_secs(5)).await?;
+    let highs = high_watermarks(producer, topic, n, Duration::from_secs(5)).await?;
+    let mut tpl = TopicPartitionList::new();
+    for (i, high) in highs.iter().enumerate() {
+        tpl.add_partition_offset(topic, i as i32, Offset::Offset(*high))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(highs)
+}
+
+/// The high watermark (next offset to be written) of partitions `0..n`, read
+/// on a blocking thread (librdkafka blocks).
+async fn high_watermarks(
+    producer: &Arc<ThreadedProducer<DeliveryCounter>>,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<i64>, KafkaError> {
     let (p, t) = (producer.clone(), topic.to_string());
-    let highs = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         (0..n as i32)
-            .map(|i| p.client().fetch_watermarks(&t, i, Duration::from_secs(5)).map(|(_, high)| high))
+            .map(|i| p.client().fetch_watermarks(&t, i, timeout).map(|(_, high)| high))
             .collect::<Result<Vec<i64>, _>>()
     })
     .await
-    .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))??;
-    let mut tpl = TopicPartitionList::new();
-    for (i, high) in highs.into_iter().enumerate() {
-        tpl.add_partition_offset(topic, i as i32, Offset::Offset(high))?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(n)
+    .map_err(|_| KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))?
 }
 
 /// How often a subscriber checks that the broker answers.
@@ -257,12 +271,13 @@ async fn consume(
             return;
         }
     };
-    // Assign (retrying while the broker or topic is not there yet).
-    loop {
+    // Assign (retrying while the broker or topic is not there yet). `next`:
+    // per partition, the next offset this subscriber reads (for its lag).
+    let mut next = loop {
         match assign_all(&consumer, &producer, &config.topic).await {
-            Ok(n) => {
-                tracing::info!(topic = %config.topic, partitions = n, "consuming every partition");
-                break;
+            Ok(highs) => {
+                tracing::info!(topic = %config.topic, partitions = highs.len(), "consuming every partition");
+                break highs;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot assign partitions yet; retrying");
@@ -272,7 +287,7 @@ async fn consume(
                 }
             }
         }
-    }
+    };
     // Anything that happened before the assignment is read from the store.
     if tx.send(BusMessage::Resync).await.is_err() {
         return;
@@ -298,9 +313,18 @@ async fn consume(
                 }
                 degraded = !up;
                 stats.healthy.store(up, Ordering::Relaxed);
+                if up {
+                    if let Ok(highs) = high_watermarks(&producer, &config.topic, next.len(), Duration::from_millis(800)).await {
+                        let lag: i64 = highs.iter().zip(&next).map(|(h, n)| (h - n).max(0)).sum();
+                        stats.consumer_lag.store(lag as u64, Ordering::Relaxed);
+                    }
+                }
             }
             m = consumer.recv() => match m {
                 Ok(m) => {
+                    if let Some(n) = usize::try_from(m.partition()).ok().and_then(|p| next.get_mut(p)) {
+                        *n = m.offset() + 1;
+                    }
                     let Some(payload) = m.payload() else { continue };
                     match StatusEvent::from_slice(payload) {
                         Ok(e) => {

@@ -52,8 +52,14 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// Pushes the status to every watcher.
+    /// Pushes the status to every watcher, and observes how long the change
+    /// took to get here (its `seq` is the store's clock in µs when it was
+    /// made; a state older than a minute is a re-read, not news, and is not counted).
     pub(crate) fn send(self, metrics: &Metrics) {
+        let age_us = presence_model::time::now_us().saturating_sub(self.seq);
+        if age_us < 60_000_000 {
+            metrics.fanout_latency.observe(age_us as f64 / 1e6);
+        }
         for c in &self.to {
             c.push_status(&self.user, self.seq, self.frame.clone(), metrics);
         }

@@ -2,7 +2,7 @@
 //! several nodes in one process). Labels are bounded sets, never user IDs.
 
 use presence_http::metric::{counter, counter_vec, gauge};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Every metric the node exports; see each field's help text.
 pub struct Metrics {
@@ -71,6 +71,13 @@ pub struct Metrics {
     pub bus_delivery_errors: IntCounter,
     /// Events waiting in the bus producer's queue.
     pub bus_queue_depth: IntGauge,
+    /// Events on the bus this node has not read yet (Kafka consumer lag).
+    pub bus_consumer_lag: IntGauge,
+    /// How long each store operation took, by operation (`presence_store_seconds{op}`).
+    pub store_seconds: HistogramVec,
+    /// From a change in the store (its `seq`, the store's clock) to its status
+    /// being queued for this node's watchers.
+    pub fanout_latency: Histogram,
     /// 1 while the bus answers.
     pub bus_up: IntGauge,
     /// 1 while the node is fenced (its registration lapsed).
@@ -90,6 +97,7 @@ impl Metrics {
         catch_up(&self.bus_delivered, stats.delivered);
         catch_up(&self.bus_delivery_errors, stats.delivery_errors);
         self.bus_queue_depth.set(stats.queue_depth as i64);
+        self.bus_consumer_lag.set(stats.consumer_lag as i64);
         self.bus_up.set(i64::from(stats.healthy));
     }
 }
@@ -194,6 +202,18 @@ impl Metrics {
                 &r,
                 "presence_bus_queue_depth",
                 "Status events waiting in the bus producer's queue.",
+            ),
+            bus_consumer_lag: gauge(
+                &r,
+                "presence_bus_consumer_lag",
+                "Events on the bus this node has not read yet (Kafka: high watermarks minus next offsets).",
+            ),
+            store_seconds: presence_http::metric::store_seconds(&r),
+            fanout_latency: presence_http::metric::histogram(
+                &r,
+                "presence_fanout_latency_seconds",
+                "From a change in the store to its status queued for this node's watchers.",
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
             ),
             bus_up: gauge(&r, "presence_bus_up", "1 while the event bus answers."),
             fenced: gauge(&r, "presence_node_fenced", "1 while the node is fenced: its registration lapsed."),
