@@ -17,11 +17,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use common::status_of;
-use harness::{wait_for_nodes, SECRET};
+use harness::{Setup, SECRET};
 use presence_client::{ClientMessage, Connection, CoordinatorClient, Frame, ServerMessage, TokenPlacement};
 use presence_model::api::PresenceView;
 use presence_model::{Availability, UserId};
-use procs::{Redis, Shared};
 
 fn token(user: &str) -> String {
     presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
@@ -80,17 +79,13 @@ async fn routed_to(api: &CoordinatorClient, user: &str, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_on_a_third_node_sees_the_exact_devices_of_a_user_on_two_nodes() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("rich-devices");
-    let redis = Redis::start(&dir).await;
-    let sh = Shared::new("rich-devices", redis.url(), SECRET);
-    let (_coord, coord_url) = sh.coordinator("coord");
     // node-1 keeps handed-off connections open for a long time, so the user
     // has a connection there and one on the vnode's new owner at once.
-    let mut nodes = vec![sh.node_with("node-1", &[("HANDOFF_TIMEOUT_MS", "60000")]), sh.node("node-2")];
-    let api = CoordinatorClient::new(&coord_url).expect("url");
-    wait_for_nodes(&api, 2).await;
-    let (user, url1) = user_on(&api, "node-1", "devices").await;
-    let (watcher, url2) = user_on(&api, "node-2", "devices-watcher").await;
+    let mut setup =
+        Setup::start_with("rich-devices", &[("node-1", &[("HANDOFF_TIMEOUT_MS", "60000")]), ("node-2", &[])]).await;
+    let (sh, api) = (&setup.sh, &setup.api);
+    let (user, url1) = user_on(api, "node-1", "devices").await;
+    let (watcher, url2) = user_on(api, "node-2", "devices-watcher").await;
     let mut w = connect(&url2, &watcher, None).await;
     w.send(&ClientMessage::Subscribe { user_ids: vec![UserId::parse(&user).expect("id")] }).await.expect("send");
     status_of(&mut w, &user, |m| devices(m).is_empty(), "the offline snapshot").await;
@@ -103,8 +98,8 @@ async fn a_watcher_on_a_third_node_sees_the_exact_devices_of_a_user_on_two_nodes
 
     // node-3 joins pinned to the user's vnode: the user moves there.
     let pin = presence_model::vnode(&user).to_string();
-    nodes.push(sh.node_with("node-3", &[("ASSIGNED_VNODES", &pin)]));
-    let url3 = routed_to(&api, &user, "node-3").await;
+    setup.nodes.push(sh.node_with("node-3", &[("ASSIGNED_VNODES", &pin)]));
+    let url3 = routed_to(api, &user, "node-3").await;
     let mobile = connect(&url3, &user, Some("mobile")).await;
     let s = status_of(
         &mut w,
@@ -145,7 +140,7 @@ async fn a_watcher_on_a_third_node_sees_the_exact_devices_of_a_user_on_two_nodes
     assert!(devices(&s).is_empty(), "{s:?}");
     let view = api.status(&[&user]).await.expect("presence").remove(0);
     assert!(!view.online && view.devices.is_empty(), "{view:?}");
-    drop(nodes);
+    drop(setup);
 }
 
 fn busy(m: &ServerMessage) -> bool {
@@ -155,15 +150,10 @@ fn busy(m: &ServerMessage) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_reaches_every_device_and_watcher_survives_moves_and_lapses() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("rich-status");
-    let redis = Redis::start(&dir).await;
-    let sh = Shared::new("rich-status", redis.url(), SECRET);
-    let (_coord, coord_url) = sh.coordinator("coord");
-    let mut nodes = vec![sh.node("node-1"), sh.node("node-2")];
-    let api = CoordinatorClient::new(&coord_url).expect("url");
-    wait_for_nodes(&api, 2).await;
-    let (user, url1) = user_on(&api, "node-1", "status").await;
-    let (watcher, url2) = user_on(&api, "node-2", "status-watcher").await;
+    let mut setup = Setup::start("rich-status", 2, None).await;
+    let (sh, api) = (&setup.sh, &setup.api);
+    let (user, url1) = user_on(api, "node-1", "status").await;
+    let (watcher, url2) = user_on(api, "node-2", "status-watcher").await;
     let me = UserId::parse(&user).expect("id");
     let mut w = connect(&url2, &watcher, None).await;
     let mut phone = connect(&url1, &user, Some("mobile")).await;
@@ -202,9 +192,9 @@ async fn a_status_reaches_every_device_and_watcher_survives_moves_and_lapses() {
 
     // The vnode moves to a new node: the user follows, still busy.
     let pin = presence_model::vnode(&user).to_string();
-    nodes.push(sh.node_with("node-3", &[("ASSIGNED_VNODES", &pin)]));
+    setup.nodes.push(sh.node_with("node-3", &[("ASSIGNED_VNODES", &pin)]));
     common::expect(&mut phone, |m| matches!(m, ServerMessage::Reconnect { .. }), "reconnect").await;
-    let url3 = routed_to(&api, &user, "node-3").await;
+    let url3 = routed_to(api, &user, "node-3").await;
     let mut moved = connect(&url3, &user, Some("mobile")).await;
     phone.close().await;
     moved.send(&ClientMessage::Subscribe { user_ids: vec![me.clone()] }).await.expect("send");
@@ -228,19 +218,14 @@ async fn a_status_reaches_every_device_and_watcher_survives_moves_and_lapses() {
     let gone = status_of(&mut w, &user, lapsed, "available again at the watcher").await;
     assert!(presence_model::time::now_ms() >= at, "not before its expiry: {gone:?}");
     status_of(&mut moved, &user, lapsed, "available again on the user's device").await;
-    drop(nodes);
+    drop(setup);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_distinct_users_are_counted_within_two_percent() {
     let _serial = procs::serial().await;
-    let dir = procs::output_dir("rich-unique");
-    let redis = Redis::start(&dir).await;
-    let sh = Shared::new("rich-unique", redis.url(), SECRET);
-    let (_coord, coord_url) = sh.coordinator("coord");
-    let nodes = [sh.node("node-1"), sh.node("node-2")];
-    let api = CoordinatorClient::new(&coord_url).expect("url");
-    wait_for_nodes(&api, 2).await;
+    let setup = Setup::start("rich-unique", 2, None).await;
+    let api = &setup.api;
     let route: Vec<(String, String)> = {
         let table: serde_json::Value = api.ring().await.expect("ring");
         let urls: Vec<String> = table["nodes"]
@@ -281,5 +266,5 @@ async fn ten_thousand_distinct_users_are_counted_within_two_percent() {
     }
     let stats = api.stats().await.expect("stats");
     assert!(stats.peak_connections_day >= 1, "{stats:?}");
-    drop(nodes);
+    drop(setup);
 }

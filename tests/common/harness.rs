@@ -52,6 +52,17 @@ pub struct Setup {
 impl Setup {
     /// Starts it; `kafka` is a broker of the test's own (else the shared one).
     pub async fn start(test: &str, n: usize, kafka: Option<String>) -> Setup {
+        let ids: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        let nodes: Vec<(&str, &[(&str, &str)])> = ids.iter().map(|id| (id.as_str(), &[][..])).collect();
+        Self::start_nodes(test, &nodes, kafka).await
+    }
+
+    /// Starts it with nodes of these IDs and extra environment (on the shared broker).
+    pub async fn start_with(test: &str, nodes: &[(&str, &[(&str, &str)])]) -> Setup {
+        Self::start_nodes(test, nodes, None).await
+    }
+
+    async fn start_nodes(test: &str, nodes: &[(&str, &[(&str, &str)])], kafka: Option<String>) -> Setup {
         let dir = procs::output_dir(test);
         let redis = Redis::start(&dir).await;
         let sh = match kafka {
@@ -59,10 +70,10 @@ impl Setup {
             None => Shared::new(test, redis.url(), SECRET),
         };
         let (coord, url) = sh.coordinator("coord");
-        let nodes: Vec<(Proc, String, String)> = (1..=n).map(|i| sh.node(&format!("node-{i}"))).collect();
+        let procs: Vec<(Proc, String, String)> = nodes.iter().map(|(id, env)| sh.node_with(id, env)).collect();
         let api = CoordinatorClient::new(&url).expect("url");
-        wait_for_nodes(&api, n).await;
-        Setup { redis, sh, coord, url, nodes, api }
+        wait_for_nodes(&api, procs.len()).await;
+        Setup { redis, sh, coord, url, nodes: procs, api }
     }
 }
 

@@ -164,6 +164,8 @@ export declare class PresenceClient {
      * learn others' presence through their session's subscriptions.
      */
     status(userIds: string[]): Promise<PresenceView[]>;
+    /** `call` on the IDs `BATCH` at a time, the answers in order. */
+    private batched;
     /** Connects as `userId` and keeps the connection up until `Session.close`. */
     connect(userId: string, options: ConnectOptions): Session;
     private call;

@@ -63,12 +63,7 @@ export class PresenceClient {
     }
     /** Where each user connects, in order (`POST /route`, 500 per call). */
     async routes(userIds) {
-        const out = [];
-        for (let i = 0; i < userIds.length; i += BATCH) {
-            const body = { userIds: userIds.slice(i, i + BATCH) };
-            out.push(...(await this.call("POST", "/route", body)).routes);
-        }
-        return out;
+        return this.batched(userIds, async (ids) => (await this.call("POST", "/route", { userIds: ids })).routes);
     }
     /**
      * The presence of each user, in order (`POST /presence`): the server API,
@@ -76,11 +71,13 @@ export class PresenceClient {
      * learn others' presence through their session's subscriptions.
      */
     async status(userIds) {
+        return this.batched(userIds, async (ids) => (await this.call("POST", "/presence", { userIds: ids })).users);
+    }
+    /** `call` on the IDs `BATCH` at a time, the answers in order. */
+    async batched(userIds, call) {
         const out = [];
-        for (let i = 0; i < userIds.length; i += BATCH) {
-            const body = { userIds: userIds.slice(i, i + BATCH) };
-            out.push(...(await this.call("POST", "/presence", body)).users);
-        }
+        for (let i = 0; i < userIds.length; i += BATCH)
+            out.push(...(await call(userIds.slice(i, i + BATCH))));
         return out;
     }
     /** Connects as `userId` and keeps the connection up until `Session.close`. */

@@ -177,12 +177,7 @@ export class PresenceClient {
 
   /** Where each user connects, in order (`POST /route`, 500 per call). */
   async routes(userIds: string[]): Promise<Route[]> {
-    const out: Route[] = [];
-    for (let i = 0; i < userIds.length; i += BATCH) {
-      const body = { userIds: userIds.slice(i, i + BATCH) };
-      out.push(...(await this.call<{ routes: Route[] }>("POST", "/route", body)).routes);
-    }
-    return out;
+    return this.batched(userIds, async (ids) => (await this.call<{ routes: Route[] }>("POST", "/route", { userIds: ids })).routes);
   }
 
   /**
@@ -191,11 +186,13 @@ export class PresenceClient {
    * learn others' presence through their session's subscriptions.
    */
   async status(userIds: string[]): Promise<PresenceView[]> {
-    const out: PresenceView[] = [];
-    for (let i = 0; i < userIds.length; i += BATCH) {
-      const body = { userIds: userIds.slice(i, i + BATCH) };
-      out.push(...(await this.call<{ users: PresenceView[] }>("POST", "/presence", body)).users);
-    }
+    return this.batched(userIds, async (ids) => (await this.call<{ users: PresenceView[] }>("POST", "/presence", { userIds: ids })).users);
+  }
+
+  /** `call` on the IDs `BATCH` at a time, the answers in order. */
+  private async batched<T>(userIds: string[], call: (ids: string[]) => Promise<T[]>): Promise<T[]> {
+    const out: T[] = [];
+    for (let i = 0; i < userIds.length; i += BATCH) out.push(...(await call(userIds.slice(i, i + BATCH))));
     return out;
   }
 
