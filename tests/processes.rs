@@ -270,6 +270,8 @@ async fn demo_join_adds_nodes_and_the_ring_rebalances() {
         "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
+        "--try-listen",
+        "127.0.0.1:0",
         "--node-port",
         "0",
         "--nodes",
