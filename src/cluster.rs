@@ -200,15 +200,7 @@ impl Cluster {
         let try_url = format!("http://{}/try", try_listener.local_addr()?);
         let stop = CancellationToken::new();
         let page = crate::try_page::TryPage::new(&config.jwt_secret, &coordinator_url);
-        let gate = presence_http::Gate::new(
-            presence_http::Limits::default(),
-            presence_http::HttpMetrics::new(&prometheus::Registry::new(), "try"),
-        );
-        let handler = move |req: presence_http::Request| {
-            let page = page.clone();
-            async move { page.handle(&req) }
-        };
-        tokio::spawn(presence_http::serve(try_listener, handler, stop.clone(), gate));
+        tokio::spawn(page.serve(try_listener, stop.clone()));
         let mut nodes = Vec::new();
         for i in 1..=config.nodes {
             nodes.push(spawn_node(&config, &format!("node-{i}"), i, &verifier, &store, &bus, &stop).await?);

@@ -67,6 +67,19 @@ impl TryPage {
         }
     }
 
+    /// Serves the page on `listener` until `stop`.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener, stop: tokio_util::sync::CancellationToken) {
+        let gate = presence_http::Gate::new(
+            presence_http::Limits::default(),
+            presence_http::HttpMetrics::new(&prometheus::Registry::new(), "try"),
+        );
+        let handler = move |req: Request| {
+            let page = self.clone();
+            async move { page.handle(&req) }
+        };
+        presence_http::serve(listener, handler, stop, gate).await
+    }
+
     fn remember(&self, user: &str) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         users.retain(|u| u != user);

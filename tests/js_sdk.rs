@@ -7,6 +7,12 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/procs.rs"]
+mod procs;
+#[path = "common/tracked.rs"]
+mod tracked;
 
 use std::time::Duration;
 
@@ -139,4 +145,29 @@ async fn a_handoff_moves_the_page_without_anyone_seeing_it_offline() {
     gus.until("hal still online with one connection", &status("hal", "s.online && s.connections === 1")).await;
     b.stop().await;
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_its_node_is_killed_the_page_reconnects_on_another() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let _serial = procs::serial().await;
+    // The real binaries on Redis and Kafka, and the try page pointed at their coordinator.
+    let mut setup = harness::Setup::start("js-kill", 2, None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let try_url = format!("http://{}/try", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(presence::try_page::TryPage::new(harness::SECRET, &setup.url).serve(listener, stop.clone()));
+    let b = Browser::start().await;
+    let mut ivy = b.open(&format!("{try_url}?user=ivy")).await;
+    ivy.until("ivy welcomed", "window.presence && window.presence.nodeId !== null").await;
+    let first = ivy.eval("window.presence.nodeId").await.as_str().expect("node").to_string();
+    let i: usize = first.trim_start_matches("node-").parse().expect("node-N");
+    setup.nodes[i - 1].0.kill9();
+    ivy.until("a welcome on the other node", &format!("window.presence.nodeId !== {first:?}")).await;
+    eventually("ivy counted once, on the survivor", || async {
+        setup.api.status(&["ivy"]).await.is_ok_and(|v| v[0].online && v[0].connections == 1)
+    })
+    .await;
+    stop.cancel();
+    b.stop().await;
 }

@@ -643,6 +643,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_users_own_connections_see_the_truth_and_others_what_they_may() {
+        // Ten connections of ivy (the set lookup), one of which watches her, and a stranger.
+        for n in [1u64, 10] {
+            let h = counts();
+            let conns: Vec<Conn> = (1..=n).map(|i| Conn::new(i, 16)).collect();
+            for c in &conns {
+                h.connect(&uid("ivy"), c.clone());
+            }
+            let stranger = Conn::new(100, 16);
+            h.watch(&uid("ivy"), conns[0].clone());
+            h.watch(&uid("ivy"), stranger.clone());
+            let mut p = p("ivy", n, 1);
+            p.status = Some(Box::new(presence_model::UserStatus {
+                availability: presence_model::Availability::Invisible,
+                invisible_since: Some(5),
+                ..Default::default()
+            }));
+            h.apply(&p, 10, None);
+            let own: Vec<String> = drain(&conns[0]).into_iter().filter(|f| f.contains(r#""type":"status""#)).collect();
+            assert!(own.len() == 1 && own[0].contains(r#""online":true"#), "{n}: {own:?}");
+            let seen = drain(&stranger);
+            assert!(seen.len() == 1 && seen[0].contains(r#""online":false"#), "{n}: {seen:?}");
+        }
+    }
+
+    #[test]
     fn moved_users_are_taken_once_per_move() {
         let h = counts();
         let c = Conn::new(1, 4);

@@ -79,10 +79,21 @@ impl Delivery {
 pub(crate) fn deliver(e: &mut Entry, now_ms: u64, quiet: Option<u64>, views: &Views) -> Option<Delivery> {
     push_count(e);
     let state = e.state.as_ref()?;
-    let mut to = Vec::new();
+    let mut to = Vec::with_capacity(e.watchers.len());
     let mut own = Vec::new();
+    // Watchers are almost never the user's own connections: look them up
+    // only when the user has connections here, and in a set when many.
+    let own_ids: std::collections::HashSet<u64> =
+        if e.conns.len() > 8 { e.conns.iter().map(crate::conn::Conn::id).collect() } else { Default::default() };
+    let is_own = |id: u64| {
+        if e.conns.len() > 8 {
+            own_ids.contains(&id)
+        } else {
+            e.conns.iter().any(|o| o.id() == id)
+        }
+    };
     for (&id, c) in e.watchers.iter().filter(|(&id, _)| Some(id) != quiet) {
-        if e.conns.iter().any(|o| o.id() == id) {
+        if is_own(id) {
             own.push(c.clone());
         } else {
             to.push(c.clone());
