@@ -65,9 +65,14 @@ fn share(devices: &[(&str, u64)], active: u32, idle_since: Option<u64>) -> prese
 async fn devices_and_idleness_sum_over_nodes(st: &dyn Store, tag: &str) {
     let u = uid(&format!("{tag}-devices"));
     let (a, b) = (format!("{tag}-dev-a"), format!("{tag}-dev-b"));
+    // One node alone, its only connection idle: its share is the sum.
+    let idle_web = CountUpdate { share: share(&[("web", 1)], 0, Some(50)), ..CountUpdate::new(u.clone(), 1) };
+    let alone = st.set_counts(&a, &[idle_web], 9).await.expect("up")[0].clone().expect("a change");
+    assert_eq!((alone.presence.devices.get("web"), alone.presence.idle_since), (1, Some(50)));
     let web = CountUpdate { share: share(&[("web", 1)], 1, None), ..CountUpdate::new(u.clone(), 1) };
     let first = st.set_counts(&a, std::slice::from_ref(&web), 10).await.expect("up")[0].clone().expect("a change");
     assert_eq!((first.presence.devices.get("web"), first.presence.idle_since), (1, None));
+    assert_eq!(first.previous, 1, "the count stayed; the share changed");
     assert!(st.set_counts(&a, &[web], 11).await.expect("up")[0].is_none(), "the same share is no change");
     let phones = CountUpdate { share: share(&[("mobile", 2)], 0, Some(100)), ..CountUpdate::new(u.clone(), 2) };
     let both = st.set_counts(&b, &[phones], 12).await.expect("up")[0].clone().expect("a change");

@@ -26,6 +26,18 @@ local function read_user(key)
   return u
 end
 
+-- Ends the presence JSON begun in `json` with the status the user set, if any.
+local function presence_status(u, json)
+  if u.st ~= nil and u.st ~= '' then
+    local st = u.st
+    if u.iv ~= nil and u.iv ~= '' then
+      st = string.sub(st, 1, -2) .. ',"invisibleSince":' .. u.iv .. '}'
+    end
+    json = json .. ',"status":' .. st
+  end
+  return json .. '}'
+end
+
 -- The presence JSON of user `user` as read into `u` (after the script's changes).
 local function presence_json(u, user)
   local json = '{"userId":' .. cjson.encode(user) .. ',"connections":' .. string.format('%d', u.total)
@@ -35,6 +47,22 @@ local function presence_json(u, user)
       json = json .. ',"reason":' .. cjson.encode(u['or'])
     end
   else
+    -- The usual case, one node holding the user: its share is the sum, and
+    -- its device list ('label:n,...', sorted) only needs quoting.
+    local only, count, n_nodes = nil, 0, 0
+    for node, n in pairs(u.counts) do
+      only, count, n_nodes = node, n, n_nodes + 1
+    end
+    if n_nodes == 1 and u.shares[only] ~= nil then
+      local a, i, d = string.match(u.shares[only], '^(%d+)|(%d*)|(.*)$')
+      if a ~= nil and d ~= '' then
+        json = json .. ',"devices":{"' .. string.gsub(string.gsub(d, ':', '":'), ',', ',"') .. '}'
+        if a == '0' then
+          json = json .. ',"idleSince":' .. (i == '' and '0' or i)
+        end
+        return presence_status(u, json)
+      end
+    end
     -- Devices and activity summed over nodes. A node without a share (one
     -- written before devices existed) counts as all active, device unknown.
     local devices, labels, active, idle = {}, {}, 0, 0
@@ -74,14 +102,7 @@ local function presence_json(u, user)
       json = json .. ',"idleSince":' .. string.format('%.0f', idle)
     end
   end
-  if u.st ~= nil and u.st ~= '' then
-    local st = u.st
-    if u.iv ~= nil and u.iv ~= '' then
-      st = string.sub(st, 1, -2) .. ',"invisibleSince":' .. u.iv .. '}'
-    end
-    json = json .. ',"status":' .. st
-  end
-  return json .. '}'
+  return presence_status(u, json)
 end
 
 -- seq = max(previous + 1, server clock in microseconds): it keeps growing
