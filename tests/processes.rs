@@ -264,19 +264,7 @@ async fn demo_join_adds_nodes_and_the_ring_rebalances() {
             .kill_on_drop(true);
         cmd.spawn().expect("presence starts")
     };
-    let mut demo = presence(&[
-        "demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--try-listen",
-        "127.0.0.1:0",
-        "--node-port",
-        "0",
-        "--nodes",
-        "2",
-    ]);
+    let mut demo = presence(&common::DEMO_ON_FREE_PORTS);
     let mut out = BufReader::new(demo.stdout.take().expect("stdout")).lines();
     let admin = banner_value(&mut out, "admin").await;
     let url = admin.split_whitespace().next().expect("the admin URL");

@@ -221,19 +221,7 @@ fn watch(
 async fn demo(which: &str) -> (tokio::process::Child, String) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--try-listen",
-            "127.0.0.1:0",
-            "--node-port",
-            "0",
-            "--nodes",
-            "2",
-        ])
+        .args(DEMO_ON_FREE_PORTS)
         .env("JWT_SECRET", SECRET)
         .env_remove("REDIS_URL")
         .env_remove("KAFKA_BROKERS")

@@ -13,6 +13,22 @@ use presence_model::api::PresenceView;
 pub const SECRET: &str = "integration-test-secret";
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// `presence demo` with two nodes, every listener on a free port (the
+/// arguments after the binary's name).
+pub const DEMO_ON_FREE_PORTS: [&str; 11] = [
+    "demo",
+    "--listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--try-listen",
+    "127.0.0.1:0",
+    "--node-port",
+    "0",
+    "--nodes",
+    "2",
+];
+
 pub fn token(user: &str) -> String {
     presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
 }
