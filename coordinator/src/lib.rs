@@ -82,11 +82,7 @@ impl Coordinator {
             presence_http::Gate::new(config.http.clone(), presence_http::HttpMetrics::new(&metrics.registry, name))
         };
         let (public_gate, admin_gate) = (gate("public"), gate("admin"));
-        let timings = metrics.store_seconds.clone();
-        let store = presence_backend::Timed::wrap(
-            store,
-            Arc::new(move |op, took| timings.with_label_values(&[op]).observe(took.as_secs_f64())),
-        );
+        let store = presence_backend::Timed::wrap(store, presence_http::metric::observer(&metrics.store_seconds));
         Arc::new(Self {
             gate: public_gate,
             admin_gate,

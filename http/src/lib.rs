@@ -398,6 +398,15 @@ pub mod metric {
         registered(r, prometheus::HistogramVec::new(opts, &["op"]))
     }
 
+    /// What feeds `h` (labelled by operation) from a timing store wrapper
+    /// (`presence_backend::Timed`): each operation's name and duration.
+    pub fn observer(
+        h: &prometheus::HistogramVec,
+    ) -> std::sync::Arc<dyn Fn(&'static str, std::time::Duration) + Send + Sync> {
+        let h = h.clone();
+        std::sync::Arc::new(move |op, took| h.with_label_values(&[op]).observe(took.as_secs_f64()))
+    }
+
     /// A histogram with these bucket bounds (seconds), registered on `r`.
     pub fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
         registered(r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))

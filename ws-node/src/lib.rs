@@ -138,11 +138,7 @@ impl Node {
         bus: Arc<dyn Bus>,
     ) -> Arc<Node> {
         let metrics = Arc::new(Metrics::new());
-        let timings = metrics.store_seconds.clone();
-        let store = presence_backend::Timed::wrap(
-            store,
-            Arc::new(move |op, took| timings.with_label_values(&[op]).observe(took.as_secs_f64())),
-        );
+        let store = presence_backend::Timed::wrap(store, presence_http::metric::observer(&metrics.store_seconds));
         let counts = Arc::new(Counts::with_views(metrics.clone(), config.views));
         let pending = Arc::new(PendingWrites::new(config.max_pending_writes, metrics.store_overflows.clone()));
         let table = TableCache::new();
