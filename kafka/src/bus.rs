@@ -11,7 +11,7 @@
 //! Kafka keeps the events). After the assignment, and whenever the broker
 //! comes back after errors, the subscriber gets [`BusMessage::Resync`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use presence_backend::{Bus, BusError, BusMessage, BusStats, BusSubscription};
 use presence_model::StatusEvent;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -72,7 +72,6 @@ impl ProducerContext for DeliveryCounter {
 /// The Kafka bus. One producer per process; one consumer per subscriber.
 pub struct KafkaBus {
     config: KafkaConfig,
-    /// Shared with subscribers, which use its metadata requests as a health probe.
     producer: Arc<ThreadedProducer<DeliveryCounter>>,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -167,14 +166,7 @@ impl Bus for KafkaBus {
     fn subscribe(&self) -> Box<dyn BusSubscription> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let member = format!("{}", uuid::Uuid::new_v4().simple());
-        tokio::spawn(consume(
-            self.config.clone(),
-            member,
-            self.producer.clone(),
-            tx,
-            self.stats.clone(),
-            self.stop.child_token(),
-        ));
+        tokio::spawn(consume(self.config.clone(), member, tx, self.stats.clone(), self.stop.child_token()));
         Box::new(KafkaSubscription { rx })
     }
 }
@@ -191,12 +183,8 @@ impl BusSubscription for KafkaSubscription {
 }
 
 /// The topic's partition count, read on a blocking thread (librdkafka blocks).
-async fn partitions(
-    producer: &Arc<ThreadedProducer<DeliveryCounter>>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<usize, KafkaError> {
-    let (p, t) = (producer.clone(), topic.to_string());
+async fn partitions(prober: &Arc<BaseConsumer>, topic: &str, timeout: Duration) -> Result<usize, KafkaError> {
+    let (p, t) = (prober.clone(), topic.to_string());
     let md = tokio::task::spawn_blocking(move || {
         p.client()
             .fetch_metadata(Some(&t), timeout)
@@ -222,11 +210,11 @@ async fn partitions(
 /// sequence numbers make harmless.
 async fn assign_all(
     consumer: &StreamConsumer,
-    producer: &Arc<ThreadedProducer<DeliveryCounter>>,
+    prober: &Arc<BaseConsumer>,
     topic: &str,
 ) -> Result<Vec<i64>, KafkaError> {
-    let n = partitions(producer, topic, Duration::from_secs(5)).await?;
-    let highs = high_watermarks(producer, topic, n, Duration::from_secs(5)).await?;
+    let n = partitions(prober, topic, Duration::from_secs(5)).await?;
+    let highs = high_watermarks(prober, topic, n, Duration::from_secs(5)).await?;
     let mut tpl = TopicPartitionList::new();
     for (i, high) in highs.iter().enumerate() {
         tpl.add_partition_offset(topic, i as i32, Offset::Offset(*high))?;
@@ -238,12 +226,12 @@ async fn assign_all(
 /// The high watermark (next offset to be written) of partitions `0..n`, read
 /// on a blocking thread (librdkafka blocks).
 async fn high_watermarks(
-    producer: &Arc<ThreadedProducer<DeliveryCounter>>,
+    prober: &Arc<BaseConsumer>,
     topic: &str,
     n: usize,
     timeout: Duration,
 ) -> Result<Vec<i64>, KafkaError> {
-    let (p, t) = (producer.clone(), topic.to_string());
+    let (p, t) = (prober.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         (0..n as i32)
             .map(|i| p.client().fetch_watermarks(&t, i, timeout).map(|(_, high)| high))
@@ -259,22 +247,26 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 async fn consume(
     config: KafkaConfig,
     member: String,
-    producer: Arc<ThreadedProducer<DeliveryCounter>>,
     tx: mpsc::Sender<BusMessage>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let consumer: StreamConsumer = match config.consumer(&member).create() {
+    // The consumer, and a client of its own for metadata and watermarks: on
+    // the producer's or the consumer's connection those requests queued in
+    // front of produce and fetch requests, once a second.
+    let clients = config.consumer(&member).create().and_then(|c| Ok((c, config.prober(&member).create()?)));
+    let (consumer, prober): (StreamConsumer, BaseConsumer) = match clients {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "Kafka consumer could not be created; no remote events");
             return;
         }
     };
+    let prober = Arc::new(prober);
     // Assign (retrying while the broker or topic is not there yet). `next`:
     // per partition, the next offset this subscriber reads (for its lag).
-    let mut next = loop {
-        match assign_all(&consumer, &producer, &config.topic).await {
+    let next = loop {
+        match assign_all(&consumer, &prober, &config.topic).await {
             Ok(highs) => {
                 tracing::info!(topic = %config.topic, partitions = highs.len(), "consuming every partition");
                 break highs;
@@ -293,37 +285,19 @@ async fn consume(
         return;
     }
     stats.healthy.store(true, Ordering::Relaxed);
-    let mut degraded = false;
-    let mut probe = tokio::time::interval(PROBE_EVERY);
-    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let position =
+        Arc::new(Position { next: next.into_iter().map(AtomicI64::new).collect(), degraded: AtomicBool::new(false) });
+    // The probe's round trips run beside the consumer: they took up to
+    // hundreds of milliseconds under load, and events waited for them when
+    // they ran in this loop.
+    tokio::spawn(probe(config.clone(), prober, position.clone(), tx.clone(), stats.clone(), stop.clone()));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = probe.tick() => {
-                // Consumer errors do not always surface while a broker is away;
-                // a metadata round trip tells for sure.
-                let up = partitions(&producer, &config.topic, Duration::from_millis(800)).await.is_ok();
-                if up && degraded {
-                    tracing::info!("Kafka is back; resyncing from the store");
-                    if tx.send(BusMessage::Resync).await.is_err() {
-                        return;
-                    }
-                } else if !up && !degraded {
-                    tracing::warn!("Kafka does not answer; local counting goes on, events queue");
-                }
-                degraded = !up;
-                stats.healthy.store(up, Ordering::Relaxed);
-                if up {
-                    if let Ok(highs) = high_watermarks(&producer, &config.topic, next.len(), Duration::from_millis(800)).await {
-                        let lag: i64 = highs.iter().zip(&next).map(|(h, n)| (h - n).max(0)).sum();
-                        stats.consumer_lag.store(lag as u64, Ordering::Relaxed);
-                    }
-                }
-            }
             m = consumer.recv() => match m {
                 Ok(m) => {
-                    if let Some(n) = usize::try_from(m.partition()).ok().and_then(|p| next.get_mut(p)) {
-                        *n = m.offset() + 1;
+                    if let Some(n) = usize::try_from(m.partition()).ok().and_then(|p| position.next.get(p)) {
+                        n.store(m.offset() + 1, Ordering::Relaxed);
                     }
                     let Some(payload) = m.payload() else { continue };
                     match StatusEvent::from_slice(payload) {
@@ -338,12 +312,64 @@ async fn consume(
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "Kafka consumer error");
-                    degraded = true;
+                    position.degraded.store(true, Ordering::Relaxed);
                     stats.healthy.store(false, Ordering::Relaxed);
                     // Errors can come back to back while a broker is away; do not spin on them.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+        }
+    }
+}
+
+/// What a subscriber's consumer and its probe share.
+struct Position {
+    /// Per partition, the next offset the subscriber reads (for its lag).
+    next: Vec<AtomicI64>,
+    /// Set on consumer errors; cleared by the probe once the broker answers.
+    degraded: AtomicBool,
+}
+
+/// Checks every [`PROBE_EVERY`] that the broker answers (consumer errors do
+/// not always surface while a broker is away; a metadata round trip tells
+/// for sure), asks for a resync when it is back, and measures the lag.
+/// Ends with `stop` or when the subscriber is gone.
+async fn probe(
+    config: KafkaConfig,
+    prober: Arc<BaseConsumer>,
+    position: Arc<Position>,
+    tx: mpsc::Sender<BusMessage>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if tx.is_closed() {
+            return;
+        }
+        let up = partitions(&prober, &config.topic, Duration::from_millis(800)).await.is_ok();
+        let was_degraded = position.degraded.swap(!up, Ordering::Relaxed);
+        if up && was_degraded {
+            tracing::info!("Kafka is back; resyncing from the store");
+            if tx.send(BusMessage::Resync).await.is_err() {
+                return;
+            }
+        } else if !up && !was_degraded {
+            tracing::warn!("Kafka does not answer; local counting goes on, events queue");
+        }
+        stats.healthy.store(up, Ordering::Relaxed);
+        if up {
+            let n = position.next.len();
+            if let Ok(highs) = high_watermarks(&prober, &config.topic, n, Duration::from_millis(800)).await {
+                let lag: i64 =
+                    highs.iter().zip(&position.next).map(|(h, n)| (h - n.load(Ordering::Relaxed)).max(0)).sum();
+                stats.consumer_lag.store(lag as u64, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -139,6 +139,15 @@ impl KafkaConfig {
         c
     }
 
+    /// A client that only asks for metadata and watermarks (a subscriber's
+    /// health probe and lag), on connections of its own.
+    pub fn prober(&self, member: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("client.id", format!("{}-probe", self.client_id))
+            .set("group.id", format!("{}-{member}-probe", self.client_id));
+        c
+    }
+
     /// Consumer: assigned every partition by hand (no group rebalances), no
     /// offset commits (a node starts from the end and resyncs from the store).
     pub fn consumer(&self, member: &str) -> ClientConfig {
