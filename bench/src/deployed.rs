@@ -87,6 +87,11 @@ impl Cluster {
 
     /// A ws-node with the product's default timings; it and its WebSocket URL.
     fn node(&self, id: &str) -> anyhow::Result<(Proc, String)> {
+        self.node_with(id, &[])
+    }
+
+    /// A ws-node with the product's default timings and `env`.
+    fn node_with(&self, id: &str, env: &[(&str, String)]) -> anyhow::Result<(Proc, String)> {
         let port = free_port()?;
         let mut cmd = std::process::Command::new(binary("ws-node")?);
         common(&mut cmd, &self.redis, &self.kafka, &self.namespace);
@@ -94,8 +99,29 @@ impl Cluster {
             .env("PUBLIC_URL", format!("ws://127.0.0.1:{port}"))
             .env("NODE_ID", id)
             .env("JWT_SECRET", SECRET)
-            .env("MAX_PENDING_AUTH", "1000000");
+            .env("MAX_PENDING_AUTH", "1000000")
+            .envs(env.iter().map(|(k, v)| (k, v)));
         Ok((Proc(cmd.spawn()?), format!("ws://127.0.0.1:{port}/socket")))
+    }
+
+    /// Up to `n` of the users `prefix0`, `prefix1`, ... that the node at
+    /// `url` owns (searching the first 100,000).
+    async fn owned_by(&self, url: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        let api = CoordinatorClient::new(&self.public)?;
+        let mut names = Vec::with_capacity(n);
+        let mut next = 0usize;
+        while names.len() < n && next < 100_000 {
+            let batch: Vec<String> = (next..next + 1000).map(|i| format!("{prefix}{i}")).collect();
+            next += 1000;
+            let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let routes = api.routes(&refs).await?;
+            names.extend(
+                batch.into_iter().zip(routes).filter(|(_, r)| r.url.as_deref() == Some(url)).map(|(name, _)| name),
+            );
+        }
+        anyhow::ensure!(names.len() >= n, "the node at {url} owns fewer than {n} of 100,000 users");
+        names.truncate(n);
+        Ok(names)
     }
 
     /// Waits until every node in `urls` owns some of the first thousand
@@ -160,24 +186,7 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
     let (_b, b_url) = cluster.node("storm-b")?;
     let (_c, c_url) = cluster.node("storm-c")?;
     cluster.settled(&[&victim_url, &b_url, &c_url]).await?;
-    // Users the victim owns.
-    let api = CoordinatorClient::new(&cluster.public)?;
-    let mut names = Vec::with_capacity(users);
-    let mut next = 0usize;
-    while names.len() < users {
-        let batch: Vec<String> = (next..next + 1000).map(|i| format!("storm-{i}")).collect();
-        next += 1000;
-        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
-        let routes = api.routes(&refs).await?;
-        names.extend(
-            batch
-                .into_iter()
-                .zip(routes)
-                .filter(|(_, r)| r.url.as_deref() == Some(victim_url.as_str()))
-                .map(|(n, _)| n),
-        );
-    }
-    names.truncate(users);
+    let names = cluster.owned_by(&victim_url, "storm-", users).await?;
     // Each user's session runs on its own task and reports each welcome.
     let client = Client::new(&cluster.public)?;
     let debug = std::env::var_os("STORM_DEBUG").is_some();
@@ -387,4 +396,80 @@ pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
     );
     println!("  target: >= 20,000 changes/s");
     Ok(())
+}
+
+/// CPU time a process has used so far: the sum over its threads of the
+/// time on a CPU (`/proc/<pid>/task/*/schedstat`, nanoseconds). Threads that
+/// ended are not counted, so it is read while the process runs steadily.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+/// Fan-out through the deployed binaries on Redis and Kafka: the watcher on
+/// node A, the watched users on node B (the same driving as
+/// [`crate::fanout::drive`]), and node C, which serves nobody: the CPU it
+/// spends while the changes flow is what consuming the whole topic costs a
+/// node that needs none of it (`docs/architecture.md`, "Fast path").
+pub async fn fanout(config: crate::fanout::Config) -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let mut env = vec![("FAST_PATH", config.fast_path.to_string())];
+    if let Some(w) = config.outbound_window {
+        env.push(("OUTBOUND_WINDOW", w.to_string()));
+    }
+    let (_a, a_url) = cluster.node_with("fanout-a", &env)?;
+    let (_b, b_url) = cluster.node_with("fanout-b", &env)?;
+    let (c, c_url) = cluster.node_with("fanout-c", &env)?;
+    cluster.settled(&[&a_url, &b_url, &c_url]).await?;
+    let watcher = cluster.owned_by(&a_url, "fan-", 1).await?.remove(0);
+    let targets = cluster.owned_by(&b_url, "fan-", crate::fanout::TARGETS).await?;
+    let cast = crate::fanout::Cast {
+        watcher: (watcher, a_url.clone()),
+        targets: targets.into_iter().map(|u| (u, b_url.clone())).collect(),
+    };
+    let counters = ["presence_live_changes_total", "presence_events_received_total", "presence_events_stale_total"];
+    // Node C's CPU while nothing happens, then while the changes flow.
+    let quiet = Instant::now();
+    let c_cpu_quiet = cpu_time(c.0.id())?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c_cpu_quiet = cpu_time(c.0.id())? - c_cpu_quiet;
+    let quiet = quiet.elapsed();
+    let c_events_before = node_metrics(&c_url, &counters[1..2]).await?[0];
+    let c_cpu_before = cpu_time(c.0.id())?;
+    let wall = Instant::now();
+    crate::fanout::drive(&cast, &config, "ws-node binaries on Redis + Kafka").await?;
+    let c_cpu = cpu_time(c.0.id())? - c_cpu_before;
+    let wall = wall.elapsed();
+    let c_events = node_metrics(&c_url, &counters[1..2]).await?[0] - c_events_before;
+    let idle_share = c_cpu_quiet.as_secs_f64() / quiet.as_secs_f64();
+    let for_events = c_cpu.as_secs_f64() - idle_share * wall.as_secs_f64();
+    for (name, role, url) in [("fanout-a", "the watcher's node", &a_url), ("fanout-b", "the users' node", &b_url)] {
+        let m = node_metrics(url, &counters).await?;
+        println!(
+            "  {name}: {} changes heard on the live feed, {} events from the bus ({} already known); {role}",
+            m[0], m[1], m[2]
+        );
+    }
+    // Where a late status lost its time: before node A queued it (store
+    // write -> bus -> node A) or after (node A -> the watcher's socket).
+    let le = |b: &str| format!("presence_fanout_latency_seconds_bucket{{le=\"{b}\"}}");
+    let names = [le("0.01"), le("0.05"), "presence_fanout_latency_seconds_count".to_string()];
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let h = node_metrics(&a_url, &refs).await?;
+    println!(
+        "  fanout-a queued {} statuses for its watcher: {} within 10 ms of the store's write, {} within 50 ms",
+        h[2], h[0], h[1]
+    );
+    println!(
+        "  fanout-c (serves nobody): {:.1}% of a core with no traffic; {c_events} events consumed from the bus, {:.0} ms of CPU in {:.1} s: {:.1} us per event above the quiet level",
+        idle_share * 100.0,
+        c_cpu.as_secs_f64() * 1000.0,
+        wall.as_secs_f64(),
+        if c_events > 0.0 { for_events.max(0.0) * 1e6 / c_events } else { 0.0 }
+    );
+    crate::fanout::floors(&config, Some(&cluster.redis), Some(&cluster.kafka)).await
 }

@@ -14,10 +14,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use presence::cluster::{Cluster, ClusterConfig};
-use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
-use presence_model::api::PresenceView;
+use presence_client::{Connection, Frame, ServerMessage, TokenPlacement, UserId};
 
 mod deployed;
+mod fanout;
 mod floors;
 mod heap;
 mod hot_user;
@@ -86,6 +86,12 @@ enum What {
         /// Without the fast path: status crosses nodes by the bus alone.
         #[arg(long)]
         no_fast_path: bool,
+        /// Through the `coordinator` and `ws-node` binaries as deployed (on
+        /// REDIS_URL and KAFKA_BROKERS; `cargo build --release --bins`
+        /// first), with a third node that serves nobody, for what consuming
+        /// the whole topic costs it.
+        #[arg(long)]
+        binaries: bool,
         /// Redis to run on (else the embedded store).
         #[arg(long, env = "REDIS_URL")]
         redis_url: Option<String>,
@@ -170,9 +176,13 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::Idle { count, binaries: false } => idle(count).await,
         What::Idle { count, binaries: true } => deployed::idle(count).await,
         What::ConnectRate { count, concurrency } => connect_rate(count, concurrency).await,
-        What::Fanout { rate, seconds, outbound_window, no_fast_path, redis_url, kafka_brokers } => {
-            let config = FanoutConfig { rate, seconds, outbound_window, fast_path: !no_fast_path };
-            fanout(config, redis_url.as_deref(), kafka_brokers.as_deref()).await
+        What::Fanout { rate, seconds, outbound_window, no_fast_path, binaries, redis_url, kafka_brokers } => {
+            let config = fanout::Config { rate, seconds, outbound_window, fast_path: !no_fast_path };
+            if binaries {
+                deployed::fanout(config).await
+            } else {
+                fanout::in_process(config, redis_url.as_deref(), kafka_brokers.as_deref()).await
+            }
         }
         What::Watchers { sizes } => watchers(&sizes),
         What::HotUser { watchers } => hot_user::run(watchers).await,
@@ -476,150 +486,6 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// What the fan-out benchmark is asked to do.
-struct FanoutConfig {
-    rate: u32,
-    seconds: u32,
-    outbound_window: Option<u32>,
-    fast_path: bool,
-}
-
-async fn fanout(f: FanoutConfig, redis_url: Option<&str>, kafka_brokers: Option<&str>) -> anyhow::Result<()> {
-    let FanoutConfig { rate, seconds, outbound_window, fast_path } = f;
-    // Production timings, free ports.
-    let mut config = bench_config(2);
-    config.coordinator_addr = "127.0.0.1:0".parse()?;
-    config.admin_addr = "127.0.0.1:0".parse()?;
-    config.first_node_port = 0;
-    if let Some(w) = outbound_window {
-        config.node.outbound_window = w;
-    }
-    config.node.fast_path = fast_path;
-    // A namespace of this run's own on shared servers.
-    let run = format!("bench-{}", std::process::id());
-    let backends = presence_runtime::backends::connect(&presence_runtime::backends::BackendConfig {
-        redis_url: redis_url.map(String::from),
-        redis_prefix: Some(run.clone()),
-        kafka_brokers: kafka_brokers.map(String::from),
-        kafka_topic: Some(run.clone()),
-        client_id: run.clone(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!(e))?;
-    let (store_kind, bus_kind) = (backends.store.kind(), backends.bus.kind());
-    let cluster = Cluster::start_on(config, backends.store, backends.bus).await?;
-    cluster.wait_settled(Duration::from_secs(30)).await?;
-    let table = cluster.coordinator.table.get().context("table")?;
-    let (a, b) = (&table.nodes[0].id, &table.nodes[1].id);
-    // The subscriber on node A; 50 users on node B that come and go.
-    let on = |node: &str, n: usize| -> Vec<String> {
-        (0..).map(|i| format!("u{i}")).filter(|u| table.owner(u).is_some_and(|o| o.id == node)).take(n).collect()
-    };
-    let watcher = on(a, 1).remove(0);
-    let targets = on(b, 50);
-    let url_of = |u: &str| table.owner(u).map(|o| o.url.clone()).unwrap_or_default();
-    let token = |u: &str| presence_model::auth::mint_hs256(SECRET.as_bytes(), u, 3600);
-    let mut w = Connection::connect(&url_of(&watcher), TokenPlacement::Header(token(&watcher))).await?;
-    let ids: Vec<UserId> = targets.iter().map(|u| UserId::parse(u)).collect::<Result<_, _>>()?;
-    w.send(&ClientMessage::Subscribe { user_ids: ids }).await?;
-    // Statuses arrive on their own task; each records when it was seen.
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64, Instant)>();
-    tokio::spawn(async move {
-        while let Some(f) = w.next().await {
-            if let Frame::Message(ServerMessage::Status(PresenceView { user_id, connections, .. })) = f {
-                let _ = seen_tx.send((user_id.to_string(), connections, Instant::now()));
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while seen_rx.try_recv().is_ok() {}
-    // Each change runs on its own task so that the rate holds while connects
-    // are in flight; a user's changes are 50 ms apart, so they never overlap.
-    let conns: std::sync::Arc<Vec<tokio::sync::Mutex<Option<Connection>>>> =
-        std::sync::Arc::new((0..targets.len()).map(|_| tokio::sync::Mutex::new(None)).collect());
-    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64, Instant)>::new()));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    let total = (rate * seconds) as usize;
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        tick.tick().await;
-        let k = i % targets.len();
-        let (user, url, tok) = (targets[k].clone(), url_of(&targets[k]), token(&targets[k]));
-        let (conns, sent) = (conns.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut slot = conns[k].lock().await;
-            let started = Instant::now();
-            match slot.take() {
-                None => {
-                    if let Ok(c) = Connection::connect(&url, TokenPlacement::Header(tok)).await {
-                        *slot = Some(c);
-                        sent.lock().unwrap_or_else(|p| p.into_inner()).push((user, 1, started));
-                    }
-                }
-                Some(c) => {
-                    sent.lock().unwrap_or_else(|p| p.into_inner()).push((user, 0, started));
-                    c.close().await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let mut sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|p| p.into_inner()));
-    sent.sort_by_key(|(_, _, t)| *t);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut seen: Vec<(String, u64, Instant)> = Vec::new();
-    while let Ok(s) = seen_rx.try_recv() {
-        seen.push(s);
-    }
-    // Match each change with the first matching status seen after it.
-    let mut on = Vec::new();
-    let mut off = Vec::new();
-    let mut cursor: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (user, n, t0) in &sent {
-        let from = cursor.get(user).copied().unwrap_or(0);
-        if let Some(pos) = seen.iter().skip(from).position(|(u, c, t)| u == user && c == n && t >= t0) {
-            let idx = from + pos;
-            if *n == 0 {
-                off.push(seen[idx].2 - *t0)
-            } else {
-                on.push(seen[idx].2 - *t0)
-            }
-            cursor.insert(user.clone(), idx + 1);
-        }
-    }
-    println!(
-        "status fan-out to a subscriber on another node, store {store_kind}, bus {bus_kind}, fast path {}, {rate} changes/s for {seconds} s:",
-        if fast_path { "on" } else { "off" }
-    );
-    println!("  {} of {} changes seen", on.len() + off.len(), sent.len());
-    let mut all: Vec<Duration> = on.iter().chain(&off).copied().collect();
-    floors::report("goes offline (from the client's close)", &mut off, sent.iter().filter(|s| s.1 == 0).count());
-    floors::report("comes online (from the client's connect call)", &mut on, sent.iter().filter(|s| s.1 == 1).count());
-    floors::report("both", &mut all, sent.len());
-    println!("  target: p50 <= 3 ms, p99 <= 10 ms, nothing missed");
-    for n in &cluster.nodes {
-        let m = &n.node.metrics;
-        println!(
-            "  {}: {} changes heard on the live feed, {} events from the bus ({} already known)",
-            n.node.config.node_id,
-            m.live_changes.get(),
-            m.events_received.get(),
-            m.events_stale.get()
-        );
-    }
-    cluster.shutdown().await;
-    if let Some(url) = redis_url {
-        floors::redis(url.split(',').next().unwrap_or(url), rate, seconds).await?;
-    }
-    if let Some(brokers) = kafka_brokers {
-        floors::kafka(brokers, 16, rate, seconds).await?;
-    }
-    Ok(())
-}
-
 async fn serve_hello(addr: SocketAddr) -> anyhow::Result<()> {
     let listener = presence_http::bind(addr)?;
     loop {
@@ -640,7 +506,7 @@ async fn serve_hello(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// The demo's settings, with the connection caps raised: the load generator
 /// opens every connection from one address.
-fn bench_config(nodes: usize) -> ClusterConfig {
+pub(crate) fn bench_config(nodes: usize) -> ClusterConfig {
     let mut config = ClusterConfig::demo(nodes, SECRET);
     for limits in [&mut config.node.http, &mut config.coordinator.http] {
         limits.max_connections = 1_000_000;

@@ -88,6 +88,21 @@ fn fanout_on_redis_and_kafka_beside_the_floors() {
 }
 
 #[test]
+fn fanout_through_the_deployed_binaries() {
+    let env = backends();
+    let out = bench(&["fanout", "--binaries", "--rate", "40", "--seconds", "1"], &env);
+    nothing_missed(&out);
+    assert!(out.contains("ws-node binaries on Redis + Kafka, fast path on"), "{out}");
+    assert!(heard_live(&out).first().is_some_and(|&n| n > 0), "the watcher's node heard the fast path:\n{out}");
+    assert!(out.contains("fanout-c (serves nobody)") && out.contains("us per event"), "{out}");
+    assert!(out.contains("bare Redis PUBLISH -> SUBSCRIBE") && out.contains("bare librdkafka"), "{out}");
+    let out = bench(&["fanout", "--binaries", "--rate", "40", "--seconds", "1", "--no-fast-path"], &env);
+    nothing_missed(&out);
+    let heard = heard_live(&out);
+    assert!(heard.len() == 2 && heard.iter().all(|&n| n == 0), "no node followed anyone:\n{out}");
+}
+
+#[test]
 fn redis_memory_per_user() {
     let url = std::env::var("REDIS_URL").expect("REDIS_URL is not set: run the tests through ./scripts/test");
     let out = bench(&["redis-memory", "--users", "2000"], &[("REDIS_URL", url)]);
