@@ -33,7 +33,18 @@ pub struct BackendArgs {
     /// Partitions of the topic when it is created at start.
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = KafkaConfig::new("").partitions.to_string())]
     pub kafka_partitions: String,
+    /// How long a fetch of the event consumer may wait at the broker for
+    /// new events, ms (`fetch.wait.max.ms`, 1-1000). Kafka and Redpanda
+    /// answer a waiting fetch as soon as events arrive, so a long wait only
+    /// saves idle fetches; a broker that holds every fetch for the whole
+    /// wait (tansu) adds it to every event's latency.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = KafkaConfig::new("").fetch_wait.as_millis().to_string())]
+    pub kafka_fetch_wait_ms: String,
 }
+
+/// The longest fetch wait allowed: a consumer that waits longer could not
+/// see a broker's answer in time for its one-second health probe.
+const MAX_FETCH_WAIT_MS: u64 = 1000;
 
 impl BackendArgs {
     /// Checks the flags (recording problems in `p`); `client_id` names this process to Kafka.
@@ -61,6 +72,14 @@ impl BackendArgs {
             Security::default()
         });
         let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
+        let name = "--kafka-fetch-wait-ms/KAFKA_FETCH_WAIT_MS";
+        let fetch_wait = p.parse_min(name, &self.kafka_fetch_wait_ms, 1u64).filter(|&ms| {
+            let ok = ms <= MAX_FETCH_WAIT_MS;
+            if !ok {
+                p.add(name, format!("{ms} is above the maximum {MAX_FETCH_WAIT_MS}"));
+            }
+            ok
+        });
         BackendConfig {
             redis_url: redis.map(str::to_string),
             redis_prefix: Some(self.redis_prefix.clone()),
@@ -68,6 +87,7 @@ impl BackendArgs {
             kafka_brokers: kafka.map(str::to_string),
             kafka_topic: Some(self.kafka_topic.clone()),
             kafka_partitions: partitions,
+            kafka_fetch_wait: fetch_wait.map(std::time::Duration::from_millis),
             kafka_security,
             client_id: client_id.to_string(),
         }
@@ -114,6 +134,8 @@ pub struct BackendConfig {
     pub kafka_topic: Option<String>,
     /// Partitions when the topic is created.
     pub kafka_partitions: Option<i32>,
+    /// The consumer's fetch wait (`None`: the default).
+    pub kafka_fetch_wait: Option<std::time::Duration>,
     /// TLS and SASL settings for Kafka (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`).
     pub kafka_security: Security,
     /// Client ID (node or coordinator ID) for Kafka.
@@ -157,6 +179,9 @@ pub async fn connect(config: &BackendConfig) -> Result<Backends, String> {
             if let Some(p) = config.kafka_partitions {
                 kc.partitions = p;
             }
+            if let Some(w) = config.kafka_fetch_wait {
+                kc.fetch_wait = w;
+            }
             kc.client_id = format!("presence-{}", config.client_id);
             kc.security = config.kafka_security.clone();
             Arc::new(KafkaBus::connect(kc).await.map_err(|e| format!("Kafka at {brokers}: {e}"))?)
@@ -179,7 +204,37 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        backends: BackendArgs,
+    }
+
+    fn check(args: &[&str]) -> (BackendConfig, Result<(), String>) {
+        let a =
+            Args::parse_from(["test", "--redis-url", "redis://r:6379", "--kafka-brokers", "k:9092"].iter().chain(args));
+        let mut p = crate::config::Problems::new();
+        let c = a.backends.check(&mut p, "n");
+        (c, p.finish().map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn the_fetch_wait_is_read_and_bounded() {
+        let (c, ok) = check(&[]);
+        assert!(ok.is_ok());
+        assert_eq!(c.kafka_fetch_wait, Some(KafkaConfig::new("").fetch_wait), "the default");
+        let (c, ok) = check(&["--kafka-fetch-wait-ms", "250"]);
+        assert!(ok.is_ok());
+        assert_eq!(c.kafka_fetch_wait, Some(std::time::Duration::from_millis(250)));
+        for bad in ["0", "1001", "soon"] {
+            let (_, ok) = check(&["--kafka-fetch-wait-ms", bad]);
+            assert!(ok.is_err_and(|e| e.contains("KAFKA_FETCH_WAIT_MS")), "{bad} is refused");
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {
