@@ -137,5 +137,5 @@ fn reconnect_storm_of_the_deployed_binaries() {
 fn churn_into_the_deployed_binary() {
     let out = bench(&["churn", "--seconds", "1", "--workers", "8"], &backends());
     assert!(out.contains("changes/s") && out.contains("every count exact"), "{out}");
-    assert!(out.contains("batches (pipelined round trips)"), "{out}");
+    assert!(out.contains("batches (pipelined round trips)") && out.contains("us per change"), "{out}");
 }
