@@ -501,6 +501,11 @@ impl MemoryBus {
     pub fn new(capacity: usize) -> Self {
         Self { tx: broadcast::channel(capacity.max(1)).0, published: Arc::default(), received: Arc::default() }
     }
+
+    /// Subscriptions open now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
 }
 
 #[async_trait]

@@ -6,10 +6,12 @@
 //! * `rebalance` (as it happens): epoch, vnodes moved, gains and losses per node;
 //! * `presence` (as it happens): every event from the bus, with its devices, idleness and status.
 //!
-//! One bus subscription and one table watcher per coordinator feed a bounded
-//! broadcast channel; each browser has its own bounded queue. A browser that
-//! falls behind loses feed entries (counted in
-//! `presence_dashboard_dropped_total`), never snapshots for long.
+//! One table watcher per coordinator, and one bus subscription while at
+//! least one page is open, feed a bounded broadcast channel; each browser
+//! has its own bounded queue. A browser that falls behind loses feed entries
+//! (counted in `presence_dashboard_dropped_total`), never snapshots for long.
+//! A coordinator nobody watches does not read the bus: every reader of the
+//! whole topic costs the broker (`docs/architecture.md`, "Fast path").
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,10 +19,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use presence_backend::BusMessage;
+use presence_backend::{BusMessage, BusSubscription};
 use presence_http::{sse, sse_event, Response};
 use presence_model::RoutingTable;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -39,17 +41,23 @@ const CLIENT_QUEUE: usize = 256;
 /// Recent rebalances replayed to a newly opened page.
 const RECENT: usize = 20;
 
+/// How often the feed looks whether pages are open, to open or drop its
+/// bus subscription (a page opening wakes it at once).
+const VIEWERS_EVERY: Duration = Duration::from_secs(1);
+
 /// The dashboard's shared state.
 pub struct Dashboard {
     /// Live feed to every open page.
     feed: broadcast::Sender<Bytes>,
     /// The last rebalances, for pages opened later.
     recent: Mutex<VecDeque<serde_json::Value>>,
+    /// Woken when a page opens.
+    opened: Notify,
 }
 
 impl Default for Dashboard {
     fn default() -> Self {
-        Self { feed: broadcast::channel(1024).0, recent: Mutex::new(VecDeque::new()) }
+        Self { feed: broadcast::channel(1024).0, recent: Mutex::new(VecDeque::new()), opened: Notify::new() }
     }
 }
 
@@ -77,16 +85,33 @@ fn diff(old: &RoutingTable, new: &RoutingTable) -> serde_json::Value {
     serde_json::json!({ "epoch": new.epoch, "moved": moved, "delta": delta, "ts": presence_model::time::now_ms() })
 }
 
-/// Feeds the broadcast from the bus and the table until `stop`.
+/// Feeds the broadcast from the table, and from the bus while a page is
+/// open, until `stop`.
 pub async fn run(coord: Arc<Coordinator>, stop: CancellationToken) {
-    let mut events = coord.bus.subscribe();
+    let mut events: Option<Box<dyn BusSubscription>> = None;
     let mut tables = coord.table.subscribe();
     let mut last: Option<Arc<RoutingTable>> = tables.borrow_and_update().clone();
+    let mut look = tokio::time::interval(VIEWERS_EVERY);
+    look.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
+        let watched = coord.dashboard.feed.receiver_count() > 0;
+        if watched && events.is_none() {
+            events = Some(coord.bus.subscribe());
+        } else if !watched && events.is_some() {
+            events = None;
+        }
+        let next_event = async {
+            match events.as_mut() {
+                Some(e) => e.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            m = events.next() => match m {
-                // Nobody watching: skip the JSON (under load that is most of the cost here).
+            _ = coord.dashboard.opened.notified() => {}
+            _ = look.tick() => {}
+            m = next_event => match m {
+                // The last page just closed: skip the JSON.
                 Some(BusMessage::Event(_)) if coord.dashboard.feed.receiver_count() == 0 => {}
                 Some(BusMessage::Event(e)) => {
                     let data = serde_json::json!({
@@ -129,6 +154,7 @@ pub async fn run(coord: Arc<Coordinator>, stop: CancellationToken) {
 pub fn stream(coord: Arc<Coordinator>) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_QUEUE);
     let mut feed = coord.dashboard.feed.subscribe();
+    coord.dashboard.opened.notify_one();
     coord.metrics.dashboard_clients.inc();
     tokio::spawn(async move {
         let mut first = vec![sse_event("snapshot", &views::snapshot(&coord))];
@@ -170,7 +196,53 @@ pub fn stream(coord: Arc<Coordinator>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+    use presence_backend::{Bus, MemoryBus, MemoryStore};
+
     use super::*;
+    use crate::CoordinatorConfig;
+
+    /// Waits up to `within` for `what` to hold.
+    async fn until(within: Duration, what: impl Fn() -> bool) -> bool {
+        let end = tokio::time::Instant::now() + within;
+        while !what() {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn the_bus_is_read_only_while_a_page_is_open() {
+        let bus = Arc::new(MemoryBus::default());
+        let coord = crate::Coordinator::new(CoordinatorConfig::default(), Arc::new(MemoryStore::new()), bus.clone());
+        let stop = CancellationToken::new();
+        tokio::spawn(run(coord.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(bus.subscribers(), 0, "nobody watches: no reader of the bus");
+        // A page opens: the subscription follows at once (not at the next look).
+        let page = stream(coord.clone());
+        assert!(until(Duration::from_millis(300), || bus.subscribers() == 1).await, "a page opened: one reader");
+        let event = presence_model::StatusEvent::from_slice(
+            br#"{"v":1,"type":"join","userId":"alice","nodeId":"n1","connectionId":null,"connections":1,"seq":1,"epoch":1,"ts":1}"#,
+        )
+        .expect("event");
+        bus.publish(event).await.expect("published");
+        let mut body = page.into_body();
+        let mut seen = String::new();
+        while !seen.contains("event: presence") {
+            let frame = tokio::time::timeout(Duration::from_secs(2), body.frame()).await;
+            let data = frame.expect("the event reaches the page").expect("open").expect("frame");
+            seen.push_str(&String::from_utf8_lossy(data.data_ref().expect("data")));
+        }
+        assert!(seen.contains("\"userId\":\"alice\""), "{seen}");
+        // The page closes: the reader goes within a look.
+        drop(body);
+        assert!(until(VIEWERS_EVERY * 3, || bus.subscribers() == 0).await, "the last page closed: no reader");
+        stop.cancel();
+    }
 
     #[test]
     fn diff_counts_moves_and_deltas() {

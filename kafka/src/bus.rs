@@ -10,6 +10,7 @@
 //! from its end, feeding a bounded channel (when full, consumption waits:
 //! Kafka keeps the events). After the assignment, and whenever the broker
 //! comes back after errors, the subscriber gets [`BusMessage::Resync`].
+//! Dropping the subscription stops its consumer.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -294,6 +295,8 @@ async fn consume(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            // The subscription was dropped: stop reading the topic for it.
+            _ = tx.closed() => return,
             m = consumer.recv() => match m {
                 Ok(m) => {
                     if let Some(n) = usize::try_from(m.partition()).ok().and_then(|p| position.next.get(p)) {
