@@ -194,7 +194,7 @@ pub async fn storm(users: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let opens = futures_util::stream::iter(names.iter().enumerate()).map(|(i, name)| {
         let (client, tx) = (client.clone(), welcomes_tx.clone());
-        let token = presence_model::auth::mint_hs256(SECRET.as_bytes(), name, 3600);
+        let token = crate::token(name);
         async move {
             let mut session = client.connect(name, ConnectOptions::new(TokenSource::fixed(token))).await?;
             tokio::spawn(async move {
@@ -334,8 +334,7 @@ pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
     let names: Vec<String> = (0..workers * USERS_PER_WORKER)
         .map(|i| format!("churn-{}-{}", i / USERS_PER_WORKER, i % USERS_PER_WORKER))
         .collect();
-    let tokens: Vec<String> =
-        names.iter().map(|n| presence_model::auth::mint_hs256(SECRET.as_bytes(), n, 3600)).collect();
+    let tokens: Vec<String> = names.iter().map(|n| crate::token(n)).collect();
     let counters = ["presence_store_writes_total", "presence_store_updates_total", "presence_connects_total"];
     let before = node_metrics(&url, &counters).await?;
     let commands_before = redis_commands(&cluster.redis).await?;

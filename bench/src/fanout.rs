@@ -14,7 +14,7 @@ use presence::cluster::Cluster;
 use presence_client::{ClientMessage, Connection, Frame, ServerMessage, TokenPlacement, UserId};
 use presence_model::api::PresenceView;
 
-use crate::{floors, SECRET};
+use crate::{floors, token};
 
 /// What the fan-out benchmark is asked to do.
 pub struct Config {
@@ -39,10 +39,6 @@ pub struct Cast {
 /// How many users the watcher follows. A user's changes are `50 / rate`
 /// apart, so at 1,000 changes/s a user's connect and close never overlap.
 pub const TARGETS: usize = 50;
-
-fn token(user: &str) -> String {
-    presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
-}
 
 /// Drives the changes of `config` through `cast` and prints the latencies
 /// (`label` names the setup). Returns whether nothing was missed.

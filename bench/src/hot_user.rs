@@ -13,12 +13,8 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use presence_client::{ClientMessage, Connection, CoordinatorClient, Frame, ServerMessage, UserId};
 
-use crate::{child, percentile, welcomed, SECRET};
+use crate::{child, percentile, token, welcomed};
 use presence_model::api::PresenceView;
-
-fn token(user: &str) -> String {
-    presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
-}
 
 /// Waits for a `status` with `online` (batches come unfolded), then reports when it came.
 async fn until_status(c: &mut Connection, online: bool) -> Option<Instant> {

@@ -26,6 +26,11 @@ mod redis_memory;
 /// The JWT secret of every benchmark (the binaries ask for at least 32 bytes).
 const SECRET: &str = "presence-bench-secret-0123456789abcdef";
 
+/// A token for `user`, valid for an hour, signed with [`SECRET`].
+fn token(user: &str) -> String {
+    presence_model::auth::mint_hs256(SECRET.as_bytes(), user, 3600)
+}
+
 #[global_allocator]
 static ALLOCATOR: heap::Counting = heap::Counting;
 
@@ -348,9 +353,7 @@ async fn welcomed(url: &str, token: String) -> anyhow::Result<Connection> {
 /// each authenticates as its own user and waits for `welcome`.
 async fn open_many(url: &str, count: usize, auth: bool, concurrency: usize) -> anyhow::Result<Vec<Connection>> {
     // Tokens are minted before the clock matters: signing is the load generator's cost, not the node's.
-    let tokens: Vec<Option<String>> = (0..count)
-        .map(|i| auth.then(|| presence_model::auth::mint_hs256(SECRET.as_bytes(), &format!("user-{i}"), 3600)))
-        .collect();
+    let tokens: Vec<Option<String>> = (0..count).map(|i| auth.then(|| token(&format!("user-{i}")))).collect();
     let opens = futures_util::stream::iter(tokens).map(|token| {
         let url = url.to_string();
         async move {
@@ -445,8 +448,7 @@ async fn connect_rate(count: usize, concurrency: usize) -> anyhow::Result<()> {
     let warm = open_many(&url, 500, true, 64).await?;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let tokens: Vec<String> =
-        (0..count).map(|i| presence_model::auth::mint_hs256(SECRET.as_bytes(), &format!("rate-{i}"), 3600)).collect();
+    let tokens: Vec<String> = (0..count).map(|i| token(&format!("rate-{i}"))).collect();
     let start = Instant::now();
     let opens = futures_util::stream::iter(tokens).map(|token| {
         let url = url.clone();
