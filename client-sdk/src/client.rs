@@ -260,6 +260,8 @@ impl Client {
             refresh_at: None,
             idle: false,
             unsent: None,
+            node: None,
+            unreachable: None,
         };
         if let Some(d) = &driver.options.device {
             presence_model::Device::parse(d)
@@ -383,6 +385,12 @@ struct Driver {
     idle: bool,
     /// A status set while disconnected: sent on the next connection.
     unsent: Option<ClientMessage>,
+    /// The node of the connection in use (from `welcome`), or the one the
+    /// coordinator last routed to while connecting.
+    node: Option<String>,
+    /// A node the session lost or could not reach since its last `welcome`:
+    /// named to the coordinator on the next route ([`CoordinatorClient::route_after_losing`]).
+    unreachable: Option<String>,
 }
 
 impl Driver {
@@ -398,7 +406,11 @@ impl Driver {
         }
         let token = self.token.clone().unwrap_or_default();
         let url = match url {
-            Some(u) => self.vet(u).await?,
+            Some(u) => {
+                // A URL from a redirect names no node (unless the coordinator is asked after all).
+                self.node = None;
+                self.vet(u).await?
+            }
             None => self.route().await?,
         };
         self.current_url = Some(url.clone());
@@ -414,8 +426,16 @@ impl Driver {
         let mut conn = match connecting.await {
             Ok(Ok(c)) => c,
             Ok(Err(Error::Api { code, .. })) if code == code::TOKEN_EXPIRED => return Err(Failure::Expired),
-            Ok(Err(e)) => return Err(Failure::Other(e.to_string())),
-            Err(_) => return Err(Failure::Other(format!("{url} did not answer the upgrade in time"))),
+            // The node answered: it is up (full, refusing the token, ...).
+            Ok(Err(e @ Error::Api { .. })) => return Err(Failure::Other(e.to_string())),
+            Ok(Err(e)) => {
+                self.unreachable = self.node.clone();
+                return Err(Failure::Other(e.to_string()));
+            }
+            Err(_) => {
+                self.unreachable = self.node.clone();
+                return Err(Failure::Other(format!("{url} did not answer the upgrade in time")));
+            }
         };
         let mut redirect = None;
         let mut expired_said = false;
@@ -430,6 +450,7 @@ impl Driver {
                     ..
                 }))) => {
                     self.expires_at(token_expires_at);
+                    (self.node, self.unreachable) = (Some(node_id.clone()), None);
                     if !self.emit(Event::Welcome { node_id, connection_id, epoch, connections }).await {
                         return Err(Failure::Other("session dropped".into()));
                     }
@@ -471,8 +492,14 @@ impl Driver {
 
     /// The user's route from the coordinator (remembered as trusted).
     async fn route(&mut self) -> Result<String, Failure> {
-        let url = self.api.route(self.user.as_str()).await.map_err(|e| Failure::Other(e.to_string()))?.url;
-        let url = url.ok_or_else(|| Failure::Other("no node owns the user's vnode".into()))?;
+        let user = self.user.as_str();
+        let route = match &self.unreachable {
+            Some(node) => self.api.route_after_losing(user, node).await,
+            None => self.api.route(user).await,
+        };
+        let route = route.map_err(|e| Failure::Other(e.to_string()))?;
+        self.node = route.node_id;
+        let url = route.url.ok_or_else(|| Failure::Other("no node owns the user's vnode".into()))?;
         self.trusted.insert(url.clone());
         Ok(url)
     }
@@ -674,8 +701,10 @@ impl Driver {
         });
     }
 
-    /// After a drop: announce it, wait the first backoff step, then establish again.
+    /// After a drop: announce it, wait the first backoff step, then establish
+    /// again, naming the lost node to the coordinator.
     async fn reconnect_after(&mut self, cause: String) -> Option<Connection> {
+        self.unreachable = self.node.clone();
         if !self.back_off(cause, 0, self.options.backoff.delay(1)).await {
             return None;
         }

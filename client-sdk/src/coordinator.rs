@@ -84,6 +84,16 @@ impl CoordinatorClient {
         self.get(&format!("/route?userId={}", encode(user.as_str()))).await
     }
 
+    /// Where `user_id` should connect now that node `unreachable` could not
+    /// be reached (`GET /route?unreachable=`): when that node still owns the
+    /// user and its address refuses connections, the coordinator answers once
+    /// the user's vnode has moved (within a few seconds), so a reconnecting
+    /// client needs no guesswork about when to come back.
+    pub async fn route_after_losing(&self, user_id: &str, unreachable: &str) -> Result<Route, Error> {
+        let user = UserId::parse(user_id)?;
+        self.get(&format!("/route?userId={}&unreachable={}", encode(user.as_str()), encode(unreachable))).await
+    }
+
     /// Routes for up to 1000 users (`POST /route`).
     pub async fn routes(&self, user_ids: &[&str]) -> Result<Vec<Route>, Error> {
         #[derive(serde::Deserialize)]

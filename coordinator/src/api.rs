@@ -260,18 +260,58 @@ where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let unreachable = match req.method() {
+        &Method::GET => query_param(req.uri().query(), "unreachable")?,
+        _ => None,
+    };
     let (users, single) = users_of(req).await?;
-    let table = coord.table.get().ok_or(ApiError::NoTable)?;
-    let stale = coord.table.is_stale();
+    let mut table = coord.table.get().ok_or(ApiError::NoTable)?;
     if single {
-        let r = route_of(&table, &users[0], stale);
+        if let Some(gone) = unreachable {
+            table = after_report(coord, table, users[0].vnode(), &gone).await;
+        }
+        let r = route_of(&table, &users[0], coord.table.is_stale());
         if r.node_id.is_none() {
             return Err(ApiError::NoOwner);
         }
         return Ok(json(StatusCode::OK, &r));
     }
+    let stale = coord.table.is_stale();
     let routes: Vec<RouteAnswer<'_>> = users.iter().map(|u| route_of(&table, u, stale)).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "routes": routes })))
+}
+
+/// The table to answer a route from when the client reports that node
+/// `gone` was unreachable (`crate::suspects`): the current one, unless
+/// `gone` owns the user's vnode and its address refuses connections; then
+/// the first table that gives the vnode another owner, waited for (at most
+/// `ROUTE_WAIT_MS`, among at most `ROUTE_WAITERS` requests) and answered a
+/// little later, so that released clients spread out.
+async fn after_report(coord: &Coordinator, table: Arc<RoutingTable>, vnode: u16, gone: &str) -> Arc<RoutingTable> {
+    let reports = &coord.metrics.route_reports;
+    let owned_by_gone = |t: &RoutingTable| t.owner_of_vnode(vnode).is_some_and(|n| n.id == gone);
+    let Some(url) = table.owner_of_vnode(vnode).filter(|n| n.id == gone).map(|n| n.url.clone()) else {
+        reports.moved.inc();
+        return table;
+    };
+    if coord.config.route_wait.is_zero() || !coord.suspects.refuses(gone, &url).await {
+        reports.alive.inc();
+        return table;
+    }
+    let Some(_slot) = coord.suspects.wait_slot() else {
+        reports.full.inc();
+        return table;
+    };
+    let mut tables = coord.table.subscribe();
+    let moved = tables.wait_for(|t| t.as_deref().is_some_and(|t| !owned_by_gone(t)));
+    let moved = tokio::time::timeout(coord.config.route_wait, moved).await.is_ok_and(|r| r.is_ok());
+    if !moved {
+        reports.timed_out.inc();
+        return table;
+    }
+    tokio::time::sleep(coord.suspects.release_delay()).await;
+    reports.released.inc();
+    coord.table.get().unwrap_or(table)
 }
 
 async fn presence<B>(coord: &Coordinator, req: http::Request<B>) -> ApiResult
@@ -343,6 +383,7 @@ mod tests {
     use presence_backend::{MemoryBus, MemoryStore, Store};
 
     use crate::CoordinatorConfig;
+    use std::time::Duration;
 
     fn coordinator() -> (Arc<Coordinator>, MemoryStore) {
         let store = MemoryStore::new();
@@ -360,6 +401,61 @@ mod tests {
         let status = res.status();
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A table giving every vnode to `owner` at `url`.
+    fn all_to(epoch: u64, owner: &str, url: &str) -> RoutingTable {
+        let owners = vec![Some(owner); presence_model::VNODES];
+        RoutingTable::from_owners(epoch, &owners, |_| url.to_string())
+    }
+
+    /// A client that lost its node names it: a node whose address refuses
+    /// connections holds the answer until the vnode moves; a node that
+    /// listens, or one that no longer owns the user, is answered at once.
+    #[tokio::test]
+    async fn a_route_that_reports_a_refusing_node_waits_for_the_move() {
+        let (c, _) = coordinator();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (dead_url, live_url) =
+            (format!("ws://127.0.0.1:{closed}/socket"), format!("ws://{}/socket", listening.local_addr().expect("a")));
+        c.table.offer(all_to(1, "dead", &dead_url));
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { call(&c, Method::GET, "/route?userId=alice&unreachable=dead", "").await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "answered before the vnode moved");
+        assert_eq!(c.suspects.waiting(), 1);
+        assert!(c.suspects.any_refusing(), "the control loop now looks every 100 ms");
+        c.table.offer(all_to(2, "b", &live_url));
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(2), waiting).await.expect("released").expect("ran");
+        assert_eq!((status, body["nodeId"].as_str()), (StatusCode::OK, Some("b")));
+        assert_eq!(c.suspects.waiting(), 0);
+        // The owner listens: the client's own network failed; answered at once.
+        let (_, body) = call(&c, Method::GET, "/route?userId=alice&unreachable=b", "").await;
+        assert_eq!(body["nodeId"].as_str(), Some("b"));
+        // The report names a node that no longer owns the user.
+        let (_, body) = call(&c, Method::GET, "/route?userId=alice&unreachable=dead", "").await;
+        assert_eq!(body["nodeId"].as_str(), Some("b"));
+        let r = &c.metrics.route_reports;
+        assert_eq!((r.released.get(), r.alive.get(), r.moved.get(), r.timed_out.get()), (1, 1, 1, 0));
+    }
+
+    /// Nothing moves: the answer comes after `ROUTE_WAIT_MS` with the same route.
+    #[tokio::test]
+    async fn a_reported_node_that_never_moves_is_answered_after_the_wait() {
+        let store = MemoryStore::new();
+        let config = CoordinatorConfig { route_wait: Duration::from_millis(200), ..Default::default() };
+        let c = Coordinator::new(config, Arc::new(store), Arc::new(MemoryBus::default()));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        c.table.offer(all_to(1, "dead", &format!("ws://127.0.0.1:{closed}/socket")));
+        let started = std::time::Instant::now();
+        let (status, body) = call(&c, Method::GET, "/route?userId=alice&unreachable=dead", "").await;
+        assert_eq!((status, body["nodeId"].as_str()), (StatusCode::OK, Some("dead")));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(c.metrics.route_reports.timed_out.get(), 1);
     }
 
     #[test]

@@ -48,6 +48,13 @@ pub struct Args {
     /// before its TTL, ms (longer than HEARTBEAT_MS; 0: off).
     #[arg(long, env = "FAST_DEATH_MS", default_value_t = default_of(|c| c.fast_death.as_millis()))]
     pub fast_death_ms: String,
+    /// Longest wait of a `/route` request that reports its user's node
+    /// unreachable, until the user's vnode moves, ms (0: answer at once).
+    #[arg(long, env = "ROUTE_WAIT_MS", default_value_t = default_of(|c| c.route_wait.as_millis()))]
+    pub route_wait_ms: String,
+    /// Most such `/route` requests waiting at once.
+    #[arg(long, env = "ROUTE_WAITERS", default_value_t = default_of(|c| c.route_waiters))]
+    pub route_waiters: String,
     /// Load-balancing hysteresis: act above (1 + epsilon) x fair share.
     #[arg(long, env = "REBALANCE_EPSILON", default_value_t = default_of(|c| c.policy.epsilon))]
     pub rebalance_epsilon: String,
@@ -100,6 +107,11 @@ impl Args {
         p.read_ms("--tick-ms/TICK_MS", &self.tick_ms, 10, &mut c.tick);
         p.read_ms("--lease-ttl-ms/LEASE_TTL_MS", &self.lease_ttl_ms, 100, &mut c.lease_ttl);
         p.read_ms("--fast-death-ms/FAST_DEATH_MS", &self.fast_death_ms, 0, &mut c.fast_death);
+        p.read_ms("--route-wait-ms/ROUTE_WAIT_MS", &self.route_wait_ms, 0, &mut c.route_wait);
+        if c.route_wait > std::time::Duration::from_secs(8) {
+            p.add("--route-wait-ms/ROUTE_WAIT_MS", "at most 8000: clients give up on a request after 10 s");
+        }
+        p.read_min("--route-waiters/ROUTE_WAITERS", &self.route_waiters, 0, &mut c.route_waiters);
         if c.lease_ttl <= c.tick {
             p.add("--lease-ttl-ms/LEASE_TTL_MS", "must be longer than the tick");
         }
@@ -157,6 +169,13 @@ mod tests {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_route_wait_stays_within_the_clients_request_timeout() {
+        assert!(problems(&["--route-wait-ms", "9000"]).contains("ROUTE_WAIT_MS"));
+        assert!(!problems(&["--route-wait-ms", "0", "--route-waiters", "10"]).contains("ROUTE_"));
+        assert!(problems(&["--route-waiters", "x"]).contains("ROUTE_WAITERS"));
     }
 
     #[test]

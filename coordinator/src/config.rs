@@ -19,6 +19,12 @@ pub struct CoordinatorConfig {
     /// without waiting for its registration's TTL. Longer than the nodes'
     /// heartbeat interval; zero turns it off.
     pub fast_death: Duration,
+    /// Longest wait of a `/route` request that reports its user's node
+    /// unreachable (`crate::suspects`); it is answered with the same route
+    /// when nothing moved by then. Zero: such requests are answered at once.
+    pub route_wait: Duration,
+    /// Most `/route` requests waiting at once; more are answered at once.
+    pub route_waiters: usize,
     /// Periodic routing-epoch check of the cache (notices are the fast path).
     pub table_poll: Duration,
     /// The rebalancing policy.
@@ -38,6 +44,8 @@ impl CoordinatorConfig {
             tick: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(5),
             fast_death: Duration::from_millis(1500),
+            route_wait: Duration::from_secs(3),
+            route_waiters: 100_000,
             table_poll: Duration::from_secs(1),
             policy: Policy::default(),
             http: presence_http::Limits::default(),

@@ -12,7 +12,12 @@
 //!   is removed and the same tick moves its vnodes and counts it out. A node
 //!   that is merely unreachable (a partition, a host down: connections time
 //!   out rather than being refused) still waits for its TTL, and a node that
-//!   heartbeats is never taken for dead, whatever the probe says.
+//!   heartbeats is never taken for dead, whatever the probe says, with one
+//!   exception: when the leader's link to a node ([`crate::links`]) was up,
+//!   closed, and the address then refused, the process behind it is gone,
+//!   and the node is dead at once (unless it is draining). While
+//!   clients report a node they cannot reach and it refuses connections
+//!   ([`crate::suspects`]), the loop runs every 100 ms instead of every tick.
 //!
 //! Every write of the leader names its lease holder; the store refuses it
 //! once another coordinator holds the lease (a leader paused past its lease
@@ -74,9 +79,15 @@ pub async fn run(coord: Arc<Coordinator>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(coord.config.tick);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
+        // While a node that clients reported refuses connections, look more
+        // often: it is counted dead as soon as the rule holds.
+        let suspected = coord.suspects.any_refusing();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = coord.suspects.wake.notified() => {}
+            _ = coord.links.wake.notified() => {}
+            _ = tokio::time::sleep(crate::suspects::SUSPECT_TICK), if suspected => {}
         }
         let ok = match step(&coord).await {
             Ok(()) => true,
@@ -98,6 +109,11 @@ pub async fn step(coord: &Coordinator) -> Result<(), StoreError> {
     coord.set_nodes(nodes.clone());
     let leader = coord.store.acquire_lease(&coord.holder, coord.config.lease_ttl).await?;
     set_leader(coord, leader);
+    if leader && !coord.config.fast_death.is_zero() {
+        coord.links.keep(&nodes);
+    } else {
+        coord.links.drop_all();
+    }
     let now = presence_model::time::now_ms();
     if leader {
         // The peak is sampled here, once a tick, from the nodes' own reports.
@@ -199,9 +215,6 @@ async fn rebalance_round(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<()
     Ok(())
 }
 
-/// How long a probe of a silent node may take; a timeout proves nothing.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
-
 /// The fast failure detector (see the module's doc): removes the
 /// registrations of silent nodes whose address refuses connections, and
 /// returns the other nodes.
@@ -211,14 +224,18 @@ async fn without_refusing(coord: &Coordinator, nodes: Vec<NodeRecord>) -> Result
         return Ok(nodes);
     }
     let now = presence_model::time::now_ms();
-    let silent: Vec<&NodeRecord> = nodes.iter().filter(|n| now.saturating_sub(n.heartbeat_ms) >= silence).collect();
+    let lost = coord.links.take_lost();
+    let silent: Vec<&NodeRecord> = nodes
+        .iter()
+        .filter(|n| now.saturating_sub(n.heartbeat_ms) >= silence || (lost.contains(&n.id) && !n.draining))
+        .collect();
     if silent.is_empty() {
         return Ok(nodes);
     }
     let mut probes = tokio::task::JoinSet::new();
     for n in silent {
         let (id, url) = (n.id.clone(), n.url.clone());
-        probes.spawn(async move { (id, refuses(&url).await) });
+        probes.spawn(async move { (id, crate::suspects::refuses(&url).await) });
     }
     let mut gone = HashSet::new();
     while let Some(probe) = probes.join_next().await {
@@ -229,24 +246,10 @@ async fn without_refusing(coord: &Coordinator, nodes: Vec<NodeRecord>) -> Result
     for id in &gone {
         coord.store.deregister(id).await?;
         coord.metrics.refused_nodes.inc();
-        tracing::warn!(node = %id, "node is silent and its address refuses connections: dead before its TTL");
+        let why = if lost.contains(id) { "its link closed" } else { "it is silent" };
+        tracing::warn!(node = %id, why, "node's address refuses connections: dead before its TTL");
     }
     Ok(nodes.into_iter().filter(|n| !gone.contains(&n.id)).collect())
-}
-
-/// Whether the host and port of a node's URL refuse a TCP connection (no
-/// process listens there). Anything else (a timeout, an unreachable
-/// network, a URL without a host) is no proof.
-async fn refuses(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else { return false };
-    let Some(host) = uri.host() else { return false };
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-    )
 }
 
 async fn count_out_dead(coord: &Coordinator, nodes: &[NodeRecord]) -> Result<(), StoreError> {

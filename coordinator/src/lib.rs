@@ -9,7 +9,11 @@
 //!   for the API and the dashboard alike.
 //! * [`control`]: the leader's loop: membership, rebalancing, dead nodes.
 //! * [`dashboard`]: the live dashboard page and its event stream.
+//! * [`links`]: the leader's kept-alive connections to the nodes, whose end
+//!   tells a killed node at once.
 //! * [`rebalance`]: the pure vnode assignment policy.
+//! * [`suspects`]: nodes clients could not reach, and the `/route` requests
+//!   waiting for their users to move.
 //! * [`metrics`]: Prometheus metrics.
 //!
 //! Several coordinators may run against one store; they all serve the API,
@@ -22,8 +26,10 @@ pub mod args;
 pub mod config;
 pub mod control;
 pub mod dashboard;
+pub mod links;
 pub mod metrics;
 pub mod rebalance;
+pub mod suspects;
 pub mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +70,10 @@ pub struct Coordinator {
     control_down: AtomicBool,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// Nodes clients reported unreachable; requests waiting for a move.
+    pub suspects: suspects::Suspects,
+    /// The leader's links to the nodes.
+    pub links: links::Links,
     /// Feed of the live dashboard.
     pub dashboard: dashboard::Dashboard,
     /// The public listener's connection limits.
@@ -83,6 +93,7 @@ impl Coordinator {
         };
         let (public_gate, admin_gate) = (gate("public"), gate("admin"));
         let store = presence_backend::Timed::wrap(store, presence_http::metric::observer(&metrics.store_seconds));
+        let suspects = suspects::Suspects::new(config.route_waiters, metrics.route_waiting.clone());
         Arc::new(Self {
             gate: public_gate,
             admin_gate,
@@ -96,6 +107,8 @@ impl Coordinator {
             leader: AtomicBool::new(false),
             store_ok: AtomicBool::new(false),
             control_down: AtomicBool::new(false),
+            suspects,
+            links: links::Links::default(),
             metrics,
             dashboard: dashboard::Dashboard::default(),
         })

@@ -37,12 +37,31 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     /// Leave events the bus refused while counting out a dead node.
     pub bus_errors: IntCounter,
+    /// `/route` requests that reported their user's node unreachable, by outcome.
+    pub route_reports: RouteReports,
+    /// `/route` requests waiting for a reported node's users to move.
+    pub route_waiting: IntGauge,
     /// Admin requests refused for a missing or wrong API key.
     pub unauthorized: IntCounter,
     /// Open dashboard pages.
     pub dashboard_clients: IntGauge,
     /// Dashboard feed entries dropped for pages that read too slowly.
     pub dashboard_dropped: IntCounter,
+}
+
+/// What became of `/route` requests that reported a node unreachable
+/// (`crate::suspects`), one counter per outcome.
+pub struct RouteReports {
+    /// The table already routed the user elsewhere.
+    pub moved: IntCounter,
+    /// The node's address accepted the coordinator's probe: answered at once.
+    pub alive: IntCounter,
+    /// Waited, and answered once the user's vnode moved.
+    pub released: IntCounter,
+    /// Waited `ROUTE_WAIT_MS` and nothing moved: answered with the same route.
+    pub timed_out: IntCounter,
+    /// `ROUTE_WAITERS` requests were already waiting: answered at once.
+    pub full: IntCounter,
 }
 
 /// The `route` label values of `presence_http_requests_total`.
@@ -117,6 +136,27 @@ impl Metrics {
                 &r,
                 "presence_admin_unauthorized_total",
                 "Admin API requests refused for a missing or wrong API key.",
+            ),
+            route_reports: {
+                let v = counter_vec(
+                    &r,
+                    "presence_route_reports_total",
+                    "/route requests that reported their user's node unreachable, by outcome.",
+                    &["outcome"],
+                );
+                let c = |o: &str| v.with_label_values(&[o]);
+                RouteReports {
+                    moved: c("moved"),
+                    alive: c("alive"),
+                    released: c("released"),
+                    timed_out: c("timed_out"),
+                    full: c("full"),
+                }
+            },
+            route_waiting: gauge(
+                &r,
+                "presence_route_waiting",
+                "/route requests waiting for a reported node's users to move.",
             ),
             dashboard_clients: gauge(&r, "presence_dashboard_clients", "Open dashboard pages."),
             dashboard_dropped: counter(

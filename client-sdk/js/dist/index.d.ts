@@ -154,8 +154,13 @@ export declare class PresenceClient {
     private readonly options;
     /** A client of the cluster whose coordinator is at `coordinator` (`http://host:port`). */
     constructor(coordinator: string, options?: ClientOptions);
-    /** Where `userId` connects (`GET /route`). */
-    route(userId: string): Promise<Route>;
+    /**
+     * Where `userId` connects (`GET /route`). With `unreachable`, the node the
+     * caller lost or could not reach: while that node still owns the user and
+     * its address refuses connections, the coordinator answers once the user
+     * has moved (within a few seconds), so a reconnect need not guess when.
+     */
+    route(userId: string, unreachable?: string): Promise<Route>;
     /** Where each user connects, in order (`POST /route`, 500 per call). */
     routes(userIds: string[]): Promise<Route[]>;
     /**
@@ -195,6 +200,10 @@ export declare class Session {
     private readonly done;
     /** The node the session is on, once welcomed. */
     nodeId: string | null;
+    /** The node the coordinator last routed this session to. */
+    private routedNode;
+    /** A node lost or unreachable since the last `welcome`: named on the next route. */
+    private unreachable;
     /** Use `PresenceClient.connect`. */
     constructor(client: PresenceClient, userId: string, options: ConnectOptions, WS?: WebSocketConstructor);
     /** Calls `handler` with every event of `type`; returns a function that stops it. */

@@ -57,9 +57,15 @@ export class PresenceClient {
         this.coordinator = coordinator.replace(/\/+$/, "");
         this.options = options;
     }
-    /** Where `userId` connects (`GET /route`). */
-    async route(userId) {
-        return this.call("GET", `/route?userId=${encodeURIComponent(userId)}`);
+    /**
+     * Where `userId` connects (`GET /route`). With `unreachable`, the node the
+     * caller lost or could not reach: while that node still owns the user and
+     * its address refuses connections, the coordinator answers once the user
+     * has moved (within a few seconds), so a reconnect need not guess when.
+     */
+    async route(userId, unreachable) {
+        const lost = unreachable ? `&unreachable=${encodeURIComponent(unreachable)}` : "";
+        return this.call("GET", `/route?userId=${encodeURIComponent(userId)}${lost}`);
     }
     /** Where each user connects, in order (`POST /route`, 500 per call). */
     async routes(userIds) {
@@ -253,6 +259,10 @@ export class Session {
     done;
     /** The node the session is on, once welcomed. */
     nodeId = null;
+    /** The node the coordinator last routed this session to. */
+    routedNode = null;
+    /** A node lost or unreachable since the last `welcome`: named on the next route. */
+    unreachable = null;
     /** Use `PresenceClient.connect`. */
     constructor(client, userId, options, WS) {
         this.client = client;
@@ -346,7 +356,8 @@ export class Session {
         return typeof t === "string" ? t : await t(expired);
     }
     async route() {
-        const r = await this.client.route(this.userId);
+        const r = await this.client.route(this.userId, this.unreachable ?? undefined);
+        this.routedNode = r.nodeId;
         if (!r.url)
             throw new PresenceError("unavailable", "no node owns the user's vnode right now");
         this.trusted.add(r.url);
@@ -357,9 +368,19 @@ export class Session {
         try {
             if (expired || this.token === null)
                 this.token = await this.getToken(expired);
-            const target = url !== undefined && this.trusted.has(url) ? url : await this.route();
+            const fromCoordinator = !(url !== undefined && this.trusted.has(url));
+            const target = fromCoordinator ? await this.route() : url;
             const deadline = Date.now() + (this.options.connectTimeoutMs ?? 5000);
-            const link = await Link.open(this.WS, target, deadline - Date.now());
+            let link;
+            try {
+                link = await Link.open(this.WS, target, deadline - Date.now());
+            }
+            catch (e) {
+                // The socket never opened: the node is named on the next route.
+                if (fromCoordinator)
+                    this.unreachable = this.routedNode;
+                throw e;
+            }
             link.send({ type: "auth", token: this.token, device: this.options.device });
             let redirect = null;
             let expiredSaid = false;
@@ -381,6 +402,7 @@ export class Session {
                 if (m.type === "welcome") {
                     this.expiresAt(m.tokenExpiresAt);
                     this.nodeId = m.nodeId;
+                    this.unreachable = null;
                     this.link = link;
                     this.emit({ type: "welcome", nodeId: m.nodeId, connectionId: m.connectionId, epoch: m.epoch, connections: m.connections });
                     break;
@@ -456,6 +478,7 @@ export class Session {
     /** After a drop: announce it, wait the first backoff step, then establish again. */
     async reconnectAfter(cause) {
         this.link = null;
+        this.unreachable = this.nodeId;
         const delayMs = backoffDelay(this.backoff, 1);
         this.emit({ type: "reconnecting", reason: "dropped", cause, attempt: 0, delayMs });
         if (!(await this.sleep(delayMs)))

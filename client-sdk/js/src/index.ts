@@ -170,9 +170,15 @@ export class PresenceClient {
     this.options = options;
   }
 
-  /** Where `userId` connects (`GET /route`). */
-  async route(userId: string): Promise<Route> {
-    return this.call<Route>("GET", `/route?userId=${encodeURIComponent(userId)}`);
+  /**
+   * Where `userId` connects (`GET /route`). With `unreachable`, the node the
+   * caller lost or could not reach: while that node still owns the user and
+   * its address refuses connections, the coordinator answers once the user
+   * has moved (within a few seconds), so a reconnect need not guess when.
+   */
+  async route(userId: string, unreachable?: string): Promise<Route> {
+    const lost = unreachable ? `&unreachable=${encodeURIComponent(unreachable)}` : "";
+    return this.call<Route>("GET", `/route?userId=${encodeURIComponent(userId)}${lost}`);
   }
 
   /** Where each user connects, in order (`POST /route`, 500 per call). */
@@ -372,6 +378,10 @@ export class Session {
   private readonly done: Promise<void>;
   /** The node the session is on, once welcomed. */
   nodeId: string | null = null;
+  /** The node the coordinator last routed this session to. */
+  private routedNode: string | null = null;
+  /** A node lost or unreachable since the last `welcome`: named on the next route. */
+  private unreachable: string | null = null;
 
   /** Use `PresenceClient.connect`. */
   constructor(client: PresenceClient, userId: string, options: ConnectOptions, WS?: WebSocketConstructor) {
@@ -468,7 +478,8 @@ export class Session {
   }
 
   private async route(): Promise<string> {
-    const r = await this.client.route(this.userId);
+    const r = await this.client.route(this.userId, this.unreachable ?? undefined);
+    this.routedNode = r.nodeId;
     if (!r.url) throw new PresenceError("unavailable", "no node owns the user's vnode right now");
     this.trusted.add(r.url);
     return r.url;
@@ -478,9 +489,17 @@ export class Session {
   private async attempt(url: string | undefined, expired: boolean): Promise<Link | Failure> {
     try {
       if (expired || this.token === null) this.token = await this.getToken(expired);
-      const target = url !== undefined && this.trusted.has(url) ? url : await this.route();
+      const fromCoordinator = !(url !== undefined && this.trusted.has(url));
+      const target = fromCoordinator ? await this.route() : (url as string);
       const deadline = Date.now() + (this.options.connectTimeoutMs ?? 5000);
-      const link = await Link.open(this.WS, target, deadline - Date.now());
+      let link: Link;
+      try {
+        link = await Link.open(this.WS, target, deadline - Date.now());
+      } catch (e) {
+        // The socket never opened: the node is named on the next route.
+        if (fromCoordinator) this.unreachable = this.routedNode;
+        throw e;
+      }
       link.send({ type: "auth", token: this.token, device: this.options.device });
       let redirect: string | null = null;
       let expiredSaid = false;
@@ -500,6 +519,7 @@ export class Session {
         if (m.type === "welcome") {
           this.expiresAt(m.tokenExpiresAt);
           this.nodeId = m.nodeId;
+          this.unreachable = null;
           this.link = link;
           this.emit({ type: "welcome", nodeId: m.nodeId, connectionId: m.connectionId, epoch: m.epoch, connections: m.connections });
           break;
@@ -568,6 +588,7 @@ export class Session {
   /** After a drop: announce it, wait the first backoff step, then establish again. */
   private async reconnectAfter(cause: string): Promise<Link | null> {
     this.link = null;
+    this.unreachable = this.nodeId;
     const delayMs = backoffDelay(this.backoff, 1);
     this.emit({ type: "reconnecting", reason: "dropped", cause, attempt: 0, delayMs });
     if (!(await this.sleep(delayMs))) return null;

@@ -50,6 +50,7 @@ class FakeCluster {
       const u = new URL(url);
       if (u.pathname === "/route") {
         this.routes += 1;
+        (this.reported ??= []).push(u.searchParams.get("unreachable"));
         const userId = u.searchParams.get("userId");
         return json(200, { userId, vnode: 1, nodeId: this.owner, url: this.owner, epoch: 1 });
       }
@@ -201,7 +202,19 @@ test("after a drop it reconnects, routes again and re-subscribes, still idle", a
   await back;
   const second = c.sockets[1].sent;
   assert.deepEqual(second.find((m) => m.type === "subscribe").userIds, ["bob"]);
+  // The lost node was named to the coordinator, once; the first route named none.
+  assert.deepEqual(c.reported, [null, "ws://a/socket"]);
   assert.deepEqual(second.find((m) => m.type === "activity"), { type: "activity", idle: true });
+  await s.close();
+});
+
+test("a node whose socket never opens is named on the next route", async () => {
+  const { c, client } = setup();
+  let refusals = 1;
+  c.refuse = () => refusals-- > 0;
+  const s = client.connect("alice", { token: "t", backoff: { initialMs: 10, maxMs: 20 } });
+  await next(s, "welcome");
+  assert.deepEqual(c.reported, [null, "ws://a/socket"]);
   await s.close();
 });
 
