@@ -7,19 +7,30 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use presence_client::CoordinatorClient;
 use tokio::time::Instant;
 
 use crate::SECRET;
 
 /// A process of ours, killed when dropped.
-struct Proc(std::process::Child);
+pub(crate) struct Proc(std::process::Child);
+
+impl Proc {
+    /// The process ID.
+    pub(crate) fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.kill();
     }
 }
 
@@ -36,14 +47,14 @@ fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
 
 /// Processes on REDIS_URL and KAFKA_BROKERS in a namespace of their own,
 /// with the connection caps raised (the load generator is one address).
-struct Cluster {
+pub(crate) struct Cluster {
     redis: String,
     kafka: String,
     namespace: String,
     /// The coordinator's public and admin URLs.
-    public: String,
-    admin: String,
-    _coordinator: Proc,
+    pub(crate) public: String,
+    pub(crate) admin: String,
+    coordinator: Proc,
 }
 
 /// The settings every process of a cluster shares.
@@ -60,7 +71,7 @@ fn common(cmd: &mut std::process::Command, redis: &str, kafka: &str, namespace: 
 
 impl Cluster {
     /// A coordinator with the product's default timings (and `env`).
-    fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub(crate) fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let redis = std::env::var("REDIS_URL").context("REDIS_URL")?;
         let kafka = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS")?;
         let namespace = format!("bench-deployed-{}-{}", std::process::id(), presence_model::time::now_us());
@@ -77,8 +88,13 @@ impl Cluster {
             namespace,
             public: format!("http://127.0.0.1:{public}"),
             admin: format!("http://127.0.0.1:{admin}"),
-            _coordinator: coordinator,
+            coordinator,
         })
+    }
+
+    /// The coordinator's process ID.
+    pub(crate) fn coordinator_pid(&self) -> u32 {
+        self.coordinator.id()
     }
 
     fn start() -> anyhow::Result<Self> {
@@ -86,7 +102,7 @@ impl Cluster {
     }
 
     /// A ws-node with the product's default timings; it and its WebSocket URL.
-    fn node(&self, id: &str) -> anyhow::Result<(Proc, String)> {
+    pub(crate) fn node(&self, id: &str) -> anyhow::Result<(Proc, String)> {
         self.node_with(id, &[])
     }
 
@@ -106,7 +122,7 @@ impl Cluster {
 
     /// Up to `n` of the users `prefix0`, `prefix1`, ... that the node at
     /// `url` owns (searching the first 100,000).
-    async fn owned_by(&self, url: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    pub(crate) async fn owned_by(&self, url: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<String>> {
         let api = CoordinatorClient::new(&self.public)?;
         let mut names = Vec::with_capacity(n);
         let mut next = 0usize;
@@ -127,7 +143,7 @@ impl Cluster {
     /// Waits until every node in `urls` owns some of the first thousand
     /// users and their routes stayed the same for two seconds (the nodes'
     /// vnodes are in place).
-    async fn settled(&self, urls: &[&str]) -> anyhow::Result<()> {
+    pub(crate) async fn settled(&self, urls: &[&str]) -> anyhow::Result<()> {
         let api = CoordinatorClient::new(&self.public)?;
         let names: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -163,7 +179,7 @@ pub async fn idle(count: usize) -> anyhow::Result<()> {
 
 /// Whether every one of `users` has `want` connections in the store (the
 /// admin `/presence` API, a thousand at a time).
-async fn all_at(admin: &CoordinatorClient, users: &[String], want: u64) -> anyhow::Result<bool> {
+pub(crate) async fn all_at(admin: &CoordinatorClient, users: &[String], want: u64) -> anyhow::Result<bool> {
     for chunk in users.chunks(1000) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         if admin.status(&refs).await?.iter().any(|p| p.connections != want) {
@@ -173,124 +189,17 @@ async fn all_at(admin: &CoordinatorClient, users: &[String], want: u64) -> anyho
     Ok(true)
 }
 
-/// A reconnect storm: `users` users, all on one node of three, with the
-/// SDK's reconnecting client; the node is killed (SIGKILL). Times until
-/// every user is back (welcomed by another node) and until every count is
-/// exact (each user 1 in the store, the survivors holding them all).
-/// `STORM_DEBUG=1` prints every reconnect and its cause on stderr.
-pub async fn storm(users: usize) -> anyhow::Result<()> {
-    use presence_client::{Client, ConnectOptions, Event, TokenSource};
-    // Load balancing off: the node is to hold them all when it dies.
-    let cluster = Cluster::start_with(&[("REBALANCE_MIN_LOAD_GAP", "1000000000")])?;
-    let (mut victim, victim_url) = cluster.node("storm-a")?;
-    let (_b, b_url) = cluster.node("storm-b")?;
-    let (_c, c_url) = cluster.node("storm-c")?;
-    cluster.settled(&[&victim_url, &b_url, &c_url]).await?;
-    let names = cluster.owned_by(&victim_url, "storm-", users).await?;
-    // Each user's session runs on its own task and reports each welcome.
-    let client = Client::new(&cluster.public)?;
-    let debug = std::env::var_os("STORM_DEBUG").is_some();
-    let (welcomes_tx, mut welcomes) = tokio::sync::mpsc::unbounded_channel::<(usize, String, Instant)>();
-    let started = Instant::now();
-    let opens = futures_util::stream::iter(names.iter().enumerate()).map(|(i, name)| {
-        let (client, tx) = (client.clone(), welcomes_tx.clone());
-        let token = crate::token(name);
-        async move {
-            let mut session = client.connect(name, ConnectOptions::new(TokenSource::fixed(token))).await?;
-            tokio::spawn(async move {
-                while let Some(e) = session.next_event().await {
-                    match e {
-                        Event::Welcome { node_id, .. } => {
-                            let _ = tx.send((i, node_id, Instant::now()));
-                        }
-                        Event::Reconnecting { reason, attempt, .. } if debug => {
-                            eprintln!("storm-debug {i} attempt {attempt}: {reason:?}");
-                        }
-                        _ => {}
-                    }
-                }
-            });
-            Ok::<_, anyhow::Error>(())
-        }
-    });
-    let mut opens = opens.buffer_unordered(256);
-    while let Some(r) = opens.next().await {
-        r?;
-    }
-    drop(opens);
-    // Everyone welcomed by the victim.
-    let mut on_victim = vec![false; users];
-    let mut welcomed = 0;
-    while welcomed < users {
-        let next = tokio::time::timeout(Duration::from_secs(60), welcomes.recv()).await;
-        let (i, node, _) = next
-            .map_err(|_| anyhow::anyhow!("{welcomed} of {users} users welcomed on the node after 60 s"))?
-            .context("welcomes")?;
-        anyhow::ensure!(node == "storm-a", "a user was welcomed by {node}: the routing moved");
-        if !on_victim[i] {
-            on_victim[i] = true;
-            welcomed += 1;
-        }
-    }
-    println!(
-        "{users} users on one node of 3 (binaries on Redis + Kafka), connected in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let admin = CoordinatorClient::new(&cluster.admin)?;
-    anyhow::ensure!(all_at(&admin, &names, 1).await?, "counts not exact before the kill");
-    let killed = Instant::now();
-    let _ = victim.0.kill();
-    let _ = victim.0.wait();
-    let mut back = vec![false; users];
-    let (mut n_back, mut last_back) = (0, Duration::ZERO);
-    let mut times = Vec::with_capacity(users);
-    while n_back < users {
-        let (i, node, at) = tokio::time::timeout(Duration::from_secs(60), welcomes.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("{} of {users} users back after 60 s", n_back))?
-            .context("welcomes")?;
-        if node != "storm-a" && !back[i] {
-            back[i] = true;
-            n_back += 1;
-            last_back = at - killed;
-            times.push(last_back);
-        }
-    }
-    // Exact everywhere: every user counted once in the store.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !all_at(&admin, &names, 1).await? {
-        anyhow::ensure!(Instant::now() < deadline, "counts not exact 30 s after everyone was back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let all_exact = killed.elapsed();
-    // The survivors' own reports come with their heartbeats.
-    let mut survivors = 0;
-    for _ in 0..50 {
-        survivors = admin.nodes().await?.iter().map(|n| n.connections).sum::<u64>();
-        if survivors == users as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!(
-        "  killed the node (SIGKILL): users back on another node: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, all {:.2} s",
-        crate::percentile(&times, 0.5) / 1000.0,
-        crate::percentile(&times, 0.9) / 1000.0,
-        crate::percentile(&times, 0.99) / 1000.0,
-        last_back.as_secs_f64()
-    );
-    println!("  every count exact (each user 1 in the store) after {:.2} s", all_exact.as_secs_f64());
-    println!("  the surviving nodes report {survivors} connections");
-    anyhow::ensure!(survivors == users as u64, "the survivors report {survivors} connections, not {users}");
-    println!("  target: <= 5 s (15,000 users)");
-    Ok(())
-}
-
 /// Reads the counters and gauges named in `names` from a node's `/metrics`
 /// (`ws_url` is its socket URL; the metrics are on the same port).
 async fn node_metrics(ws_url: &str, names: &[&str]) -> anyhow::Result<Vec<f64>> {
+    http_metrics(&ws_url.replacen("ws://", "http://", 1), names).await
+}
+
+/// Reads the counters and gauges named in `names` from the `/metrics` of
+/// the server at `base` (`http://host:port`, anything after is ignored).
+pub(crate) async fn http_metrics(base: &str, names: &[&str]) -> anyhow::Result<Vec<f64>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = ws_url.trim_start_matches("ws://").split('/').next().context("the node's address")?;
+    let addr = base.trim_start_matches("http://").split('/').next().context("the server's address")?;
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: node\r\n\r\n").await?;
     let mut text = String::new();
@@ -409,7 +318,7 @@ pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
 /// CPU time a process has used so far: the sum over its threads of the
 /// time on a CPU (`/proc/<pid>/task/*/schedstat`, nanoseconds). Threads that
 /// ended are not counted, so it is read while the process runs steadily.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let mut ns = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();

@@ -22,6 +22,7 @@ mod floors;
 mod heap;
 mod hot_user;
 mod redis_memory;
+mod storm;
 
 /// The JWT secret of every benchmark (the binaries ask for at least 32 bytes).
 const SECRET: &str = "presence-bench-secret-0123456789abcdef";
@@ -120,9 +121,13 @@ enum What {
     /// A node holding `users` users is killed; time until all are back with
     /// exact counts (binaries on REDIS_URL and KAFKA_BROKERS).
     Storm {
-        /// Users on the killed node (the process limit is 20,000 files).
+        /// Users on the killed node.
         #[arg(long, default_value_t = 15_000)]
         users: usize,
+        /// Load-generator processes to run the users' sessions in (default:
+        /// one per 4,000 users; each process has its own file limit).
+        #[arg(long)]
+        procs: Option<usize>,
     },
     /// Connects and closes into one node (binaries on REDIS_URL and
     /// KAFKA_BROKERS): changes per second with exact counts, store work per change.
@@ -142,6 +147,14 @@ enum What {
         /// The Redis to measure (a single Redis).
         #[arg(long, env = "REDIS_URL")]
         redis_url: String,
+    },
+    /// (child) the reconnect storm's SDK sessions, for the users named on
+    /// stdin; prints each `welcome` on stdout.
+    StormSessions {
+        /// The coordinator's public URL.
+        coordinator: String,
+        /// The index of the first user on stdin.
+        first: usize,
     },
     /// (child) a bare hyper hello-world server.
     ServeHello { addr: SocketAddr },
@@ -169,6 +182,8 @@ fn main() -> anyhow::Result<()> {
             heap::report_if_asked();
             server_threads
         }
+        // Several of these share the machine.
+        What::StormSessions { .. } => 1,
         _ => 2,
     };
     tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?.block_on(run(cli.what))
@@ -191,7 +206,8 @@ async fn run(what: What) -> anyhow::Result<()> {
         }
         What::Watchers { sizes } => watchers(&sizes),
         What::HotUser { watchers } => hot_user::run(watchers).await,
-        What::Storm { users } => deployed::storm(users).await,
+        What::Storm { users, procs } => storm::run(users, procs).await,
+        What::StormSessions { coordinator, first } => storm::sessions(&coordinator, first).await,
         What::Churn { seconds, workers } => deployed::churn(seconds, workers).await,
         What::RedisMemory { users, redis_url } => redis_memory::run(&redis_url, users).await,
         What::ServeHello { addr } => serve_hello(addr).await,

@@ -131,6 +131,16 @@ fn reconnect_storm_of_the_deployed_binaries() {
     let out = bench(&["storm", "--users", "200"], &env);
     assert!(out.contains("users back on another node") && out.contains("every count exact"), "{out}");
     assert!(out.contains("the surviving nodes report 200 connections"), "{out}");
+    // Every session named its lost node when it asked for a route again.
+    let line = out.lines().find(|l| l.contains("route requests reporting the node unreachable")).expect("reports");
+    let reports: u64 = line
+        .split(": ")
+        .nth(1)
+        .expect("counts")
+        .split(", ")
+        .map(|part| part.split(' ').next().and_then(|n| n.parse::<f64>().ok()).expect("a count") as u64)
+        .sum();
+    assert!(reports >= 200, "{line}");
 }
 
 #[test]
