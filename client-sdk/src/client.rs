@@ -8,7 +8,8 @@
 //! * on `reconnect` (a handoff) it connects to the new node *before* letting
 //!   the old connection go, so the user is never counted offline;
 //! * after a drop it reconnects with exponential backoff and full jitter,
-//!   routing again, and re-subscribes;
+//!   routing again (naming the node it lost, so that the coordinator can
+//!   hold the answer until a dead node's users have moved), and re-subscribes;
 //! * when the server says the token expired it asks the [`TokenSource`] for a
 //!   new one;
 //! * it stops only when the session is closed or dropped, or after
