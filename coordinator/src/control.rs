@@ -332,17 +332,8 @@ mod tests {
         let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let open = listening.local_addr().expect("addr").port();
         let now = presence_model::time::now_ms();
-        let record = |id: &str, port: u16, heartbeat_ms: u64| NodeRecord {
-            id: id.into(),
-            run_id: format!("{id}-run"),
-            url: format!("ws://127.0.0.1:{port}/socket"),
-            capacity: 1,
-            connections: 0,
-            users: 0,
-            vnode_load: vec![],
-            pinned: vec![],
-            draining: false,
-            heartbeat_ms,
+        let record = |id: &str, port: u16, heartbeat_ms: u64| {
+            crate::testing::node_record(id, format!("ws://127.0.0.1:{port}/socket"), heartbeat_ms)
         };
         let nodes = vec![
             record("killed", closed, now - 2_000),

@@ -201,3 +201,25 @@ pub async fn run(listeners: Listeners, coord: Arc<Coordinator>, shutdown: Cancel
     }
     tracing::info!(coordinator = %coord.config.id, "coordinator stopped");
 }
+
+/// Fixtures shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use presence_model::NodeRecord;
+
+    /// A live node `id` (run `<id>-run`) at `url`, last heard at `heartbeat_ms`.
+    pub fn node_record(id: &str, url: String, heartbeat_ms: u64) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            run_id: format!("{id}-run"),
+            url,
+            capacity: 1,
+            connections: 0,
+            users: 0,
+            vnode_load: vec![],
+            pinned: vec![],
+            draining: false,
+            heartbeat_ms,
+        }
+    }
+}

@@ -121,7 +121,11 @@ async fn hold(url: &str, stop: &CancellationToken) -> bool {
         let Ok(Ok((mut ask, conn))) =
             tokio::time::timeout(LINK_TIMEOUT, hyper::client::conn::http1::handshake(io)).await
         else {
-            continue;
+            // Accepted but unanswered (a paused process): no proof; not a connection a second either.
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(RETRY) => continue,
+            }
         };
         linked = true;
         let conn = tokio::spawn(conn);
@@ -161,18 +165,7 @@ mod tests {
     use super::*;
 
     fn node(id: &str, url: String) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            run_id: format!("{id}-run"),
-            url,
-            capacity: 1,
-            connections: 0,
-            users: 0,
-            vnode_load: vec![],
-            pinned: vec![],
-            draining: false,
-            heartbeat_ms: 0,
-        }
+        crate::testing::node_record(id, url, 0)
     }
 
     /// A tiny HTTP server answering every request on every connection until
