@@ -44,14 +44,17 @@ async fn a_node_killed_and_restarted_at_once_under_its_id_leaves_no_ghosts() {
     // kill -9, and the same NODE_ID up again at once (well within the 1 s TTL).
     setup.nodes[1].0.kill9();
     setup.nodes[1] = setup.sh.node("node-2");
-    // Those users' connections died with the old run: they are offline, and say why.
+    // Those users' connections died with the old run: they are offline, and
+    // say why: `node_lost` when the leader's link saw the old run die before
+    // the new one registered, else `node_restarted` from the new run's first heartbeat.
     let gone: Vec<String> =
         on_node2.iter().filter(|u| !churn.clients.iter().any(|c| &c.user == *u && c.alive())).cloned().collect();
     if let Some(u) = gone.first() {
         common::eventually("the old run's connections counted out", || async {
-            api.presence(u)
-                .await
-                .is_ok_and(|p| p.connections == 0 && p.reason == Some(presence_model::EventReason::NodeRestarted))
+            api.presence(u).await.is_ok_and(|p| {
+                use presence_model::EventReason::{NodeLost, NodeRestarted};
+                p.connections == 0 && matches!(p.reason, Some(NodeRestarted | NodeLost))
+            })
         })
         .await;
     }

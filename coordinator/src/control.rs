@@ -224,10 +224,12 @@ async fn without_refusing(coord: &Coordinator, nodes: Vec<NodeRecord>) -> Result
         return Ok(nodes);
     }
     let now = presence_model::time::now_ms();
+    // Only the run the link was made to: a node restarted under its ID since is another process.
     let lost = coord.links.take_lost();
+    let lost_run = |n: &NodeRecord| lost.contains(&(n.id.clone(), n.run_id.clone()));
     let silent: Vec<&NodeRecord> = nodes
         .iter()
-        .filter(|n| now.saturating_sub(n.heartbeat_ms) >= silence || (lost.contains(&n.id) && !n.draining))
+        .filter(|n| now.saturating_sub(n.heartbeat_ms) >= silence || (lost_run(n) && !n.draining))
         .collect();
     if silent.is_empty() {
         return Ok(nodes);
@@ -246,7 +248,7 @@ async fn without_refusing(coord: &Coordinator, nodes: Vec<NodeRecord>) -> Result
     for id in &gone {
         coord.store.deregister(id).await?;
         coord.metrics.refused_nodes.inc();
-        let why = if lost.contains(id) { "its link closed" } else { "it is silent" };
+        let why = if lost.iter().any(|(l, _)| l == id) { "its link closed" } else { "it is silent" };
         tracing::warn!(node = %id, why, "node's address refuses connections: dead before its TTL");
     }
     Ok(nodes.into_iter().filter(|n| !gone.contains(&n.id)).collect())

@@ -33,8 +33,9 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Links {
     /// Per node run (`id`, `run_id`): the link task's cancellation.
     held: Mutex<HashMap<(String, String), CancellationToken>>,
-    /// Nodes whose link closed and whose address then refused: to be counted dead.
-    lost: Arc<Mutex<HashSet<String>>>,
+    /// Node runs (`id`, `run_id`) whose link closed and whose address then
+    /// refused: to be counted dead, unless a new run has registered since.
+    lost: Arc<Mutex<HashSet<(String, String)>>>,
     /// Wakes the control loop when a link is lost.
     pub wake: Arc<Notify>,
 }
@@ -59,10 +60,10 @@ impl Links {
             }
             let cancel = CancellationToken::new();
             let (lost, wake) = (self.lost.clone(), self.wake.clone());
-            let (id, url, stop) = (n.id.clone(), n.url.clone(), cancel.clone());
+            let (run, url, stop) = (key.clone(), n.url.clone(), cancel.clone());
             tokio::spawn(async move {
                 if hold(&url, &stop).await {
-                    lost.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                    lost.lock().unwrap_or_else(|p| p.into_inner()).insert(run);
                     wake.notify_one();
                 }
             });
@@ -78,8 +79,8 @@ impl Links {
         }
     }
 
-    /// The nodes whose link was lost to a refusing address since the last call.
-    pub fn take_lost(&self) -> HashSet<String> {
+    /// The node runs whose link was lost to a refusing address since the last call.
+    pub fn take_lost(&self) -> HashSet<(String, String)> {
         std::mem::take(&mut *self.lost.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -204,7 +205,7 @@ mod tests {
         killed.abort();
         let _ = killed.await;
         tokio::time::timeout(Duration::from_secs(2), links.wake.notified()).await.expect("woken at once");
-        assert_eq!(links.take_lost(), HashSet::from(["killed".to_string()]));
+        assert_eq!(links.take_lost(), HashSet::from([("killed".to_string(), "killed-run".to_string())]));
         // Nodes that left the live list lose their links.
         links.keep(&[]);
         assert!(links.is_empty());
