@@ -237,7 +237,7 @@ async fn without_refusing(coord: &Coordinator, nodes: Vec<NodeRecord>) -> Result
     let mut probes = tokio::task::JoinSet::new();
     for n in silent {
         let (id, url) = (n.id.clone(), n.url.clone());
-        probes.spawn(async move { (id, crate::suspects::refuses(&url).await) });
+        probes.spawn(async move { (id, crate::probe::refuses(&url).await) });
     }
     let mut gone = HashSet::new();
     while let Some(probe) = probes.join_next().await {

@@ -11,6 +11,7 @@
 //! * [`dashboard`]: the live dashboard page and its event stream.
 //! * [`links`]: the leader's kept-alive connections to the nodes, whose end
 //!   tells a killed node at once.
+//! * [`probe`]: whether a process listens at a node's address.
 //! * [`rebalance`]: the pure vnode assignment policy.
 //! * [`suspects`]: nodes clients could not reach, and the `/route` requests
 //!   waiting for their users to move.
@@ -28,6 +29,7 @@ pub mod control;
 pub mod dashboard;
 pub mod links;
 pub mod metrics;
+pub mod probe;
 pub mod rebalance;
 pub mod suspects;
 pub mod views;

@@ -98,7 +98,7 @@ impl Links {
 /// Holds a link to the node at `url` until `stop`: `true` when a link that
 /// was up closed and the address then refused a new connection.
 async fn hold(url: &str, stop: &CancellationToken) -> bool {
-    let Some(addr) = address(url) else { return false };
+    let Some(addr) = crate::probe::address(url) else { return false };
     let mut linked = false;
     loop {
         let connect = tokio::time::timeout(LINK_TIMEOUT, tokio::net::TcpStream::connect(addr.clone()));
@@ -151,14 +151,6 @@ async fn hold(url: &str, stop: &CancellationToken) -> bool {
             }
         }
     }
-}
-
-/// The host and port of a node's WebSocket URL.
-fn address(url: &str) -> Option<(String, u16)> {
-    let uri = url.parse::<http::Uri>().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
-    Some((host, port))
 }
 
 #[cfg(test)]

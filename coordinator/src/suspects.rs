@@ -36,8 +36,6 @@ const PROBE_REUSE: Duration = Duration::from_millis(250);
 const REFUSAL_FRESH: Duration = Duration::from_secs(2);
 /// How often the leader looks while a reported node refuses connections.
 pub const SUSPECT_TICK: Duration = Duration::from_millis(100);
-/// How long a connection probe may take; a timeout proves nothing.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Released waiters are spread over this long per waiter released at once
 /// (20,000 a second), up to [`MAX_SPREAD`].
 const SPREAD_PER_WAITER: Duration = Duration::from_micros(50);
@@ -105,7 +103,7 @@ impl Suspects {
                 }
             }
         };
-        let refused = *cell.get_or_init(|| refuses(url)).await;
+        let refused = *cell.get_or_init(|| crate::probe::refuses(url)).await;
         if refused && ours {
             self.wake.notify_one();
         }
@@ -138,21 +136,6 @@ impl Suspects {
         let window = SPREAD_PER_WAITER.saturating_mul(self.waiting() as u32).min(MAX_SPREAD);
         window.mul_f64(rand::random::<f64>())
     }
-}
-
-/// Whether the host and port of a node's URL refuse a TCP connection (no
-/// process listens there). Anything else (a timeout, an unreachable
-/// network, a URL without a host) is no proof.
-pub async fn refuses(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else { return false };
-    let Some(host) = uri.host() else { return false };
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, connect).await,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-    )
 }
 
 #[cfg(test)]
@@ -189,7 +172,6 @@ mod tests {
         let url = format!("ws://{}/socket", l.local_addr().expect("addr"));
         assert!(!s.refuses("alive", &url).await);
         assert!(!s.any_refusing());
-        assert!(!refuses("not a url").await);
     }
 
     #[test]
