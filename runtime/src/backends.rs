@@ -40,11 +40,21 @@ pub struct BackendArgs {
     /// wait (tansu) adds it to every event's latency.
     #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = KafkaConfig::new("").fetch_wait.as_millis().to_string())]
     pub kafka_fetch_wait_ms: String,
+    /// How long the event producer waits to fill a batch, ms (`linger.ms`,
+    /// 0-1000). Every event costs the broker and the node less in a larger
+    /// batch, and waits up to this long on the bus; live status does not
+    /// wait for it when the fast path is on.
+    #[arg(long, env = "KAFKA_LINGER_MS", default_value_t = KafkaConfig::new("").linger.as_millis().to_string())]
+    pub kafka_linger_ms: String,
 }
 
 /// The longest fetch wait allowed: a consumer that waits longer could not
 /// see a broker's answer in time for its one-second health probe.
 const MAX_FETCH_WAIT_MS: u64 = 1000;
+
+/// The longest producer linger allowed: events on the bus are what watchers
+/// fall back on without the fast path, so a second is already very late.
+const MAX_LINGER_MS: u64 = 1000;
 
 impl BackendArgs {
     /// Checks the flags (recording problems in `p`); `client_id` names this process to Kafka.
@@ -72,14 +82,13 @@ impl BackendArgs {
             Security::default()
         });
         let partitions = p.parse_min("--kafka-partitions/KAFKA_PARTITIONS", &self.kafka_partitions, 1i32);
-        let name = "--kafka-fetch-wait-ms/KAFKA_FETCH_WAIT_MS";
-        let fetch_wait = p.parse_min(name, &self.kafka_fetch_wait_ms, 1u64).filter(|&ms| {
-            let ok = ms <= MAX_FETCH_WAIT_MS;
-            if !ok {
-                p.add(name, format!("{ms} is above the maximum {MAX_FETCH_WAIT_MS}"));
-            }
-            ok
-        });
+        let fetch_wait = p.parse_range(
+            "--kafka-fetch-wait-ms/KAFKA_FETCH_WAIT_MS",
+            &self.kafka_fetch_wait_ms,
+            1u64,
+            MAX_FETCH_WAIT_MS,
+        );
+        let linger = p.parse_range("--kafka-linger-ms/KAFKA_LINGER_MS", &self.kafka_linger_ms, 0u64, MAX_LINGER_MS);
         BackendConfig {
             redis_url: redis.map(str::to_string),
             redis_prefix: Some(self.redis_prefix.clone()),
@@ -88,6 +97,7 @@ impl BackendArgs {
             kafka_topic: Some(self.kafka_topic.clone()),
             kafka_partitions: partitions,
             kafka_fetch_wait: fetch_wait.map(std::time::Duration::from_millis),
+            kafka_linger: linger.map(std::time::Duration::from_millis),
             kafka_security,
             client_id: client_id.to_string(),
         }
@@ -136,6 +146,8 @@ pub struct BackendConfig {
     pub kafka_partitions: Option<i32>,
     /// The consumer's fetch wait (`None`: the default).
     pub kafka_fetch_wait: Option<std::time::Duration>,
+    /// The event producer's batching delay (`None`: the default).
+    pub kafka_linger: Option<std::time::Duration>,
     /// TLS and SASL settings for Kafka (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*`).
     pub kafka_security: Security,
     /// Client ID (node or coordinator ID) for Kafka.
@@ -181,6 +193,9 @@ pub async fn connect(config: &BackendConfig) -> Result<Backends, String> {
             }
             if let Some(w) = config.kafka_fetch_wait {
                 kc.fetch_wait = w;
+            }
+            if let Some(l) = config.kafka_linger {
+                kc.linger = l;
             }
             kc.client_id = format!("presence-{}", config.client_id);
             kc.security = config.kafka_security.clone();
@@ -233,6 +248,22 @@ mod tests {
         for bad in ["0", "1001", "soon"] {
             let (_, ok) = check(&["--kafka-fetch-wait-ms", bad]);
             assert!(ok.is_err_and(|e| e.contains("KAFKA_FETCH_WAIT_MS")), "{bad} is refused");
+        }
+    }
+
+    #[test]
+    fn the_linger_is_read_and_bounded() {
+        let (c, ok) = check(&[]);
+        assert!(ok.is_ok());
+        assert_eq!(c.kafka_linger, Some(KafkaConfig::new("").linger), "the default");
+        for (given, ms) in [("0", 0), ("1", 1), ("1000", 1000)] {
+            let (c, ok) = check(&["--kafka-linger-ms", given]);
+            assert!(ok.is_ok(), "{given} is accepted");
+            assert_eq!(c.kafka_linger, Some(std::time::Duration::from_millis(ms)));
+        }
+        for bad in ["0.5", "1001", "later"] {
+            let (_, ok) = check(&["--kafka-linger-ms", bad]);
+            assert!(ok.is_err_and(|e| e.contains("KAFKA_LINGER_MS")), "{bad} is refused");
         }
     }
 

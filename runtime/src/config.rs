@@ -58,6 +58,25 @@ impl Problems {
         Some(v)
     }
 
+    /// Parses `value`, from `min` to `max`; a value outside is reported.
+    pub fn parse_range<T: FromStr + PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        name: &str,
+        value: &str,
+        min: T,
+        max: T,
+    ) -> Option<T>
+    where
+        T::Err: fmt::Display,
+    {
+        let v = self.parse_min(name, value, min)?;
+        if v > max {
+            self.add(name, format!("{v} is above the maximum {max}"));
+            return None;
+        }
+        Some(v)
+    }
+
     /// Parses `value`, at least `min`, into `slot`. A bad value is reported
     /// and `slot` keeps its default (the error is returned by [`Problems::finish`]).
     pub fn read_min<T>(&mut self, name: &str, value: &str, min: T, slot: &mut T)
