@@ -235,7 +235,6 @@ async fn redis_commands(url: &str) -> anyhow::Result<u64> {
 /// pipelined round trip each) and count updates from the node's metrics,
 /// and every command Redis processed (heartbeats and table polls included).
 pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
     let cluster = Cluster::start()?;
     let (node, url) = cluster.node("churn-node")?;
     cluster.settled(&[&url]).await?;
@@ -247,32 +246,11 @@ pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
     let counters = ["presence_store_writes_total", "presence_store_updates_total", "presence_connects_total"];
     let before = node_metrics(&url, &counters).await?;
     let commands_before = redis_commands(&cluster.redis).await?;
-    let changes = std::sync::Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_time(node.0.id())?;
     let started = Instant::now();
-    let stop = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::with_capacity(workers);
-    for w in 0..workers {
-        let mine: Vec<String> = tokens[w * USERS_PER_WORKER..(w + 1) * USERS_PER_WORKER].to_vec();
-        let (url, changes) = (url.clone(), changes.clone());
-        tasks.push(tokio::spawn(async move {
-            for token in mine.iter().cycle() {
-                if Instant::now() >= stop {
-                    break;
-                }
-                let c = crate::welcomed(&url, token.clone()).await?;
-                c.close().await;
-                changes.fetch_add(2, Ordering::Relaxed);
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let done = churn_load(&url, &tokens, workers, seconds).await?;
     let elapsed = started.elapsed();
     let cpu = cpu_time(node.0.id())? - cpu_before;
-    let done = changes.load(Ordering::Relaxed);
     // Exact afterwards: every user at 0 in the store, nobody on the node.
     let admin = CoordinatorClient::new(&cluster.admin)?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -311,8 +289,54 @@ pub async fn churn(seconds: u64, workers: usize) -> anyhow::Result<()> {
         cpu_per_change * 1e6,
         1.0 / cpu_per_change
     );
+    // The floor, same load generator, same run: a bare tungstenite server
+    // with the node binary's runtime (one worker per core) that upgrades,
+    // sends a ready-made `welcome` and answers the close.
+    drop(node);
+    let (floor, addr) = crate::child("serve-welcome").await?;
+    let floor_url = format!("ws://{addr}/");
+    let cpu_before = cpu_time(floor.id().context("pid")?)?;
+    let floor_started = Instant::now();
+    let floor_done = churn_load(&floor_url, &tokens, workers, seconds).await?;
+    let floor_elapsed = floor_started.elapsed();
+    let floor_cpu = cpu_time(floor.id().context("pid")?)? - cpu_before;
+    let (rate, floor_rate) = (done as f64 / elapsed.as_secs_f64(), floor_done as f64 / floor_elapsed.as_secs_f64());
+    println!(
+        "  floor, same load generator: a bare tungstenite server (upgrade, one ready-made welcome, close): {floor_rate:.0} changes/s, {:.1} us of its CPU per change",
+        floor_cpu.as_secs_f64() * 1e6 / floor_done.max(1) as f64
+    );
+    println!("  ratio to the floor: {:.2}x", rate / floor_rate);
     println!("  target: >= 20,000 changes/s");
     Ok(())
+}
+
+/// `workers` clients, each connecting (token in the header) until `welcome`
+/// and closing, over its own share of `tokens`, for `seconds`; the changes
+/// made (a connect or a close is one).
+async fn churn_load(url: &str, tokens: &[String], workers: usize, seconds: u64) -> anyhow::Result<u64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let changes = std::sync::Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let per_worker = tokens.len() / workers.max(1);
+    let mut tasks = Vec::with_capacity(workers);
+    for mine in tokens.chunks(per_worker.max(1)).take(workers) {
+        let (mine, url, changes) = (mine.to_vec(), url.to_string(), changes.clone());
+        tasks.push(tokio::spawn(async move {
+            for token in mine.iter().cycle() {
+                if Instant::now() >= stop {
+                    break;
+                }
+                let c = crate::welcomed(&url, token.clone()).await?;
+                c.close().await;
+                changes.fetch_add(2, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(changes.load(Ordering::Relaxed))
 }
 
 /// CPU time a process has used so far: the sum over its threads of the
@@ -338,8 +362,8 @@ pub async fn fanout(config: crate::fanout::Config) -> anyhow::Result<()> {
     if let Some(w) = config.outbound_window {
         env.push(("OUTBOUND_WINDOW", w.to_string()));
     }
-    let (_a, a_url) = cluster.node_with("fanout-a", &env)?;
-    let (_b, b_url) = cluster.node_with("fanout-b", &env)?;
+    let (a, a_url) = cluster.node_with("fanout-a", &env)?;
+    let (b, b_url) = cluster.node_with("fanout-b", &env)?;
     let (c, c_url) = cluster.node_with("fanout-c", &env)?;
     cluster.settled(&[&a_url, &b_url, &c_url]).await?;
     let watcher = cluster.owned_by(&a_url, "fan-", 1).await?.remove(0);
@@ -388,5 +412,8 @@ pub async fn fanout(config: crate::fanout::Config) -> anyhow::Result<()> {
         wall.as_secs_f64(),
         if c_events > 0.0 { for_events.max(0.0) * 1e6 / c_events } else { 0.0 }
     );
-    crate::fanout::floors(&config, Some(&cluster.redis), Some(&cluster.kafka)).await
+    // The floors on the same servers, with the nodes gone: the broker then
+    // serves the floor's readers only, as it served the nodes' three.
+    drop((a, b, c));
+    crate::fanout::floors(&config, Some(&cluster.redis), Some(&cluster.kafka), 3).await
 }

@@ -129,13 +129,22 @@ pub async fn drive(cast: &Cast, config: &Config, label: &str) -> anyhow::Result<
 }
 
 /// The floors of the same run: bare Redis pub/sub and bare librdkafka on
-/// the servers the product used.
-pub async fn floors(config: &Config, redis_url: Option<&str>, kafka_brokers: Option<&str>) -> anyhow::Result<()> {
+/// the servers the product used, the latter with one reader and then with
+/// as many readers of the whole topic as the product had (`readers`).
+pub async fn floors(
+    config: &Config,
+    redis_url: Option<&str>,
+    kafka_brokers: Option<&str>,
+    readers: usize,
+) -> anyhow::Result<()> {
     if let Some(url) = redis_url {
         floors::redis(url.split(',').next().unwrap_or(url), config.rate, config.seconds).await?;
     }
     if let Some(brokers) = kafka_brokers {
-        floors::kafka(brokers, 16, config.rate, config.seconds).await?;
+        floors::kafka(brokers, 16, 1, config.rate, config.seconds).await?;
+        if readers > 1 {
+            floors::kafka(brokers, 16, readers, config.rate, config.seconds).await?;
+        }
     }
     Ok(())
 }
@@ -159,6 +168,7 @@ pub async fn in_process(config: Config, redis_url: Option<&str>, kafka_brokers: 
         redis_prefix: Some(run.clone()),
         kafka_brokers: kafka_brokers.map(String::from),
         kafka_topic: Some(run.clone()),
+        kafka_linger: crate::floors::linger_from_env(),
         client_id: run.clone(),
         ..Default::default()
     })
@@ -188,6 +198,7 @@ pub async fn in_process(config: Config, redis_url: Option<&str>, kafka_brokers: 
             m.events_stale.get()
         );
     }
+    let readers = cluster.nodes.len();
     cluster.shutdown().await;
-    floors(&config, redis_url, kafka_brokers).await
+    floors(&config, redis_url, kafka_brokers, readers).await
 }

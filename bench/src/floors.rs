@@ -76,24 +76,59 @@ pub async fn redis(url: &str, rate: u32, seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// librdkafka produce (the product's producer settings) to a consumer
-/// assigned every partition (the product's consumer settings).
-pub async fn kafka(brokers: &str, partitions: i32, rate: u32, seconds: u32) -> anyhow::Result<()> {
+/// `KAFKA_LINGER_MS` as the product's processes read it, so that the
+/// floor's producer and the benchmark's in-process nodes batch like the
+/// binaries this program starts (they inherit the variable).
+pub fn linger_from_env() -> Option<Duration> {
+    std::env::var("KAFKA_LINGER_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis)
+}
+
+/// librdkafka produce (the product's producer settings) to `readers`
+/// consumers, each assigned every partition (the product's consumer
+/// settings), timed at the first. With as many readers as the product has
+/// nodes, the broker serves the same number of fetches as under the product,
+/// which on a broker short of CPU is most of the latency.
+pub async fn kafka(brokers: &str, partitions: i32, readers: usize, rate: u32, seconds: u32) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let topic = format!("bench-floor-{}-{partitions}", std::process::id());
     let mut c = presence_kafka::KafkaConfig::new(brokers);
     c.topic = topic.clone();
     c.partitions = partitions;
+    if let Some(linger) = linger_from_env() {
+        c.linger = linger;
+    }
     let admin: AdminClient<_> = c.admin().create()?;
     let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
     admin.create_topics(&[new], &AdminOptions::new()).await?;
     let producer: FutureProducer = c.producer().create()?;
-    let consumer: StreamConsumer = c.consumer("floor").create()?;
     let mut assignment = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         assignment.add_partition_offset(&topic, p, rdkafka::Offset::End)?;
     }
+    let consumer: StreamConsumer = c.consumer("floor").create()?;
     consumer.assign(&assignment)?;
+    // The other readers read everything too, and throw it away. They are
+    // told to stop and awaited, so that each consumer is dropped by its own
+    // task after its stream: a consumer dropped by an aborted task crashed
+    // the process at exit.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut others = Vec::new();
+    for r in 1..readers.max(1) {
+        let other: StreamConsumer = c.consumer(&format!("floor-{r}")).create()?;
+        other.assign(&assignment)?;
+        let mut stopped = stopped.clone();
+        others.push(tokio::spawn(async move {
+            let mut stream = other.stream();
+            loop {
+                tokio::select! {
+                    m = stream.next() => if m.is_none() { break },
+                    _ = stopped.changed() => break,
+                }
+            }
+            drop(stream);
+            drop(other);
+        }));
+    }
     // Let the consumer reach the end of every partition before sending.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let total = (rate * seconds) as usize;
@@ -114,7 +149,15 @@ pub async fn kafka(brokers: &str, partitions: i32, rate: u32, seconds: u32) -> a
         drop(producer.send_result(record).map_err(|(e, _)| e).context("enqueue")?);
     }
     let mut got = receiver.await?;
-    report(&format!("bare librdkafka produce -> consume ({partitions} partitions)"), &mut got, total);
+    let _ = stop.send(true);
+    for o in others {
+        o.await?;
+    }
+    let readers = match readers {
+        0 | 1 => String::new(),
+        n => format!(", {n} readers"),
+    };
+    report(&format!("bare librdkafka produce -> consume ({partitions} partitions{readers})"), &mut got, total);
     let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
     Ok(())
 }

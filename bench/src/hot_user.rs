@@ -5,7 +5,8 @@
 //! Its floor, in the same run: a bare tungstenite server (one task per
 //! socket, like the nodes) holding as many connections, that writes one
 //! ready-made `status` to all of them when told to; the same clients time
-//! it the same way.
+//! it the same way. Below both, the kernel's own cost of the same writes
+//! and reads ([`crate::socket_floor`]).
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ async fn until_status(c: &mut Connection, online: bool) -> Option<Instant> {
 pub async fn run(watchers: usize) -> anyhow::Result<()> {
     product(watchers).await?;
     floor(watchers).await?;
+    crate::socket_floor::run(watchers).await?;
     println!("  target: the last watcher within 50 ms (19,000 watchers)");
     Ok(())
 }

@@ -22,6 +22,7 @@ mod floors;
 mod heap;
 mod hot_user;
 mod redis_memory;
+mod socket_floor;
 mod storm;
 
 /// The JWT secret of every benchmark (the binaries ask for at least 32 bytes).
@@ -167,6 +168,14 @@ enum What {
     /// (child) a bare tungstenite server that writes one `status` to every
     /// socket when any socket sends a text frame (the hot-user floor).
     ServeBroadcast { addr: SocketAddr },
+    /// (child) a bare tungstenite server that upgrades, sends one ready-made
+    /// `welcome` and answers the close (the churn floor), on one runtime
+    /// thread per core like the `ws-node` binary.
+    ServeWelcome { addr: SocketAddr },
+    /// (child) the server ends of the hot user's socket floor: plain
+    /// sockets in one poll loop, a ready-made frame written to all of them
+    /// on a byte `g` from any.
+    ServeRawBroadcast { addr: SocketAddr },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -178,10 +187,14 @@ fn main() -> anyhow::Result<()> {
         | What::ServeRoute { .. }
         | What::ServeNode { .. }
         | What::ServeEcho { .. }
-        | What::ServeBroadcast { .. } => {
+        | What::ServeBroadcast { .. }
+        | What::ServeRawBroadcast { .. } => {
             heap::report_if_asked();
             server_threads
         }
+        // The churn floor stands beside the ws-node binary, whose runtime
+        // has a worker per core.
+        What::ServeWelcome { .. } => std::thread::available_parallelism().map_or(2, usize::from),
         // Several of these share the machine.
         What::StormSessions { .. } => 1,
         _ => 2,
@@ -215,6 +228,9 @@ async fn run(what: What) -> anyhow::Result<()> {
         What::ServeNode { addr } => serve_cluster(addr, 1).await,
         What::ServeEcho { addr } => serve_echo(addr).await,
         What::ServeBroadcast { addr } => hot_user::serve_broadcast(addr).await,
+        What::ServeWelcome { addr } => serve_welcome(addr).await,
+        // One thread, no tasks: it blocks this child's only worker on purpose.
+        What::ServeRawBroadcast { addr } => socket_floor::serve(addr),
     }
 }
 
@@ -547,6 +563,35 @@ async fn serve_cluster(addr: SocketAddr, nodes: usize) -> anyhow::Result<()> {
     println!("ready {}", cluster.coordinator_url);
     std::future::pending::<()>().await;
     Ok(())
+}
+
+async fn serve_welcome(addr: SocketAddr) -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+    let welcome = Utf8Bytes::from(
+        presence_model::wire::ServerMessage::Welcome {
+            user_id: UserId::parse("churn-0-0")?,
+            connection_id: "c1".into(),
+            node_id: "floor".into(),
+            epoch: 1,
+            connections: 1,
+            token_expires_at: None,
+        }
+        .to_json(),
+    );
+    let listener = presence_http::bind(addr)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let welcome = welcome.clone();
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            if ws.send(Message::Text(welcome)).await.is_err() {
+                return;
+            }
+            // Until the client's close (answered by tungstenite) or the end.
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+    }
 }
 
 async fn serve_echo(addr: SocketAddr) -> anyhow::Result<()> {

@@ -116,6 +116,10 @@ fn hot_user() {
         let line = out.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} line:\n{out}"));
         assert!(line.contains("300 of 300 watchers"), "every watcher heard it: {line}");
     }
+    for what in ["first broadcast", "second broadcast"] {
+        let line = out.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} line:\n{out}"));
+        assert!(line.contains("300 of 300 sockets (300 written in"), "every socket heard it: {line}");
+    }
 }
 
 #[test]
@@ -148,4 +152,5 @@ fn churn_into_the_deployed_binary() {
     let out = bench(&["churn", "--seconds", "1", "--workers", "8"], &backends());
     assert!(out.contains("changes/s") && out.contains("every count exact"), "{out}");
     assert!(out.contains("batches (pipelined round trips)") && out.contains("us per change"), "{out}");
+    assert!(out.contains("bare tungstenite server") && out.contains("ratio to the floor"), "{out}");
 }
