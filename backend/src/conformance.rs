@@ -39,6 +39,7 @@ fn run(id: &str, run_id: &str) -> NodeRecord {
 pub async fn run_all(store: &dyn Store, tag: &str) {
     store.ping().await.expect("store answers");
     counts_sum_over_nodes_and_seq_grows(store, tag).await;
+    a_batch_answers_each_update_in_order(store, tag).await;
     offline_reasons_are_kept(store, tag).await;
     user_ids_with_any_characters(store, tag).await;
     live_feeds_carry_followed_changes(store, tag).await;
@@ -193,6 +194,33 @@ async fn live_feeds_carry_followed_changes(st: &dyn Store, tag: &str) {
     let next = next_live(&mut a_rx).await;
     assert!(matches!(&next, crate::Live::Change(p) if p.user_id == uid(&other)), "unfollowed user delivered: {next:?}");
     st.set_counts(&node, &[upd(&followed, 0)], 8).await.expect("up");
+}
+
+/// A batch (the writer's, a count-out's) answers each update in its place:
+/// no change where there was none, the change of the right user elsewhere.
+async fn a_batch_answers_each_update_in_order(st: &dyn Store, tag: &str) {
+    let node = format!("{tag}-batch-node");
+    let users: Vec<String> = (0..40).map(|i| format!("{tag}-batch-{i}")).collect();
+    // Every other user already at 1: writing 1 again changes nothing.
+    let before: Vec<CountUpdate> = users.iter().step_by(2).map(|u| upd(u, 1)).collect();
+    st.set_counts(&node, &before, 1).await.expect("up");
+    let answers = st.set_counts(&node, &users.iter().map(|u| upd(u, 1)).collect::<Vec<_>>(), 2).await.expect("up");
+    assert_eq!(answers.len(), users.len(), "one answer per update");
+    for (i, (u, a)) in users.iter().zip(&answers).enumerate() {
+        match a {
+            None => assert_eq!(i % 2, 0, "{u} changed from 0 to 1, yet no change was answered"),
+            Some(c) => {
+                assert_eq!(i % 2, 1, "{u} was already at 1, yet a change was answered");
+                assert_eq!((c.presence.user_id.as_str(), c.presence.connections, c.previous), (u.as_str(), 1, 0));
+            }
+        }
+    }
+    let gone: Vec<CountUpdate> = users.iter().map(|u| upd(u, 0)).collect();
+    let answers = st.set_counts(&node, &gone, 3).await.expect("up");
+    for (u, a) in users.iter().zip(&answers) {
+        let c = a.as_ref().unwrap_or_else(|| panic!("{u} went from 1 to 0, yet no change was answered"));
+        assert_eq!((c.presence.user_id.as_str(), c.presence.connections, c.previous), (u.as_str(), 0, 1));
+    }
 }
 
 async fn offline_reasons_are_kept(st: &dyn Store, tag: &str) {

@@ -259,9 +259,9 @@ where
         }
     }
 
-    async fn set_one(&self, node_id: &str, u: &CountUpdate, now_ms: u64) -> Result<Option<PresenceChange>, StoreError> {
+    /// The `set_count.lua` call for one update.
+    fn set_count_call(&self, node_id: &str, u: &CountUpdate, now_ms: u64) -> redis::ScriptInvocation<'_> {
         let v = u.user_id.vnode();
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.set_count.prepare_invoke();
         inv.key(self.keys.user(v, u.user_id.as_str()))
             .key(self.keys.node_users(v, node_id))
@@ -274,8 +274,49 @@ where
             .arg(self.keys.channel(v, u.user_id.as_str()))
             .arg(self.publish_command())
             .arg(u.share.encode());
-        let reply: Option<(u64, String)> = self.op(inv.invoke_async(&mut conn)).await?;
+        inv
+    }
+
+    async fn set_one(&self, node_id: &str, u: &CountUpdate, now_ms: u64) -> Result<Option<PresenceChange>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Option<(u64, String)> =
+            self.op(self.set_count_call(node_id, u, now_ms).invoke_async(&mut conn)).await?;
         reply.map(|r| change_of("set_count", r)).transpose()
+    }
+
+    /// A batch of updates on one Redis as one pipeline: one request and one
+    /// read of the replies for the whole batch, where concurrent calls each
+    /// took a trip through the multiplexer, a timer and a reply channel (a
+    /// fifth of the node's CPU under churn; `BENCHMARKS.md`, eighth
+    /// session). The scripts still run one by one, each atomic. A server
+    /// that does not know the script (restarted, flushed) refuses every
+    /// call of the batch alike; the script is loaded and the batch sent
+    /// again, which is safe: each call writes an absolute count.
+    async fn set_pipelined(
+        &self,
+        node_id: &str,
+        updates: &[CountUpdate],
+        now_ms: u64,
+    ) -> Result<Vec<Option<PresenceChange>>, StoreError> {
+        let calls: Vec<_> = updates.iter().map(|u| self.set_count_call(node_id, u, now_ms)).collect();
+        let mut pipe = redis::pipe();
+        for call in &calls {
+            pipe.invoke_script(call);
+        }
+        let mut conn = self.conn.clone();
+        let sent = tokio::time::timeout(self.op_timeout, pipe.query_async::<Vec<Option<(u64, String)>>>(&mut conn));
+        let replies = match sent.await {
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.op(self.scripts.set_count.load_async(&mut conn)).await?;
+                self.op(pipe.query_async::<Vec<Option<(u64, String)>>>(&mut conn)).await?
+            }
+            Ok(r) => r.map_err(unavailable)?,
+            Err(_) => return Err(StoreError::Unavailable(format!("no answer within {:?}", self.op_timeout))),
+        };
+        if replies.len() != updates.len() {
+            return Err(StoreError::Corrupt(format!("{} replies to {} count updates", replies.len(), updates.len())));
+        }
+        replies.into_iter().map(|r| r.map(|r| change_of("set_count", r)).transpose()).collect()
     }
 
     fn publish_command(&self) -> &'static str {
@@ -458,8 +499,16 @@ where
         updates: &[CountUpdate],
         now_ms: u64,
     ) -> Result<Vec<Option<PresenceChange>>, StoreError> {
-        // Concurrent script calls pipeline over the multiplexed connection.
-        join_all(updates.iter().map(|u| self.set_one(node_id, u, now_ms))).await.into_iter().collect()
+        match updates {
+            [] => Ok(Vec::new()),
+            [one] => Ok(vec![self.set_one(node_id, one, now_ms).await?]),
+            // A cluster spreads users over shards: concurrent calls, each
+            // routed to its shard, pipeline over the multiplexed connections.
+            _ if self.cluster => {
+                join_all(updates.iter().map(|u| self.set_one(node_id, u, now_ms))).await.into_iter().collect()
+            }
+            _ => self.set_pipelined(node_id, updates, now_ms).await,
+        }
     }
 
     async fn node_counts(&self, node_id: &str) -> Result<Vec<(UserId, u32)>, StoreError> {
