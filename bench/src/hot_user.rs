@@ -69,14 +69,18 @@ async fn time_to_all(
     if lat.is_empty() {
         anyhow::bail!("no watcher heard the change");
     }
-    println!(
-        "  {what:<38} {} of {watchers} watchers; p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0)
-    );
+    println!("  {what:<38} {} of {watchers} watchers; {}", lat.len(), spread(&lat));
     Ok(())
+}
+
+/// p50, p99 and the last of sorted latencies, as the hot user's lines print them.
+pub(crate) fn spread(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
+        percentile(sorted, 1.0)
+    )
 }
 
 /// The bare floor: a tungstenite server that writes one `status` to every socket.

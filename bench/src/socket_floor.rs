@@ -20,8 +20,6 @@ use anyhow::Context;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::percentile;
-
 const LISTENER: Token = Token(usize::MAX);
 
 /// The frame every watcher gets: a WebSocket text frame (server to client,
@@ -167,11 +165,9 @@ fn measure(addr: SocketAddr, watchers: usize) -> anyhow::Result<()> {
         lat.sort();
         anyhow::ensure!(!lat.is_empty(), "no socket heard the broadcast");
         println!(
-            "  {round:<38} {} of {watchers} sockets ({wrote} written in {writing_ms:.1} ms); p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
+            "  {round:<38} {} of {watchers} sockets ({wrote} written in {writing_ms:.1} ms); {}",
             lat.len(),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            percentile(&lat, 1.0)
+            crate::hot_user::spread(&lat)
         );
     }
     Ok(())
