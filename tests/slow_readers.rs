@@ -119,7 +119,14 @@ async fn a_watcher_reading_100_messages_a_second_ends_with_the_truth() {
     let statuses: Statuses = Arc::default();
     let (st, closed) = (statuses.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let cl = closed.clone();
+    // The reader starts behind: it reads nothing during the first two waves
+    // (its window fills and its outbox must conflate), then 100 messages a
+    // second. Read from the start, a batch of 256 statuses per message let
+    // it keep up with the churn in some runs, and the check that it was
+    // ever behind failed.
+    let (go, mut started) = tokio::sync::watch::channel(false);
     let reader = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), started.wait_for(|go| *go)).await;
         while let Some(frame) = ws.next().await {
             match frame {
                 Ok(Message::Text(t)) => record(&st, &t),
@@ -144,6 +151,9 @@ async fn a_watcher_reading_100_messages_a_second_ends_with_the_truth() {
             leave(joined).await;
         } else {
             churn.clients = joined;
+        }
+        if wave == 1 {
+            let _ = go.send(true);
         }
     }
     let behind = statuses.lock().unwrap_or_else(|p| p.into_inner()).len();
