@@ -3,10 +3,11 @@
 //! client library on either side.
 //!
 //! A child process holds the server ends of N loopback TCP connections in
-//! one `mio` poll loop; a byte `g` on any of them makes it write one
-//! ready-made WebSocket text frame (the product's `status`) to every other
-//! with one `write(2)` each, from one thread, then answer with how many it
-//! wrote to and how long the writing took. The load generator holds the
+//! one `mio` poll loop. A byte `?` on any of them asks how many others it
+//! holds; a byte `g` makes it write one ready-made WebSocket text frame
+//! (the product's `status`) to every other with one `write(2)` each, from
+//! one thread, then answer with how many it wrote to and how long the
+//! writing took. The load generator holds the
 //! client ends in one `mio` poll loop on one thread and notes when each
 //! first reads the bytes. Nothing a server can do costs less per watcher
 //! than this, so a goal below it is a goal for another machine, not for
@@ -67,7 +68,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
                 continue;
             }
             let i = event.token().0;
-            let mut go = false;
+            let (mut go, mut asked) = (false, false);
             let mut gone = false;
             if let Some(s) = sockets.get_mut(i).and_then(Option::as_mut) {
                 loop {
@@ -76,7 +77,10 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
                             gone = true;
                             break;
                         }
-                        Ok(n) => go |= buf[..n].contains(&b'g'),
+                        Ok(n) => {
+                            go |= buf[..n].contains(&b'g');
+                            asked |= buf[..n].contains(&b'?');
+                        }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(_) => {
                             gone = true;
@@ -88,6 +92,13 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
             if gone {
                 sockets[i] = None;
                 continue;
+            }
+            if asked {
+                // How many sockets a broadcast would reach now.
+                let others = sockets.iter().flatten().count().saturating_sub(1) as u32;
+                if let Some(s) = sockets[i].as_mut() {
+                    let _ = s.write(&others.to_be_bytes());
+                }
             }
             if go {
                 let started = Instant::now();
@@ -126,8 +137,18 @@ fn measure(addr: SocketAddr, watchers: usize) -> anyhow::Result<()> {
         poll.registry().register(&mut s, Token(i), Interest::READABLE)?;
         conns.push(s);
     }
-    // Let the child accept every socket before the first broadcast.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until the child holds every socket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        control.write_all(b"?")?;
+        let mut held = [0u8; 4];
+        control.read_exact(&mut held).context("the child's count")?;
+        if u32::from_be_bytes(held) as usize >= watchers {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the child accepted {} of {watchers}", u32::from_be_bytes(held));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     println!(
         "floor: the kernel alone, one thread writing the frame to {watchers} sockets with write(2), one epoll reader"
     );
