@@ -253,10 +253,15 @@ where
 
     /// Runs one Redis operation under the operation timeout.
     async fn op<T>(&self, f: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.op_timeout, f).await {
-            Ok(r) => r.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.op_timeout))),
-        }
+        self.within_timeout(f).await?.map_err(unavailable)
+    }
+
+    /// Runs one Redis operation under the operation timeout, leaving Redis's
+    /// own answer as it is (for a caller that acts on the kind of error).
+    async fn within_timeout<T>(&self, f: impl Future<Output = RedisResult<T>>) -> Result<RedisResult<T>, StoreError> {
+        tokio::time::timeout(self.op_timeout, f)
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("no answer within {:?}", self.op_timeout)))
     }
 
     /// The `set_count.lua` call for one update.
@@ -303,15 +308,14 @@ where
         for call in &calls {
             pipe.invoke_script(call);
         }
+        type Replies = Vec<Option<(u64, String)>>;
         let mut conn = self.conn.clone();
-        let sent = tokio::time::timeout(self.op_timeout, pipe.query_async::<Vec<Option<(u64, String)>>>(&mut conn));
-        let replies = match sent.await {
-            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        let replies = match self.within_timeout(pipe.query_async::<Replies>(&mut conn)).await? {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.op(self.scripts.set_count.load_async(&mut conn)).await?;
-                self.op(pipe.query_async::<Vec<Option<(u64, String)>>>(&mut conn)).await?
+                self.op(pipe.query_async::<Replies>(&mut conn)).await?
             }
-            Ok(r) => r.map_err(unavailable)?,
-            Err(_) => return Err(StoreError::Unavailable(format!("no answer within {:?}", self.op_timeout))),
+            sent => sent.map_err(unavailable)?,
         };
         if replies.len() != updates.len() {
             return Err(StoreError::Corrupt(format!("{} replies to {} count updates", replies.len(), updates.len())));
